@@ -1,0 +1,1 @@
+"""Pure logic of stocksync: no Celery, SQLAlchemy or requests may be imported here."""

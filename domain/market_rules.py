@@ -1,0 +1,37 @@
+"""The Market's own rules for `PUT /v2/campaigns/{campaignId}/offers/stocks`, as constants and checks."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+SKU_PATTERN = re.compile(r"^(?=.*\S.*)[^\x00-\x08\x0A-\x1f\x7f]{1,255}$")
+SKU_MAX_LENGTH = 255
+COUNT_MAX = 2_000_000_000
+DELTA_MAX_ABS = 2_000_000_000
+SKUS_PER_REQUEST_MAX = 2_000
+BODY_BYTES_MAX = 512 * 1024
+RATE_LIMIT_SKUS_PER_MINUTE = 100_000
+PARALLEL_REQUESTS_MAX = 4
+# The Market refuses an updatedAt older than a day; we keep an hour of margin for clocks and queues.
+UPDATED_AT_MAX_AGE = timedelta(hours=23)
+
+
+def normalize_sku(raw: str) -> str:
+    """The SKU as the Market compares it: leading and trailing whitespace removed, nothing else."""
+    return raw.strip()
+
+
+def sku_is_valid(sku: str) -> bool:
+    """True when `sku` (already normalized) matches the Market's SKU pattern."""
+    return SKU_PATTERN.fullmatch(sku) is not None
+
+
+def clamp_count(value: int) -> int:
+    """The stock value as the Market accepts it: 0 … 2,000,000,000."""
+    return max(0, min(COUNT_MAX, value))
+
+
+def updated_at_for_sending(occurred_at: datetime, now: datetime) -> datetime:
+    """Moves `occurred_at` into the Market's window: never after `now`, never before now - 23 h."""
+    return max(now - UPDATED_AT_MAX_AGE, min(occurred_at, now))

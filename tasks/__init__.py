@@ -1,0 +1,1 @@
+"""Celery tasks: `stocks.submit` (the producers' API) and the outbox drain."""

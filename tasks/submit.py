@@ -1,0 +1,73 @@
+"""`stocks.submit`: validate a producer's changes and commit them to the outbox, then ack."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Reject
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from domain.changes import UnreadableMessage, parse_message
+from worker.app import app
+from worker.database import get_engine
+from worker.outbox import store_message, store_unreadable
+from worker.settings import get_settings
+
+log = logging.getLogger("stocksync.submit")
+
+# While PostgreSQL is unreachable the message goes back to the broker after this pause, so that
+# nothing is acknowledged before it is committed and the worker does not spin.
+DATABASE_DOWN_PAUSE_SECONDS = 2.0
+
+
+def _is_connection_problem(exc: DBAPIError) -> bool:
+    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+
+
+@app.task(name="stocks.submit", bind=True, acks_late=True, reject_on_worker_lost=True)
+def submit(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
+    """Applies the valid changes of a message exactly once; refused ones are stored with reasons."""
+    task_id = str(self.request.id)
+    engine = get_engine()
+    try:
+        parsed = parse_message(args, kwargs, datetime.now(UTC))
+    except UnreadableMessage as exc:
+        _keep_unreadable(task_id, {"args": list(args), "kwargs": kwargs}, str(exc))
+        return {"applied": 0, "duplicates": 0, "rejected": 1}
+    try:
+        result = store_message(
+            engine, task_id, parsed.accepted, parsed.rejected, get_settings().group_of
+        )
+    except DBAPIError as exc:
+        if _is_connection_problem(exc):
+            log.warning("database unavailable, message %s goes back to the broker", task_id)
+            time.sleep(DATABASE_DOWN_PAUSE_SECONDS)
+            raise Reject(reason="database unavailable", requeue=True) from None
+        raise
+    for rejection in parsed.rejected:
+        log.info(
+            "rejected change task=%s index=%d reason=%s", task_id, rejection.index, rejection.reason
+        )
+    log.info(
+        "stored message task=%s applied=%d duplicates=%d rejected=%d",
+        task_id,
+        result.applied,
+        result.duplicates,
+        result.rejected,
+    )
+    return {"applied": result.applied, "duplicates": result.duplicates, "rejected": result.rejected}
+
+
+def _keep_unreadable(task_id: str, raw: Any, reason: str) -> None:
+    log.warning("unreadable message task=%s reason=%s", task_id, reason)
+    try:
+        store_unreadable(get_engine(), task_id, raw, reason)
+    except DBAPIError as exc:
+        if _is_connection_problem(exc):
+            time.sleep(DATABASE_DOWN_PAUSE_SECONDS)
+            raise Reject(reason="database unavailable", requeue=True) from None
+        raise

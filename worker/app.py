@@ -1,0 +1,56 @@
+"""Builds the Celery application; configuration is resolved lazily, on first use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from worker.database import database_url
+from worker.settings import Settings, get_settings
+
+CHANGES_QUEUE = "stocks.changes"
+PUSH_QUEUE = "stocks.push"
+DRAIN_QUEUE = "stocks.drain"
+
+
+def _queue(name: str) -> Queue:
+    # The same declaration Celery makes for a producer's `send_task(..., queue=name)`, so the
+    # producer's and the worker's declarations never conflict.
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
+def broker_url(settings: Settings) -> str:
+    """RabbitMQ when configured, else kombu's SQLAlchemy transport on the service's database."""
+    return settings.broker_url or "sqla+" + database_url(settings)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings: JSON only, acknowledged after commit, a lost worker's message requeued."""
+    return {
+        "broker_url": broker_url(settings),
+        "broker_connection_retry_on_startup": True,
+        "accept_content": ["json"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "result_accept_content": ["json"],
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # With late acks every prefetched message is one more a crash hands back: keep it to one.
+        "worker_prefetch_multiplier": 1,
+        "task_queues": [_queue(CHANGES_QUEUE), _queue(PUSH_QUEUE), _queue(DRAIN_QUEUE)],
+        "task_default_queue": CHANGES_QUEUE,
+        "task_routes": {
+            "stocks.submit": {"queue": CHANGES_QUEUE},
+        },
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "broker_transport_options": {"polling_interval": 0.2},
+    }
+
+
+app = Celery("stocksync", include=["tasks.submit"])
+app.add_defaults(lambda: celery_config(get_settings()))

@@ -1,0 +1,20 @@
+"""The embedded PostgreSQL (pgserver) used when `STOCKSYNC_DATABASE_URL` is not set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+import pgserver
+
+
+def embedded_database_url(data_dir: Path, stop_on_exit: bool = False) -> str:
+    """Starts (or reuses) the embedded server in `data_dir/pgdata` and returns its SQLAlchemy URL.
+
+    The server is left running for the next process unless `stop_on_exit`, in which case it stops
+    when the last process that asked for it with that flag exits.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data_dir / "pgdata", cleanup_mode="stop" if stop_on_exit else None)
+    socket_dir = str(server.pgdata)
+    return f"postgresql+psycopg://postgres@/postgres?host={quote(socket_dir)}"

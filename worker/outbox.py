@@ -1,0 +1,230 @@
+"""Ingest into PostgreSQL: accepted changes into the change log and the outbox, refusals aside.
+
+One message is one transaction. Keys are locked in a fixed order before the change log is
+written, so concurrent messages for a key apply one after the other and each sees the other's
+committed deltas (the value formula needs them when a new absolute count arrives).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from domain.changes import Change, Rejection
+from domain.stock_value import KeyState, LoggedChange, apply_changes, new_winning_absolute
+
+Key = tuple[int, str]
+
+_ENSURE_KEYS = text("""
+    INSERT INTO stock (group_id, sku)
+    SELECT g, s FROM unnest(CAST(:groups AS bigint[]), CAST(:skus AS text[])) AS k(g, s)
+    ORDER BY g, s
+    ON CONFLICT DO NOTHING
+""")
+
+_LOCK_KEYS = text("""
+    SELECT group_id, sku, abs_count, abs_at, abs_seq, delta_sum, last_occurred_at
+    FROM stock
+    WHERE (group_id, sku) IN (
+        SELECT g, s FROM unnest(CAST(:groups AS bigint[]), CAST(:skus AS text[])) AS k(g, s))
+    ORDER BY group_id, sku
+    FOR UPDATE
+""")
+
+_LOG_CHANGES = text("""
+    INSERT INTO change_log
+        (idempotency_key, group_id, campaign_id, sku, delta, count, occurred_at, task_id)
+    SELECT key, g, c, s, d, n, t, :task_id
+    FROM unnest(CAST(:keys AS text[]), CAST(:groups AS bigint[]), CAST(:campaigns AS bigint[]),
+                CAST(:skus AS text[]), CAST(:deltas AS bigint[]), CAST(:counts AS bigint[]),
+                CAST(:times AS timestamptz[])) AS n(key, g, c, s, d, n, t)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING seq, group_id, sku, delta, count, occurred_at
+""")
+
+_DELTAS_AFTER = text("""
+    SELECT k.g, k.s, COALESCE(SUM(c.delta), 0)
+    FROM unnest(CAST(:groups AS bigint[]), CAST(:skus AS text[]), CAST(:after AS timestamptz[]))
+         AS k(g, s, after)
+    LEFT JOIN change_log c
+      ON c.group_id = k.g AND c.sku = k.s AND c.delta IS NOT NULL AND c.occurred_at > k.after
+    GROUP BY k.g, k.s
+""")
+
+# A key becomes pending (version + 1) when its value changes, and on its very first change, so
+# that a first count of 0 is sent too: the Market asks for 0 rather than nothing.
+_UPDATE_KEYS = text("""
+    UPDATE stock AS st SET
+        abs_count = n.abs_count,
+        abs_at = n.abs_at,
+        abs_seq = n.abs_seq,
+        delta_sum = n.delta_sum,
+        last_occurred_at = n.last_at,
+        version = st.version + CASE
+            WHEN st.version = 0 OR COALESCE(n.abs_count, 0) + n.delta_sum <> st.value THEN 1
+            ELSE 0 END,
+        changed_at = CASE
+            WHEN st.version = 0 OR COALESCE(n.abs_count, 0) + n.delta_sum <> st.value THEN now()
+            ELSE st.changed_at END
+    FROM unnest(CAST(:groups AS bigint[]), CAST(:skus AS text[]), CAST(:abs_counts AS bigint[]),
+                CAST(:abs_ats AS timestamptz[]), CAST(:abs_seqs AS bigint[]),
+                CAST(:delta_sums AS bigint[]), CAST(:last_ats AS timestamptz[]))
+         AS n(g, s, abs_count, abs_at, abs_seq, delta_sum, last_at)
+    WHERE st.group_id = n.g AND st.sku = n.s
+""")
+
+_REJECT = text("""
+    INSERT INTO rejected (task_id, position, campaign_id, raw, reason)
+    SELECT :task_id, p, c, r, why
+    FROM unnest(CAST(:positions AS int[]), CAST(:campaigns AS bigint[]), CAST(:raws AS text[]),
+                CAST(:reasons AS text[])) AS x(p, c, r, why)
+    ON CONFLICT (task_id, position) DO NOTHING
+""")
+
+UNREADABLE_POSITION = -1
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """What one message did: changes newly applied, duplicates ignored, changes rejected."""
+
+    applied: int
+    duplicates: int
+    rejected: int
+
+
+def idempotency_key(change: Change, task_id: str, index: int) -> str:
+    """The change's identity: its event_id, else its message's task id and its position."""
+    if change.event_id is None:
+        return f"t:{task_id}:{index}"
+    if "\x00" in change.event_id:  # PostgreSQL text cannot hold NUL; JSON escaping is injective
+        return "j:" + json.dumps(change.event_id)
+    return "e:" + change.event_id
+
+
+def raw_text(raw: Any) -> str:
+    """Raw content as JSON text (escaped, so any string, NUL included, is stored faithfully)."""
+    try:
+        return json.dumps(raw, sort_keys=False, default=repr)
+    except (ValueError, TypeError):
+        return repr(raw)
+
+
+def _campaign_of(raw: Any) -> int | None:
+    if isinstance(raw, dict):
+        value = raw.get("campaign_id")
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 2**63:
+            return value
+    return None
+
+
+def _store_rejections(conn: Connection, task_id: str, rejections: Sequence[Rejection]) -> None:
+    if not rejections:
+        return
+    conn.execute(
+        _REJECT,
+        {
+            "task_id": task_id,
+            "positions": [r.index for r in rejections],
+            "campaigns": [_campaign_of(r.raw) for r in rejections],
+            "raws": [raw_text(r.raw) for r in rejections],
+            "reasons": [r.reason for r in rejections],
+        },
+    )
+
+
+def store_unreadable(engine: Engine, task_id: str, raw: Any, reason: str) -> None:
+    """Keeps a message that cannot be read at all, with its raw content and the reason."""
+    with engine.begin() as conn:
+        _store_rejections(conn, task_id, [Rejection(UNREADABLE_POSITION, raw, reason)])
+
+
+def _lock_keys(conn: Connection, keys: Sequence[Key]) -> dict[Key, KeyState]:
+    """Locks the keys' outbox rows (creating missing ones) in key order and reads their states."""
+    params = {"groups": [k[0] for k in keys], "skus": [k[1] for k in keys]}
+    conn.execute(_ENSURE_KEYS, params)
+    return {
+        (g, s): KeyState(abs_count, abs_at, abs_seq, delta_sum, last_at)
+        for g, s, abs_count, abs_at, abs_seq, delta_sum, last_at in conn.execute(_LOCK_KEYS, params)
+    }
+
+
+def _apply(conn: Connection, states: dict[Key, KeyState], logged: Sequence[Any]) -> None:
+    """Moves the locked keys' states forward by the newly logged changes, set-based."""
+    new_by_key: dict[Key, list[LoggedChange]] = defaultdict(list)
+    for seq, group_id, sku, delta, count, occurred_at in logged:
+        new_by_key[(group_id, sku)].append(LoggedChange(seq, occurred_at, delta, count))
+    keys = sorted(new_by_key)
+    winners = {
+        key: winner
+        for key in keys
+        if (winner := new_winning_absolute(states[key], new_by_key[key])) is not None
+    }
+    deltas_after: dict[Key, int] = {}
+    if winners:
+        rows = conn.execute(
+            _DELTAS_AFTER,
+            {
+                "groups": [k[0] for k in winners],
+                "skus": [k[1] for k in winners],
+                "after": [w.occurred_at for w in winners.values()],
+            },
+        )
+        deltas_after = {(g, s): int(total) for g, s, total in rows}
+    updated = {
+        key: apply_changes(states[key], new_by_key[key], deltas_after.get(key)) for key in keys
+    }
+    conn.execute(
+        _UPDATE_KEYS,
+        {
+            "groups": [k[0] for k in keys],
+            "skus": [k[1] for k in keys],
+            "abs_counts": [updated[k].abs_count for k in keys],
+            "abs_ats": [updated[k].abs_at for k in keys],
+            "abs_seqs": [updated[k].abs_seq for k in keys],
+            "delta_sums": [updated[k].delta_sum for k in keys],
+            "last_ats": [updated[k].last_occurred_at for k in keys],
+        },
+    )
+
+
+def store_message(
+    engine: Engine,
+    task_id: str,
+    accepted: Sequence[tuple[int, Change]],
+    rejected: Sequence[Rejection],
+    group_of: Callable[[int], int],
+) -> StoreResult:
+    """Commits one message: its new changes applied exactly once, its refusals kept."""
+    logged: list[Any] = []
+    with engine.begin() as conn:
+        _store_rejections(conn, task_id, rejected)
+        if accepted:
+            groups = [group_of(c.campaign_id) for _, c in accepted]
+            skus = [c.sku for _, c in accepted]
+            # Lock before logging: a concurrent message for the same key waits here, then sees
+            # that message's committed rows in the statements below.
+            states = _lock_keys(conn, sorted(set(zip(groups, skus, strict=True))))
+            logged = conn.execute(
+                _LOG_CHANGES,
+                {
+                    "task_id": task_id,
+                    "keys": [idempotency_key(c, task_id, i) for i, c in accepted],
+                    "groups": groups,
+                    "campaigns": [c.campaign_id for _, c in accepted],
+                    "skus": skus,
+                    "deltas": [c.delta for _, c in accepted],
+                    "counts": [c.count for _, c in accepted],
+                    "times": [c.occurred_at for _, c in accepted],
+                },
+            ).all()
+            if logged:
+                _apply(conn, states, logged)
+    return StoreResult(
+        applied=len(logged), duplicates=len(accepted) - len(logged), rejected=len(rejected)
+    )

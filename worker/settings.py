@@ -1,0 +1,106 @@
+"""The one settings object, read from `STOCKSYNC_*` environment variables (and a `.env` file)."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_data_dir
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MARKET_BASE_URL = "https://api.partner.market.yandex.ru"
+
+
+class SettingsError(ValueError):
+    """A configuration value is wrong; the message names the variable and the rule."""
+
+
+class Settings(BaseSettings):
+    """Everything configurable; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STOCKSYNC_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str | None = None
+    data_dir: Path = Field(default_factory=lambda: Path(user_data_dir("stocksync")))
+    broker_url: str | None = None
+    market_base_url: str = DEFAULT_MARKET_BASE_URL
+    market_api_key: SecretStr | None = None
+    market_oauth_token: SecretStr | None = None
+    warehouse_groups: list[list[int]] = Field(default_factory=list)
+    rate_limit_skus_per_minute: int = Field(default=100_000, ge=1)
+    max_parallel_requests_per_campaign: int = Field(default=2, ge=1, le=4)
+    drain_interval_seconds: float = Field(default=2.0, gt=0)
+    refresh_hours: float = Field(default=20.0, gt=0, le=23)
+    log_format: Literal["plain", "json"] = "plain"
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith("postgresql"):
+            raise ValueError("must be a PostgreSQL SQLAlchemy URL (postgresql+psycopg://…)")
+        return url
+
+    @field_validator("market_base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url.rstrip("/")
+
+    @field_validator("warehouse_groups")
+    @classmethod
+    def _groups_are_disjoint(cls, groups: list[list[int]]) -> list[list[int]]:
+        seen: dict[int, int] = {}
+        for number, group in enumerate(groups):
+            if not group:
+                raise ValueError(f"group {number} is empty; a group lists at least one campaign")
+            for campaign in group:
+                if campaign < 1:
+                    raise ValueError(f"campaign id {campaign} must be ≥ 1")
+                if campaign in seen:
+                    raise ValueError(f"campaign {campaign} is in more than one group")
+                seen[campaign] = number
+        return groups
+
+    def group_of(self, campaign_id: int) -> int:
+        """The stock key's group: the first campaign of the campaign's warehouse group, else itself."""
+        return _group_index(tuple(tuple(g) for g in self.warehouse_groups)).get(
+            campaign_id, campaign_id
+        )
+
+
+@lru_cache(maxsize=8)
+def _group_index(groups: tuple[tuple[int, ...], ...]) -> dict[int, int]:
+    return {campaign: group[0] for group in groups for campaign in group}
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"STOCKSYNC_{field.upper()}: {message}")
+    return "; ".join(lines)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or `SettingsError` naming each bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc)) from None
+    except ValueError as exc:  # pydantic-settings: a JSON variable that is not JSON
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = f"STOCKSYNC_{found.group(1).upper()}" if found else "settings"
+        raise SettingsError(f"{name}: is not valid JSON ({exc})") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, built once."""
+    return load_settings()
