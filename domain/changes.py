@@ -1,20 +1,29 @@
-"""Validation of `stocks.submit` messages: each change is accepted or rejected with a reason naming field and rule."""
+"""Validation of `stocks.submit` messages: each change is accepted or refused, naming the rule."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from domain.market_rules import COUNT_MAX, DELTA_MAX_ABS, SKU_MAX_LENGTH, normalize_sku, sku_is_valid
+from domain.market_rules import (
+    COUNT_MAX,
+    DELTA_MAX_ABS,
+    SKU_MAX_LENGTH,
+    normalize_sku,
+    sku_is_valid,
+)
 
 CHANGES_PER_MESSAGE_MAX = 10_000
 EVENT_ID_MAX_LENGTH = 255
 FUTURE_TOLERANCE = timedelta(minutes=5)
+# PostgreSQL stores ids as bigint: a larger campaign id must be refused, not fail the message.
+CAMPAIGN_ID_MAX = 2**63 - 1
 
 _NOT_INTEGER = "must be an integer (booleans, floats and numeric strings are not integers)"
+_NOT_TEXT = "must be valid Unicode text (no lone surrogates)"
 
 
 class _ChangeModel(BaseModel):
@@ -22,7 +31,7 @@ class _ChangeModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    campaign_id: StrictInt = Field(ge=1)
+    campaign_id: StrictInt = Field(ge=1, le=CAMPAIGN_ID_MAX)
     sku: StrictStr
     delta: StrictInt | None = Field(default=None, ge=-DELTA_MAX_ABS, le=DELTA_MAX_ABS)
     count: StrictInt | None = Field(default=None, ge=0, le=COUNT_MAX)
@@ -65,6 +74,7 @@ class UnreadableMessage(ValueError):
 
 _FIELD_RULES: dict[tuple[str, str], str] = {
     ("campaign_id", "greater_than_equal"): "must be ≥ 1",
+    ("campaign_id", "less_than_equal"): f"must be at most {CAMPAIGN_ID_MAX:,} (a 64-bit integer)",
     ("delta", "greater_than_equal"): f"|delta| must be ≤ {DELTA_MAX_ABS:,}",
     ("delta", "less_than_equal"): f"|delta| must be ≤ {DELTA_MAX_ABS:,}",
     ("count", "greater_than_equal"): f"must be between 0 and {COUNT_MAX:,}",
@@ -78,14 +88,26 @@ _TYPE_RULES: dict[str, str] = {
     "extra_forbidden": "is not a known field",
     "int_type": _NOT_INTEGER,
     "string_type": "must be a string",
+    "string_unicode": _NOT_TEXT,
     "model_type": "must be an object",
 }
 
 
 def _describe(error: Any) -> str:
     field = ".".join(str(part) for part in error["loc"]) or "change"
+    if not field.isprintable():  # an unknown field's name is the sender's: NUL cannot be stored
+        field = ascii(field)
     rule = _FIELD_RULES.get((field, error["type"])) or _TYPE_RULES.get(error["type"], error["msg"])
     return f"{field}: {rule}"
+
+
+def _is_text(value: str) -> bool:
+    """False for a string with lone surrogates (JSON may carry "\\ud800"): not UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_occurred_at(raw: str, now: datetime) -> tuple[datetime | None, str | None]:
@@ -96,13 +118,17 @@ def _parse_occurred_at(raw: str, now: datetime) -> tuple[datetime | None, str | 
         return None, f"occurred_at: {rule}"
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         return None, f"occurred_at: {rule}"
+    try:
+        parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is in year 0 in UTC
+        return None, "occurred_at: must be within the years 1 to 9999 in UTC"
     if parsed > now + FUTURE_TOLERANCE:
         return None, "occurred_at: must not be more than 5 minutes ahead of the service's clock"
     return parsed, None
 
 
 def validate_change(raw: Any, now: datetime) -> Change | str:
-    """One change object: a `Change`, or the reason it was refused (fields and rules, `; `-joined)."""
+    """One change object: a `Change`, or why it was refused (fields and rules, `; `-joined)."""
     try:
         model = _ChangeModel.model_validate(raw)
     except ValidationError as exc:
@@ -111,6 +137,8 @@ def validate_change(raw: Any, now: datetime) -> Change | str:
     sku = normalize_sku(model.sku)
     if not sku:
         reasons.append("sku: must not be empty or only whitespace")
+    elif not _is_text(sku):
+        reasons.append(f"sku: {_NOT_TEXT}")
     elif len(sku) > SKU_MAX_LENGTH:
         reasons.append(f"sku: must be at most {SKU_MAX_LENGTH} characters after trimming")
     elif not sku_is_valid(sku):
@@ -141,7 +169,7 @@ def validate_change(raw: Any, now: datetime) -> Change | str:
 
 def read_changes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
     """The `changes` list of a `stocks.submit` call, or `UnreadableMessage` saying why not."""
-    if args and kwargs or len(args) > 1:
+    if (args and kwargs) or len(args) > 1:
         raise UnreadableMessage("arguments: expected only the keyword argument 'changes'")
     if args:
         changes = args[0]
@@ -162,7 +190,7 @@ def read_changes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
 
 
 def parse_message(args: tuple[Any, ...], kwargs: dict[str, Any], now: datetime) -> ParsedMessage:
-    """Splits a readable message into valid changes and rejections; raises `UnreadableMessage`."""
+    """Splits a readable message into valid changes and rejections, or `UnreadableMessage`."""
     accepted: list[tuple[int, Change]] = []
     rejected: list[Rejection] = []
     for index, raw in enumerate(read_changes(args, kwargs)):

@@ -1,4 +1,4 @@
-"""The Market's own rules for `PUT /v2/campaigns/{campaignId}/offers/stocks`, as constants and checks."""
+"""The Market's own rules for `PUT /v2/campaigns/{id}/offers/stocks`, as constants and checks."""
 
 from __future__ import annotations
 
@@ -35,3 +35,32 @@ def clamp_count(value: int) -> int:
 def updated_at_for_sending(occurred_at: datetime, now: datetime) -> datetime:
     """Moves `occurred_at` into the Market's window: never after `now`, never before now - 23 h."""
     return max(now - UPDATED_AT_MAX_AGE, min(occurred_at, now))
+
+
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+def skus_named(messages: list[str], skus: set[str]) -> dict[str, str]:
+    """The SKUs of a batch that the Market's 400 messages name (`Stock for 'SKU' …`), with them."""
+    named: dict[str, str] = {}
+    for message in messages:
+        for quoted in _QUOTED.findall(message):
+            if quoted in skus:
+                named.setdefault(quoted, message)
+    return named
+
+
+def answer_kind(status: int) -> str:
+    """What a Market status means for a push: ok, refused (400), parked (401/403/404),
+    rate_limited (420), retry (5xx, 0 = no answer) or unexpected (any other)."""
+    if 200 <= status < 300:
+        return "ok"
+    if status == 400:
+        return "refused"
+    if status in (401, 403, 404):
+        return "parked"
+    if status == 420:
+        return "rate_limited"
+    if status == 0 or status >= 500:
+        return "retry"
+    return "unexpected"

@@ -56,9 +56,12 @@ def new_winning_absolute(state: KeyState, new: Iterable[LoggedChange]) -> Logged
     candidate = latest_absolute(new)
     if candidate is None:
         return None
-    if state.abs_at is not None and state.abs_seq is not None:
-        if _absolute_order(candidate) <= (state.abs_at, state.abs_seq):
-            return None
+    if (
+        state.abs_at is not None
+        and state.abs_seq is not None
+        and _absolute_order(candidate) <= (state.abs_at, state.abs_seq)
+    ):
+        return None
     return candidate
 
 

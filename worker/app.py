@@ -45,6 +45,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": CHANGES_QUEUE,
         "task_routes": {
             "stocks.submit": {"queue": CHANGES_QUEUE},
+            "stocks.push": {"queue": PUSH_QUEUE},
+            "stocks.drain": {"queue": DRAIN_QUEUE},
+        },
+        "beat_schedule": {
+            "drain-outbox": {
+                "task": "stocks.drain",
+                "schedule": settings.drain_interval_seconds,
+                # A drain not started by the next tick is useless: the next one does its work.
+                "options": {"expires": max(1.0, settings.drain_interval_seconds * 2)},
+            },
         },
         "task_send_sent_event": True,
         "worker_send_task_events": True,
@@ -52,5 +62,5 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-app = Celery("stocksync", include=["tasks.submit"])
+app = Celery("stocksync", include=["tasks.submit", "tasks.drain", "tasks.push"])
 app.add_defaults(lambda: celery_config(get_settings()))

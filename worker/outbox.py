@@ -210,19 +210,21 @@ def store_message(
             # Lock before logging: a concurrent message for the same key waits here, then sees
             # that message's committed rows in the statements below.
             states = _lock_keys(conn, sorted(set(zip(groups, skus, strict=True))))
-            logged = conn.execute(
-                _LOG_CHANGES,
-                {
-                    "task_id": task_id,
-                    "keys": [idempotency_key(c, task_id, i) for i, c in accepted],
-                    "groups": groups,
-                    "campaigns": [c.campaign_id for _, c in accepted],
-                    "skus": skus,
-                    "deltas": [c.delta for _, c in accepted],
-                    "counts": [c.count for _, c in accepted],
-                    "times": [c.occurred_at for _, c in accepted],
-                },
-            ).all()
+            logged = list(
+                conn.execute(
+                    _LOG_CHANGES,
+                    {
+                        "task_id": task_id,
+                        "keys": [idempotency_key(c, task_id, i) for i, c in accepted],
+                        "groups": groups,
+                        "campaigns": [c.campaign_id for _, c in accepted],
+                        "skus": skus,
+                        "deltas": [c.delta for _, c in accepted],
+                        "counts": [c.count for _, c in accepted],
+                        "times": [c.occurred_at for _, c in accepted],
+                    },
+                ).all()
+            )
             if logged:
                 _apply(conn, states, logged)
     return StoreResult(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Computed,
@@ -64,12 +65,11 @@ stock = Table(
     Column("last_occurred_at", DateTime(timezone=True)),
     Column("version", BigInteger, nullable=False, server_default="0"),
     Column("changed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # Filled by the drain: what the Market acknowledged, and the lease of a claim in flight.
+    # Filled by the drain: what the Market acknowledged, and the claim (see push_claim) in flight.
     Column("acked_version", BigInteger, nullable=False, server_default="0"),
     Column("acked_value", BigInteger),
     Column("acked_at", DateTime(timezone=True)),
     Column("claim_id", Text),
-    Column("claimed_until", DateTime(timezone=True)),
     # A SKU the Market refused with a 400: parked at that version until the value changes.
     Column("parked_version", BigInteger),
     Column("parked_reason", Text),
@@ -80,6 +80,7 @@ stock = Table(
         "changed_at",
         postgresql_where=text("version > acked_version"),
     ),
+    Index("stock_claim", "claim_id", postgresql_where=text("claim_id IS NOT NULL")),
 )
 
 # Everything refused: single changes (position ≥ 0) and whole unreadable messages (position -1).
@@ -95,4 +96,50 @@ rejected = Table(
     Column("reason", Text, nullable=False),
     UniqueConstraint("task_id", "position", name="rejected_task_position"),
     Index("rejected_received_at", "received_at"),
+)
+
+# Per target campaign: why it is not being sent to, and since when.
+campaign = Table(
+    "campaign",
+    metadata,
+    Column("campaign_id", BigInteger, primary_key=True, autoincrement=False),
+    # After a 420: nothing is sent before the Market's X-RateLimit-Resource-Until.
+    Column("blocked_until", DateTime(timezone=True)),
+    # After a 401/403/404: parked with the Market's reason; probed at `probe_at` to resume.
+    Column("parked_reason", Text),
+    Column("parked_at", DateTime(timezone=True)),
+    Column("probe_at", DateTime(timezone=True)),
+    # After retries ran out on 5xx or network errors: still sent to, but shown as degraded.
+    Column("degraded_reason", Text),
+    Column("degraded_at", DateTime(timezone=True)),
+    Column("last_push_at", DateTime(timezone=True)),
+)
+
+# Every request to the Market: the rate limiter's ledger (SKUs in the rolling window, requests in
+# flight) and the status command's history. Pruned after a few hours.
+market_request = Table(
+    "market_request",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("campaign_id", BigInteger, nullable=False),
+    Column("skus", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    # HTTP status; 0 for a timeout or broken connection; NULL while in flight or for a correction.
+    Column("status", Integer),
+    Column("correction", Boolean, nullable=False, server_default="false"),
+    Index("market_request_campaign_started", "campaign_id", "started_at"),
+)
+
+# A batch of keys claimed by the drain for one push task; the claim lives until `lease_until`,
+# after which another drain may take its keys again (a worker died).
+push_claim = Table(
+    "push_claim",
+    metadata,
+    Column("claim_id", Text, primary_key=True),
+    Column("campaign_id", BigInteger, nullable=False),
+    Column("skus", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("lease_until", DateTime(timezone=True), nullable=False),
+    Index("push_claim_campaign", "campaign_id", "lease_until"),
 )

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     drain_interval_seconds: float = Field(default=2.0, gt=0)
     refresh_hours: float = Field(default=20.0, gt=0, le=23)
     log_format: Literal["plain", "json"] = "plain"
+    # How long a drain's claim on a batch lives; a dead worker's keys are taken again after it.
+    claim_lease_seconds: float = Field(default=60.0, ge=1)
+    # Retries of a push on 5xx, timeouts and broken connections before its keys go back.
+    push_max_retries: int = Field(default=5, ge=0, le=20)
+    # How often a parked campaign (401/403/404) is probed with one SKU to see if it works again.
+    probe_interval_seconds: float = Field(default=60.0, gt=0)
+    market_timeout_seconds: float = Field(default=10.0, gt=0)
 
     @field_validator("database_url")
     @classmethod
@@ -68,7 +75,7 @@ class Settings(BaseSettings):
         return groups
 
     def group_of(self, campaign_id: int) -> int:
-        """The stock key's group: the first campaign of the campaign's warehouse group, else itself."""
+        """The key's group: the first campaign of the campaign's warehouse group, else itself."""
         return _group_index(tuple(tuple(g) for g in self.warehouse_groups)).get(
             campaign_id, campaign_id
         )

@@ -1,0 +1,119 @@
+"""`stocks.push`: send one claimed batch to the Market and record what the Market said.
+
+200 acknowledges the versions sent. 400 isolates the refused SKUs (named in the answer, else by
+halving the batch) and parks them; the rest still goes. 401/403/404 park the campaign. 420 and
+5xx retry with Celery for short waits; a longer wait releases the claim to a later drain.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Task
+
+from domain.backoff import backoff_seconds
+from domain.market_payload import PendingStock, stocks_body
+from domain.market_rules import answer_kind, skus_named
+from worker.app import app
+from worker.claims import Claim, Outbox
+from worker.market_client import MarketAnswer
+from worker.rate_limiter import Permit
+from worker.runtime import market_client, outbox
+from worker.settings import get_settings
+
+log = logging.getLogger("stocksync.push")
+
+# A wait up to this long is slept in the task; anything longer hands the keys back to the drain,
+# so no message waits in a worker under a countdown.
+SHORT_WAIT_SECONDS = 3.0
+
+
+def enqueue(claims: list[Claim]) -> None:
+    """One push task per claimed batch."""
+    for claim in claims:
+        push.apply_async(args=(claim.campaign_id, claim.claim_id, claim.skus))
+
+
+def _send(box: Outbox, campaign_id: int, batch: list[PendingStock]) -> MarketAnswer | float:
+    """One request through the limiter: the answer, or the seconds to wait when that is long."""
+    while True:
+        decision = box.limiter.acquire(campaign_id, len(batch))
+        if isinstance(decision, Permit):
+            break
+        if decision.seconds > SHORT_WAIT_SECONDS:
+            return decision.seconds
+        time.sleep(decision.seconds)
+    started = time.monotonic()
+    answer = market_client().put_stocks(campaign_id, stocks_body(batch, datetime.now(UTC)))
+    box.limiter.finish(decision, answer)
+    log.info(
+        "push campaign=%d skus=%d status=%d duration_ms=%.0f",
+        campaign_id,
+        len(batch),
+        answer.status,
+        (time.monotonic() - started) * 1000,
+    )
+    return answer
+
+
+def _split_refused(
+    box: Outbox, campaign_id: int, claim_id: str, batch: list[PendingStock], answer: MarketAnswer
+) -> list[list[PendingStock]]:
+    """Parks the SKUs a 400 names; what is left is sent again, halved when none was named."""
+    named = skus_named([e.message for e in answer.errors], {s.sku for s in batch})
+    if len(batch) == 1 and not named:
+        named = {batch[0].sku: answer.reason()}
+    if named:
+        box.park_skus(
+            campaign_id, claim_id, [(s, f"400: {named[s.sku]}") for s in batch if s.sku in named]
+        )
+        rest = [s for s in batch if s.sku not in named]
+        return [rest] if rest else []
+    half = len(batch) // 2
+    return [batch[:half], batch[half:]]
+
+
+@app.task(name="stocks.push", bind=True, acks_late=True, reject_on_worker_lost=True)
+def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, Any]:
+    """Delivers the claim's keys at their current values; never drops one."""
+    settings = get_settings()
+    box = outbox()
+    if not box.renew(claim_id):
+        return {"outcome": "lease lost", "skus": skus}
+    work = [box.read(campaign_id, claim_id)]
+    delivered = 0
+    while work:
+        batch = work.pop()
+        if not batch:
+            continue
+        answer = _send(box, campaign_id, batch)
+        if isinstance(answer, float):
+            box.release(campaign_id, claim_id)
+            return {"outcome": f"released: wait {answer:.1f}s", "delivered": delivered}
+        kind = answer_kind(answer.status)
+        if kind == "ok":
+            box.acknowledge(campaign_id, claim_id, batch)
+            delivered += len(batch)
+        elif kind == "refused":
+            work.extend(_split_refused(box, campaign_id, claim_id, batch, answer))
+        elif kind == "rate_limited":
+            work.append(batch)  # the limiter now holds the campaign until -Until
+        elif kind == "parked":
+            box.park_campaign(campaign_id, answer.reason(), settings.probe_interval_seconds)
+            box.release(campaign_id, claim_id)
+            log.warning("campaign %d parked: %s", campaign_id, answer.reason())
+            return {"outcome": "campaign parked", "delivered": delivered}
+        elif kind == "retry" and self.request.retries < settings.push_max_retries:
+            box.renew(claim_id)
+            raise self.retry(countdown=backoff_seconds(self.request.retries))
+        else:
+            box.release(campaign_id, claim_id)
+            box.degrade(campaign_id, answer.reason())
+            log.warning("campaign %d degraded: %s", campaign_id, answer.reason())
+            return {"outcome": "released after retries", "delivered": delivered}
+    box.release(campaign_id, claim_id)
+    enqueue(box.claim(campaign_id, settings.probe_interval_seconds))
+    return {"outcome": "done", "delivered": delivered}

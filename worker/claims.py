@@ -1,0 +1,279 @@
+"""The drain's side of the outbox: claiming pending keys in batches, acknowledging, parking.
+
+A claim is a `push_claim` row with a lease plus the `claim_id` on its keys. Keys are claimed with
+`FOR UPDATE SKIP LOCKED`, so overlapping drains never take the same key, and a key whose claim's
+lease ran out (its worker died) is free to be claimed again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, text
+
+from domain.batching import pack
+from domain.market_payload import PendingStock
+from domain.market_rules import SKUS_PER_REQUEST_MAX
+from worker.rate_limiter import RateLimiter
+
+# Every campaign that has a pending key, by a skip scan of the pending index: its cost grows with
+# the number of campaigns, not of keys.
+_PENDING_CAMPAIGNS = text("""
+    WITH RECURSIVE g AS (
+        (SELECT group_id FROM stock WHERE version > acked_version ORDER BY group_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT s.group_id FROM stock s
+                WHERE s.version > s.acked_version AND s.group_id > g.group_id
+                ORDER BY s.group_id LIMIT 1)
+        FROM g WHERE g.group_id IS NOT NULL
+    )
+    SELECT group_id FROM g WHERE group_id IS NOT NULL
+""")
+
+_OUTSTANDING = text("""
+    SELECT count(*), COALESCE(sum(skus), 0) FROM push_claim
+    WHERE campaign_id = :c AND lease_until > clock_timestamp()
+""")
+
+_CLAIM = text("""
+    WITH picked AS (
+        SELECT s.group_id, s.sku FROM stock s
+        WHERE s.group_id = :c AND s.version > s.acked_version
+          AND (s.parked_version IS NULL OR s.parked_version < s.version)
+          AND (s.claim_id IS NULL OR NOT EXISTS (
+                SELECT 1 FROM push_claim p
+                WHERE p.claim_id = s.claim_id AND p.lease_until > clock_timestamp()))
+        ORDER BY s.changed_at
+        LIMIT :n
+        FOR UPDATE OF s SKIP LOCKED
+    )
+    UPDATE stock s SET claim_id = :claim
+    FROM picked WHERE s.group_id = picked.group_id AND s.sku = picked.sku
+    RETURNING s.sku, s.changed_at
+""")
+
+_MOVE_TO_CLAIM = text("""
+    UPDATE stock SET claim_id = :new WHERE group_id = :c AND claim_id = :old AND sku = ANY(:skus)
+""")
+
+_NEW_CLAIM = text("""
+    INSERT INTO push_claim (claim_id, campaign_id, skus, lease_until)
+    VALUES (:claim, :c, :n, clock_timestamp() + make_interval(secs => :lease))
+""")
+
+_RENEW = text("""
+    UPDATE push_claim SET lease_until = clock_timestamp() + make_interval(secs => :lease)
+    WHERE claim_id = :claim AND lease_until > clock_timestamp()
+    RETURNING campaign_id
+""")
+
+_READ = text("""
+    SELECT sku, value, version, last_occurred_at FROM stock
+    WHERE group_id = :c AND claim_id = :claim ORDER BY changed_at
+""")
+
+_LOCK_ROWS = text("""
+    SELECT sku FROM stock WHERE group_id = :c AND sku = ANY(:skus) ORDER BY sku FOR UPDATE
+""")
+
+# A 200 acknowledges the version that was sent; a change committed meanwhile keeps the key pending.
+_ACK = text("""
+    UPDATE stock s SET
+        acked_value = CASE WHEN n.version > s.acked_version THEN n.value ELSE s.acked_value END,
+        acked_version = GREATEST(s.acked_version, n.version),
+        acked_at = clock_timestamp(),
+        claim_id = NULL,
+        parked_version = NULL,
+        parked_reason = NULL
+    FROM unnest(CAST(:skus AS text[]), CAST(:versions AS bigint[]), CAST(:vals AS bigint[]))
+         AS n(sku, version, value)
+    WHERE s.group_id = :c AND s.sku = n.sku AND s.claim_id = :claim
+""")
+
+_PARK_SKUS = text("""
+    UPDATE stock s SET parked_version = n.version, parked_reason = n.reason, claim_id = NULL
+    FROM unnest(CAST(:skus AS text[]), CAST(:versions AS bigint[]), CAST(:reasons AS text[]))
+         AS n(sku, version, reason)
+    WHERE s.group_id = :c AND s.sku = n.sku AND s.claim_id = :claim
+""")
+
+_RELEASE = text("UPDATE stock SET claim_id = NULL WHERE group_id = :c AND claim_id = :claim")
+_DROP_CLAIM = text("DELETE FROM push_claim WHERE claim_id = :claim")
+
+_CAMPAIGN_WORKS = text("""
+    UPDATE campaign SET last_push_at = clock_timestamp(), degraded_reason = NULL,
+        degraded_at = NULL, parked_reason = NULL, parked_at = NULL, probe_at = NULL
+    WHERE campaign_id = :c
+""")
+
+_PARK_CAMPAIGN = text("""
+    UPDATE campaign SET parked_reason = :reason,
+        parked_at = COALESCE(parked_at, clock_timestamp()),
+        probe_at = clock_timestamp() + make_interval(secs => :probe)
+    WHERE campaign_id = :c
+""")
+
+_DEGRADE = text("""
+    UPDATE campaign SET degraded_reason = :reason,
+        degraded_at = COALESCE(degraded_at, clock_timestamp())
+    WHERE campaign_id = :c
+""")
+
+_PROBE_DUE = text("""
+    UPDATE campaign SET probe_at = clock_timestamp() + make_interval(secs => :probe)
+    WHERE campaign_id = :c AND parked_reason IS NOT NULL AND probe_at <= clock_timestamp()
+    RETURNING campaign_id
+""")
+
+_PRUNE_CLAIMS = text("""
+    DELETE FROM push_claim WHERE lease_until < clock_timestamp() - interval '10 minutes'
+""")
+_PRUNE_REQUESTS = text("""
+    DELETE FROM market_request WHERE started_at < clock_timestamp() - interval '2 hours'
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A batch claimed for one push task."""
+
+    claim_id: str
+    campaign_id: int
+    skus: int
+
+
+class Outbox:
+    """Claims, acknowledgements and parking on the `stock` table, for one campaign at a time."""
+
+    def __init__(self, engine: Engine, limiter: RateLimiter, lease_seconds: float) -> None:
+        self.engine = engine
+        self.limiter = limiter
+        self.lease_seconds = lease_seconds
+
+    def pending_campaigns(self) -> list[int]:
+        with self.engine.connect() as conn:
+            return [row[0] for row in conn.execute(_PENDING_CAMPAIGNS)]
+
+    def claim(self, campaign_id: int, probe_interval: float) -> list[Claim]:
+        """Claims the next batches of a campaign, within its rate budget and parallel slots.
+
+        A parked campaign gets one single-SKU probe when its probe is due; a blocked one nothing.
+        """
+        with self.engine.begin() as conn:
+            use = self.limiter.usage(conn, campaign_id)  # locks the campaign: one planner at once
+            if use.blocked_until is not None and use.blocked_until > use.now:
+                return []
+            if use.parked_reason is not None:
+                due = conn.execute(_PROBE_DUE, {"c": campaign_id, "probe": probe_interval}).first()
+                return self._claim_batches(conn, campaign_id, 1, 1) if due else []
+            claims, claimed_skus = conn.execute(_OUTSTANDING, {"c": campaign_id}).one()
+            budget = self.limiter.limit - use.skus_in_window - int(claimed_skus)
+            # One batch more than may be in flight, so a finished request is followed at once.
+            slots = self.limiter.max_parallel + 1 - int(claims)
+            return self._claim_batches(conn, campaign_id, budget, slots)
+
+    def _claim_batches(
+        self, conn: Connection, campaign_id: int, budget: int, slots: int
+    ) -> list[Claim]:
+        claims: list[Claim] = []
+        while slots > 0 and budget > 0:
+            claim_id = uuid.uuid4().hex
+            wanted = min(SKUS_PER_REQUEST_MAX, budget)
+            rows = conn.execute(_CLAIM, {"c": campaign_id, "n": wanted, "claim": claim_id}).all()
+            if not rows:
+                break
+            batches = pack([r.sku for r in sorted(rows, key=lambda r: r.changed_at)])
+            # Long SKUs: the body limit makes several requests; each batch gets a claim of its own.
+            ids = [claim_id] + [uuid.uuid4().hex for _ in batches[1:]]
+            for extra_id, extra in zip(ids[1:], batches[1:], strict=True):
+                conn.execute(
+                    _MOVE_TO_CLAIM,
+                    {"new": extra_id, "old": claim_id, "c": campaign_id, "skus": extra},
+                )
+            for batch_id, batch in zip(ids, batches, strict=True):
+                conn.execute(
+                    _NEW_CLAIM,
+                    {
+                        "claim": batch_id,
+                        "c": campaign_id,
+                        "n": len(batch),
+                        "lease": self.lease_seconds,
+                    },
+                )
+                claims.append(Claim(batch_id, campaign_id, len(batch)))
+            budget -= len(rows)
+            slots -= len(batches)
+            if len(rows) < wanted:
+                break
+        return claims
+
+    def renew(self, claim_id: str) -> bool:
+        """Extends a live claim's lease; False when it ran out (its keys may be claimed again)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(_RENEW, {"claim": claim_id, "lease": self.lease_seconds}).first()
+            return row is not None
+
+    def read(self, campaign_id: int, claim_id: str) -> list[PendingStock]:
+        """The claimed keys as they are now: the values and versions to send."""
+        with self.engine.connect() as conn:
+            return [
+                PendingStock(r.sku, r.value, r.version, r.last_occurred_at)
+                for r in conn.execute(_READ, {"c": campaign_id, "claim": claim_id})
+            ]
+
+    def acknowledge(self, campaign_id: int, claim_id: str, sent: Sequence[PendingStock]) -> None:
+        """Records a 200 for the versions sent; the campaign works again."""
+        with self.engine.begin() as conn:
+            skus = sorted(s.sku for s in sent)
+            conn.execute(_LOCK_ROWS, {"c": campaign_id, "skus": skus})
+            conn.execute(
+                _ACK,
+                {
+                    "c": campaign_id,
+                    "claim": claim_id,
+                    "skus": [s.sku for s in sent],
+                    "versions": [s.version for s in sent],
+                    "vals": [s.value for s in sent],
+                },
+            )
+            conn.execute(_CAMPAIGN_WORKS, {"c": campaign_id})
+
+    def park_skus(
+        self, campaign_id: int, claim_id: str, refused: Sequence[tuple[PendingStock, str]]
+    ) -> None:
+        """SKUs the Market refused (400): set aside at this version, with the Market's reason."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                _PARK_SKUS,
+                {
+                    "c": campaign_id,
+                    "claim": claim_id,
+                    "skus": [s.sku for s, _ in refused],
+                    "versions": [s.version for s, _ in refused],
+                    "reasons": [reason for _, reason in refused],
+                },
+            )
+
+    def release(self, campaign_id: int, claim_id: str) -> None:
+        """Gives the claim's remaining keys back to the drain; they stay pending."""
+        with self.engine.begin() as conn:
+            conn.execute(_RELEASE, {"c": campaign_id, "claim": claim_id})
+            conn.execute(_DROP_CLAIM, {"claim": claim_id})
+
+    def park_campaign(self, campaign_id: int, reason: str, probe_interval: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                _PARK_CAMPAIGN, {"c": campaign_id, "reason": reason, "probe": probe_interval}
+            )
+
+    def degrade(self, campaign_id: int, reason: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(_DEGRADE, {"c": campaign_id, "reason": reason})
+
+    def prune(self) -> None:
+        """Forgets long-expired claims and request history older than two hours."""
+        with self.engine.begin() as conn:
+            conn.execute(_PRUNE_CLAIMS)
+            conn.execute(_PRUNE_REQUESTS)

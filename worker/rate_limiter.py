@@ -1,0 +1,164 @@
+"""The global per-campaign rate limiter, kept in PostgreSQL on the database's clock.
+
+Every worker and process asks here before a request: at most `limit` SKUs in any rolling window
+(60 s plus a margin for the time a request takes to arrive) and at most `max_parallel` requests in
+flight. A request counts from its start until 60 s after it ended: the Market counts it when it
+arrives, somewhere in between. SKUs of 5xx answers are given back (the Market does not count
+them); `X-RateLimit-Resource-Remaining` raises the local count when the Market saw more; a 420
+blocks the campaign until `X-RateLimit-Resource-Until`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Engine, text
+
+from domain.rate_window import seconds_until_room
+from worker.market_client import MarketAnswer
+
+WINDOW_SECONDS = 60.0
+ARRIVAL_MARGIN_SECONDS = 1.0
+# A request never finished (its worker died) is taken to have ended this long after it started:
+# longer than a connect plus a read timeout.
+UNFINISHED_REQUEST_SECONDS = 30.0
+# A 420 without a readable -Until blocks for a minute; an absurd -Until is believed for an hour.
+DEFAULT_BLOCK = timedelta(seconds=60)
+LONGEST_BLOCK = timedelta(hours=1)
+# While all parallel slots are taken, ask again after this long.
+PARALLEL_WAIT_SECONDS = 0.05
+
+_ENSURE_CAMPAIGN = text(
+    "INSERT INTO campaign (campaign_id) VALUES (:c) ON CONFLICT (campaign_id) DO NOTHING"
+)
+
+_LOCK_CAMPAIGN = text("""
+    SELECT blocked_until, parked_reason, clock_timestamp() FROM campaign
+    WHERE campaign_id = :c FOR UPDATE
+""")
+
+_WINDOW = text("""
+    SELECT skus,
+           COALESCE(finished_at, started_at + make_interval(secs => :unfinished))
+               + make_interval(secs => :window) AS leaves_at,
+           finished_at IS NULL
+               AND started_at > clock_timestamp() - make_interval(secs => :unfinished) AS in_flight
+    FROM market_request
+    WHERE campaign_id = :c
+      AND started_at > clock_timestamp() - make_interval(secs => :window + :unfinished)
+      AND COALESCE(finished_at, started_at + make_interval(secs => :unfinished))
+          > clock_timestamp() - make_interval(secs => :window)
+""")
+
+_START = text("""
+    INSERT INTO market_request (campaign_id, skus, started_at)
+    VALUES (:c, :skus, clock_timestamp()) RETURNING id
+""")
+
+_FINISH = text("""
+    UPDATE market_request
+    SET finished_at = clock_timestamp(), status = :status,
+        skus = CASE WHEN :status >= 500 THEN 0 ELSE skus END
+    WHERE id = :id
+""")
+
+_CORRECT = text("""
+    INSERT INTO market_request (campaign_id, skus, started_at, finished_at, correction)
+    VALUES (:c, :skus, clock_timestamp(), clock_timestamp(), true)
+""")
+
+_BLOCK = text("""
+    UPDATE campaign SET blocked_until = GREATEST(COALESCE(blocked_until, :until), :until)
+    WHERE campaign_id = :c
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """Leave to send one request now; hand it back to `finish`."""
+
+    request_id: int
+    campaign_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """No leave yet: ask again after `seconds`, for `reason` (`420`, `window`, `parallel`)."""
+
+    seconds: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A campaign's use of its limit right now."""
+
+    skus_in_window: int
+    in_flight: int
+    window: list[tuple[int, datetime]]
+    now: datetime
+    blocked_until: datetime | None
+    parked_reason: str | None
+
+
+class RateLimiter:
+    """Per-campaign SKUs per rolling minute and requests in flight, across all workers."""
+
+    def __init__(self, engine: Engine, skus_per_minute: int, max_parallel: int) -> None:
+        self.engine = engine
+        self.limit = skus_per_minute
+        self.max_parallel = max_parallel
+
+    def usage(self, conn: Connection, campaign_id: int) -> Usage:
+        """Locks the campaign's row (callers serialize on it) and reads its use of the limit."""
+        conn.execute(_ENSURE_CAMPAIGN, {"c": campaign_id})
+        blocked_until, parked_reason, now = conn.execute(_LOCK_CAMPAIGN, {"c": campaign_id}).one()
+        rows = conn.execute(
+            _WINDOW,
+            {
+                "c": campaign_id,
+                "window": WINDOW_SECONDS + ARRIVAL_MARGIN_SECONDS,
+                "unfinished": UNFINISHED_REQUEST_SECONDS,
+            },
+        ).all()
+        return Usage(
+            skus_in_window=sum(r.skus for r in rows),
+            in_flight=sum(1 for r in rows if r.in_flight),
+            window=[(r.skus, r.leaves_at) for r in rows],
+            now=now,
+            blocked_until=blocked_until,
+            parked_reason=parked_reason,
+        )
+
+    def acquire(self, campaign_id: int, skus: int) -> Permit | Wait:
+        """Leave for a request of `skus` SKUs now, or how long to wait for it."""
+        with self.engine.begin() as conn:
+            use = self.usage(conn, campaign_id)
+            if use.blocked_until is not None and use.blocked_until > use.now:
+                return Wait((use.blocked_until - use.now).total_seconds(), "420")
+            if use.in_flight >= self.max_parallel:
+                return Wait(PARALLEL_WAIT_SECONDS, "parallel")
+            wait = seconds_until_room(use.window, self.limit, skus, use.now)
+            if wait > 0:
+                return Wait(wait, "window")
+            request_id = conn.execute(_START, {"c": campaign_id, "skus": skus}).scalar_one()
+            return Permit(request_id, campaign_id)
+
+    def finish(self, permit: Permit, answer: MarketAnswer) -> None:
+        """Records the answer: 5xx SKUs given back, the Market's own count believed, 420 obeyed."""
+        with self.engine.begin() as conn:
+            conn.execute(_FINISH, {"id": permit.request_id, "status": answer.status})
+            if answer.status == 420 or (answer.limit is not None and answer.remaining is not None):
+                use = self.usage(conn, permit.campaign_id)
+                if answer.limit is not None and answer.remaining is not None:
+                    market_used = answer.limit - answer.remaining
+                    if market_used > use.skus_in_window:
+                        conn.execute(
+                            _CORRECT,
+                            {"c": permit.campaign_id, "skus": market_used - use.skus_in_window},
+                        )
+                if answer.status == 420:
+                    until = answer.until or use.now + DEFAULT_BLOCK
+                    until = min(until, use.now + LONGEST_BLOCK)
+                    conn.execute(_BLOCK, {"c": permit.campaign_id, "until": until})
