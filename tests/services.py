@@ -35,7 +35,7 @@ def url_for_database(name: str) -> str:
 
 def admin_execute(sql: str) -> None:
     with psycopg.connect(_libpq(ADMIN_URL), autocommit=True) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
+        conn.execute(sql)
 
 
 def migrate(url: str) -> None:
@@ -90,20 +90,38 @@ class WorkerProcess:
         self._log = self.log_path.open("ab")
         start_offset = self.log_path.stat().st_size
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-l", "info",
-             "--without-gossip", "--without-mingle", *self.extra_args],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "worker",
+                "-l",
+                "info",
+                "-n",
+                f"test-{uuid.uuid4().hex[:8]}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                *self.extra_args,
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self._log.close()
                 raise RuntimeError(f"worker exited early:\n{self.log_text()[-3000:]}")
             with self.log_path.open("rb") as f:
                 f.seek(start_offset)
                 if b" ready." in f.read():
                     return self
             time.sleep(0.1)
+        self.stop()
         raise TimeoutError(f"worker not ready:\n{self.log_text()[-3000:]}")
 
     def log_text(self) -> str:

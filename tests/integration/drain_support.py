@@ -1,0 +1,92 @@
+"""A running pipeline for drain tests: the sandbox, a real worker with embedded beat, RabbitMQ."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+from sqlalchemy import Engine, text
+
+from domain.changes import Change
+from sandbox.server import MarketSandbox
+from tests.services import WorkerProcess, service_env
+from worker.outbox import store_message
+
+SECRET_KEY = "sk-test-4f1d9c7e-never-in-logs"
+
+
+def put_changes(
+    engine: Engine, changes: list[dict[str, Any]], groups: dict[int, int] | None = None
+) -> None:
+    """Commits changes straight into the outbox, as `stocks.submit` would."""
+    now = datetime.now(UTC)
+    accepted = [
+        (
+            i,
+            Change(
+                campaign_id=c["campaign_id"],
+                sku=c["sku"],
+                delta=c.get("delta"),
+                count=c.get("count"),
+                event_id=c.get("event_id"),
+                occurred_at=c.get("occurred_at", now),
+            ),
+        )
+        for i, c in enumerate(changes)
+    ]
+    mapping = groups or {}
+
+    def group_of(campaign: int) -> int:
+        return mapping.get(campaign, campaign)
+
+    store_message(engine, uuid4().hex, accepted, [], group_of)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def pending_keys(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM stock WHERE version > acked_version")
+            ).scalar_one()
+        )
+
+
+def counts_at(sandbox: MarketSandbox, campaign: int) -> dict[str, int]:
+    state = sandbox.state().get(str(campaign), {})
+    return {sku: entry["count"] for sku, entry in state.items()}
+
+
+@contextmanager
+def running_worker(
+    database_url: str, broker_url: str, sandbox: MarketSandbox, log_path: Path, **settings: str
+) -> Iterator[WorkerProcess]:
+    env = service_env(
+        database_url,
+        broker_url,
+        STOCKSYNC_MARKET_BASE_URL=sandbox.url,
+        STOCKSYNC_MARKET_API_KEY=SECRET_KEY,
+        STOCKSYNC_DRAIN_INTERVAL_SECONDS="0.5",
+        **{f"STOCKSYNC_{k.upper()}": v for k, v in settings.items()},
+    )
+    worker = WorkerProcess(
+        env, log_path, extra_args=("-B", "-s", str(log_path.with_suffix(".beat")))
+    )
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
