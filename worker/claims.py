@@ -39,7 +39,7 @@ _OUTSTANDING = text("""
 
 _CLAIM = text("""
     WITH picked AS (
-        SELECT s.group_id, s.sku FROM stock s
+        SELECT s.ctid AS row_id FROM stock s
         WHERE s.group_id = :c AND s.version > s.acked_version
           AND (s.parked_version IS NULL OR s.parked_version < s.version)
           AND (s.claim_id IS NULL OR NOT EXISTS (
@@ -49,8 +49,9 @@ _CLAIM = text("""
         LIMIT :n
         FOR UPDATE OF s SKIP LOCKED
     )
+    -- Back to the rows by their physical address: the locked rows cannot move meanwhile.
     UPDATE stock s SET claim_id = :claim
-    FROM picked WHERE s.group_id = picked.group_id AND s.sku = picked.sku
+    FROM picked WHERE s.ctid = picked.row_id
     RETURNING s.sku, s.changed_at
 """)
 
@@ -78,18 +79,19 @@ _LOCK_ROWS = text("""
     SELECT sku FROM stock WHERE group_id = :c AND sku = ANY(:skus) ORDER BY sku FOR UPDATE
 """)
 
-# A 200 acknowledges the version that was sent; a change committed meanwhile keeps the key pending.
+# A 200 acknowledges the version that was sent (whoever holds the key's claim now: the Market has
+# that version); a change committed meanwhile keeps the key pending. Driven by the primary key.
 _ACK = text("""
     UPDATE stock s SET
         acked_value = CASE WHEN n.version > s.acked_version THEN n.value ELSE s.acked_value END,
         acked_version = GREATEST(s.acked_version, n.version),
         acked_at = clock_timestamp(),
-        claim_id = NULL,
+        claim_id = CASE WHEN s.claim_id = :claim THEN NULL ELSE s.claim_id END,
         parked_version = NULL,
         parked_reason = NULL
     FROM unnest(CAST(:skus AS text[]), CAST(:versions AS bigint[]), CAST(:vals AS bigint[]))
          AS n(sku, version, value)
-    WHERE s.group_id = :c AND s.sku = n.sku AND s.claim_id = :claim
+    WHERE s.group_id = :c AND s.sku = n.sku
 """)
 
 _PARK_SKUS = text("""
