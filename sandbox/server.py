@@ -1,0 +1,222 @@
+"""The local Market sandbox: `MarketSandbox` for tests and code, `main` for the command line."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from types import FrameType, TracebackType
+from typing import Any
+
+from sandbox.config import SandboxConfig
+from sandbox.handler import SandboxHTTPServer
+from sandbox.state import SandboxState
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+
+class MarketSandbox:
+    """A sandbox HTTP server on a background thread; `with MarketSandbox() as sb:` runs it.
+
+    Keyword settings are those of SandboxConfig (e.g. `partial_400=True`,
+    `rate_limit_skus_per_minute=None`); port 0 picks a free port, read it from `.url`.
+    """
+
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        *,
+        verbose: bool = False,
+        **settings: Any,
+    ) -> None:
+        self._state = SandboxState(SandboxConfig().updated(settings))
+        self._address = (host, port)
+        self._verbose = verbose
+        self._server: SandboxHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> MarketSandbox:
+        """Binds the socket and serves on a daemon thread; returns self."""
+        if self._server is not None:
+            raise RuntimeError("the sandbox is already running")
+        self._server = SandboxHTTPServer(self._address, self._state, self._verbose)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.02},  # stop() waits up to one poll interval
+            name=f"market-sandbox-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stops serving and closes the listening socket (running requests end on their own)."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> MarketSandbox:
+        """Starts the sandbox."""
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stops the sandbox."""
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when 0 was asked)."""
+        if self._server is None:
+            raise RuntimeError("the sandbox is not running")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """The base URL to give a client as the Market's, e.g. `http://127.0.0.1:8765`."""
+        host = self._address[0] or DEFAULT_HOST
+        return f"http://{host}:{self.port}"
+
+    def stocks_url(self, campaign_id: int) -> str:
+        """The full URL of the stocks method for a campaign."""
+        return f"{self.url}/v2/campaigns/{campaign_id}/offers/stocks"
+
+    @property
+    def config(self) -> SandboxConfig:
+        """The settings in force."""
+        return self._state.config
+
+    def configure(self, **changes: Any) -> dict[str, Any]:
+        """Partial update of settings, same names and JSON values as `POST /_sandbox/config`."""
+        return self._state.configure(changes).as_json()
+
+    def force_status(self, campaign_id: int, status: int | None) -> None:
+        """Makes a campaign answer `status` (e.g. 403) until called again with None."""
+        forced = dict(self._state.config.forced_status)
+        if status is None:
+            forced.pop(campaign_id, None)
+        else:
+            forced[campaign_id] = status
+        self._state.configure({"forced_status": forced})
+
+    def state(self, campaign_id: int | None = None) -> dict[str, Any]:
+        """Accepted stock: {sku: {count, updatedAt, accepted_at}} of a campaign, or by campaign."""
+        return self._state.stock(campaign_id)
+
+    def requests(self, campaign_id: int | None = None, since: int = 0) -> list[dict[str, Any]]:
+        """The request log (bounded to `request_log_max` entries), oldest first."""
+        return self._state.requests(campaign_id, since)
+
+    def stats(self) -> dict[str, Any]:
+        """Exact counters since the last reset (same JSON as `GET /_sandbox/stats`)."""
+        return self._state.stats()
+
+    def reset(self) -> None:
+        """Clears stock, rate windows, the request log and counters; settings stay."""
+        self._state.reset()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stocksync sandbox",
+        description="A local server that behaves like the Market's PUT offers/stocks method.",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0: any free one)")
+    limit = parser.add_mutually_exclusive_group()
+    limit.add_argument(
+        "--rate-limit", type=int, metavar="SKUS", help="SKUs per campaign per minute (100000)"
+    )
+    limit.add_argument("--unlimited", action="store_true", help="no SKU rate limit")
+    parser.add_argument(
+        "--api-key", action="append", default=[], help="a valid Api-Key (repeatable)"
+    )
+    parser.add_argument(
+        "--oauth-token", action="append", default=[], help="a valid Bearer token (repeatable)"
+    )
+    parser.add_argument(
+        "--known-campaign", action="append", type=int, default=[], help="a campaign id that exists"
+    )
+    parser.add_argument(
+        "--refuse-sku", action="append", default=[], help="a SKU always refused with 400"
+    )
+    parser.add_argument(
+        "--partial-400", action="store_true", help="a 400 applies the valid SKUs of the request"
+    )
+    parser.add_argument("--seed", type=int, help="seed of the fault-injection generator")
+    parser.add_argument("--latency-ms", type=float, help="added latency per request")
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The SandboxConfig settings the command-line flags ask for (absent flags: defaults)."""
+    settings: dict[str, Any] = {}
+    if args.unlimited:
+        settings["rate_limit_skus_per_minute"] = None
+    elif args.rate_limit is not None:
+        settings["rate_limit_skus_per_minute"] = args.rate_limit
+    if args.api_key:
+        settings["api_keys"] = args.api_key
+    if args.oauth_token:
+        settings["oauth_tokens"] = args.oauth_token
+    if args.known_campaign:
+        settings["known_campaigns"] = args.known_campaign
+    if args.refuse_sku:
+        settings["refuse_skus"] = args.refuse_sku
+    if args.partial_400:
+        settings["partial_400"] = True
+    if args.seed is not None:
+        settings["seed"] = args.seed
+    if args.latency_ms is not None:
+        settings["latency_ms"] = args.latency_ms
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the sandbox until SIGINT or SIGTERM; prints its URL first. Returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        sandbox = MarketSandbox(
+            args.host, args.port, verbose=args.verbose, **settings_from_args(args)
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    # Signal handlers can only be installed from the main thread; elsewhere the caller stops us.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = (
+        {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if in_main
+        else {}
+    )
+    try:
+        with sandbox:
+            print(f"Market sandbox listening on {sandbox.url}", flush=True)
+            print(
+                f"  PUT {sandbox.url}/v2/campaigns/{{campaignId}}/offers/stocks; "
+                f"control: {sandbox.url}/_sandbox/{{state,requests,stats,config,reset}}",
+                flush=True,
+            )
+            while not stop.wait(0.5):
+                pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("Market sandbox stopped", flush=True)
+    return 0

@@ -1,0 +1,318 @@
+"""The sandbox's shared memory: accepted stock, rate windows, in-flight counts, request log, stats.
+
+One lock guards everything; the HTTP threads hold it only for short bookkeeping, never while
+sleeping or validating, so the lock is not what limits throughput.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+from sandbox.config import SandboxConfig
+from sandbox.rules import StockUpdate
+
+# X-RateLimit-Resource-Limit when the limit is switched off: an integer every client can parse
+# that no sane client will ever run down.
+UNLIMITED_HEADER_VALUE = 2**31 - 1
+
+
+class RollingWindow:
+    """Amounts stamped with monotonic times; `total` is the sum of those still inside the window."""
+
+    __slots__ = ("entries", "total")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+    def purge(self, now: float, window: float) -> None:
+        """Drops the amounts that are `window` seconds old or older."""
+        entries = self.entries
+        while entries and entries[0][0] <= now - window:
+            self.total -= entries.popleft()[1]
+
+    def add(self, now: float, amount: int) -> None:
+        """Counts `amount` at `now`."""
+        self.entries.append((now, amount))
+        self.total += amount
+
+    def time_until_free(self, now: float, window: float, needed: int) -> float:
+        """The monotonic time when at least `needed` counted units have left the window."""
+        freed = 0
+        for stamp, amount in self.entries:
+            freed += amount
+            if freed >= needed:
+                return stamp + window
+        # More is needed than the window holds (a request larger than the limit): say when it
+        # is empty, so a client that waits is not told to come back at once.
+        return self.entries[-1][0] + window if self.entries else now + window
+
+    def oldest_leaves(self, now: float, window: float) -> float:
+        """When the oldest amount leaves the window; an empty window resets a window from now."""
+        return self.entries[0][0] + window if self.entries else now + window
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """What fault injection decided for one request."""
+
+    latency_seconds: float
+    drop_before: bool
+    error_500: bool
+    error_420: bool
+    drop_after: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The rate limiter's answer: `ok`, else the monotonic time the request would fit."""
+
+    ok: bool
+    until: float
+
+
+def http_date(monotonic_at: float) -> str:
+    """An RFC 822 date for a monotonic instant, rounded up to the second so waiting is enough."""
+    wall = time.time() + (monotonic_at - time.monotonic())
+    return format_datetime(datetime.fromtimestamp(math.ceil(wall), UTC), usegmt=True)
+
+
+def _campaign_stats() -> dict[str, Any]:
+    return {
+        "requests": 0,
+        "requests_by_status": defaultdict(int),
+        "skus_accepted": 0,
+        "skus_refused": 0,
+        "stale_overwrites": 0,
+        "max_parallel_seen": 0,
+        "max_skus_accepted_in_window": 0,
+    }
+
+
+class SandboxState:
+    """Everything the sandbox remembers; every method is thread-safe."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self._lock = threading.Lock()
+        self._config = config
+        # Fault injection needs reproducibility, not secrecy: a seeded Random is the point.
+        self._rng = random.Random(config.seed)  # noqa: S311
+        # In-flight counts survive a reset: the requests they count are still running.
+        self._in_flight: dict[int, int] = defaultdict(int)
+        self._admitted: dict[int, int] = defaultdict(int)
+        self._seq = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        # campaign -> sku -> (count, updatedAt, accepted_at); tuples keep a million SKUs small.
+        self._stock: dict[int, dict[str, tuple[int, datetime, datetime]]] = defaultdict(dict)
+        self._rate: dict[int, RollingWindow] = defaultdict(RollingWindow)
+        self._accepted: dict[int, RollingWindow] = defaultdict(RollingWindow)
+        self._log: deque[dict[str, Any]] = deque(maxlen=self._config.request_log_max)
+        self._totals: dict[str, Any] = {
+            "requests": 0,
+            "requests_by_status": defaultdict(int),
+            "skus_accepted": 0,
+            "skus_refused": 0,
+            "stale_overwrites": 0,
+            "parallel_limited": 0,
+            "rate_limited": 0,
+            "injected": defaultdict(int),
+        }
+        self._campaigns: dict[int, dict[str, Any]] = defaultdict(_campaign_stats)
+
+    @property
+    def config(self) -> SandboxConfig:
+        """The settings in force (an immutable snapshot)."""
+        return self._config
+
+    def configure(self, changes: Mapping[str, Any]) -> SandboxConfig:
+        """Applies a partial update atomically; raises ConfigError and changes nothing if bad."""
+        with self._lock:
+            new = self._config.updated(changes)
+            if "seed" in changes:
+                self._rng = random.Random(new.seed)  # noqa: S311
+            if new.request_log_max != self._config.request_log_max:
+                self._log = deque(self._log, maxlen=new.request_log_max)
+            self._config = new
+            return new
+
+    def reset(self) -> None:
+        """Forgets stock, rate windows, the request log and the counters; settings stay."""
+        with self._lock:
+            self._clear()
+
+    def begin(self, campaign: int) -> bool:
+        """Counts a request in flight; True when it is within the parallel limit (admitted)."""
+        with self._lock:
+            self._in_flight[campaign] += 1
+            stats = self._campaigns[campaign]
+            stats["max_parallel_seen"] = max(stats["max_parallel_seen"], self._in_flight[campaign])
+            if self._admitted[campaign] >= self._config.max_parallel_requests:
+                return False
+            self._admitted[campaign] += 1
+            return True
+
+    def end(self, campaign: int, admitted: bool) -> None:
+        """Undoes `begin` once the answer is written or the connection dropped."""
+        with self._lock:
+            self._in_flight[campaign] -= 1
+            if admitted:
+                self._admitted[campaign] -= 1
+
+    def roll_faults(self) -> Faults:
+        """Draws this request's injected latency and faults from the seeded generator."""
+        with self._lock:
+            c, rng = self._config, self._rng
+            jitter = rng.uniform(0.0, c.latency_jitter_ms) if c.latency_jitter_ms else 0.0
+            # Draw every roll every time, so one rate's change does not shift the others' sequence.
+            rolls = [rng.random() for _ in range(4)]
+        return Faults(
+            latency_seconds=(c.latency_ms + jitter) / 1000.0,
+            drop_before=rolls[0] < c.drop_before_rate,
+            error_500=rolls[1] < c.error_500_rate,
+            error_420=rolls[2] < c.error_420_rate,
+            drop_after=rolls[3] < c.drop_after_rate,
+        )
+
+    def reserve(self, campaign: int, skus: int) -> Reservation:
+        """Counts `skus` against the campaign's window if they fit; else says when they would."""
+        now = time.monotonic()
+        with self._lock:
+            limit, window = (
+                self._config.rate_limit_skus_per_minute,
+                self._config.rate_window_seconds,
+            )
+            rate = self._rate[campaign]
+            rate.purge(now, window)
+            if limit is not None and rate.total + skus > limit:
+                until = rate.time_until_free(now, window, rate.total + skus - limit)
+                return Reservation(ok=False, until=until)
+            rate.add(now, skus)
+            return Reservation(ok=True, until=now)
+
+    def rate_headers(self, campaign: int | None, until: float | None = None) -> dict[str, str]:
+        """X-RateLimit-Resource-* of the campaign's window; `until` overrides -Until."""
+        now = time.monotonic()
+        with self._lock:
+            limit, window = (
+                self._config.rate_limit_skus_per_minute,
+                self._config.rate_window_seconds,
+            )
+            rate = self._rate.get(campaign) if campaign is not None else None
+            used = 0
+            oldest = now + window
+            if rate is not None:
+                rate.purge(now, window)
+                used, oldest = rate.total, rate.oldest_leaves(now, window)
+        shown_limit = UNLIMITED_HEADER_VALUE if limit is None else limit
+        return {
+            "X-RateLimit-Resource-Limit": str(shown_limit),
+            "X-RateLimit-Resource-Remaining": str(max(0, shown_limit - used)),
+            "X-RateLimit-Resource-Until": http_date(oldest if until is None else until),
+        }
+
+    def apply(self, campaign: int, updates: Sequence[StockUpdate]) -> int:
+        """Stores updates (last write wins; an older updatedAt counts as stale); returns a count."""
+        now_utc = datetime.now(UTC)
+        now = time.monotonic()
+        applied = stale = 0
+        if not updates:  # a refused request leaves no trace in the stock, not even its campaign
+            return 0
+        with self._lock:
+            stock = self._stock[campaign]
+            for update in updates:
+                updated_at = update.updated_at or now_utc
+                previous = stock.get(update.sku)
+                if previous is not None and updated_at < previous[1]:
+                    stale += 1
+                stock[update.sku] = (update.count, updated_at, now_utc)
+                applied += 1
+            stats = self._campaigns[campaign]
+            stats["skus_accepted"] += applied
+            stats["stale_overwrites"] += stale
+            self._totals["skus_accepted"] += applied
+            self._totals["stale_overwrites"] += stale
+            if applied:
+                accepted = self._accepted[campaign]
+                accepted.purge(now, self._config.rate_window_seconds)
+                accepted.add(now, applied)
+                stats["max_skus_accepted_in_window"] = max(
+                    stats["max_skus_accepted_in_window"], accepted.total
+                )
+        return applied
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Logs one Market request (bounded log) and counts it (exact counters)."""
+        status = "dropped" if entry["status"] is None else str(entry["status"])
+        with self._lock:
+            self._seq += 1
+            entry["seq"] = self._seq
+            self._log.append(entry)
+            totals = self._totals
+            totals["requests"] += 1
+            totals["requests_by_status"][status] += 1
+            totals["skus_refused"] += entry["skus_refused"]
+            totals["parallel_limited"] += entry["parallel_limited"]
+            totals["rate_limited"] += entry["rate_limited"]
+            if entry["injected"]:
+                totals["injected"][entry["injected"]] += 1
+            if entry["campaign"] is not None:
+                stats = self._campaigns[entry["campaign"]]
+                stats["requests"] += 1
+                stats["requests_by_status"][status] += 1
+                stats["skus_refused"] += entry["skus_refused"]
+
+    def stock(self, campaign: int | None = None) -> dict[str, Any]:
+        """Accepted stock as JSON: {campaign: {sku: entry}}, or {sku: entry} of one campaign."""
+        with self._lock:
+            if campaign is not None:
+                return {sku: _stock_json(v) for sku, v in self._stock.get(campaign, {}).items()}
+            return {
+                str(cid): {sku: _stock_json(v) for sku, v in skus.items()}
+                for cid, skus in sorted(self._stock.items())
+            }
+
+    def requests(
+        self, campaign: int | None = None, since: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Logged requests (oldest first) with seq > since, of one campaign if given."""
+        with self._lock:
+            entries = [
+                dict(e)
+                for e in self._log
+                if e["seq"] > since and (campaign is None or e["campaign"] == campaign)
+            ]
+        return entries if limit is None else entries[-limit:]
+
+    def stats(self) -> dict[str, Any]:
+        """Exact counters since the last reset, totals and per campaign, as JSON."""
+        with self._lock:
+            result = _plain(self._totals)
+            result["in_flight"] = {str(k): v for k, v in sorted(self._in_flight.items()) if v}
+            result["requests_logged"] = len(self._log)
+            result["campaigns"] = {str(k): _plain(v) for k, v in sorted(self._campaigns.items())}
+            return result
+
+
+def _stock_json(value: tuple[int, datetime, datetime]) -> dict[str, Any]:
+    count, updated_at, accepted_at = value
+    return {
+        "count": count,
+        "updatedAt": updated_at.isoformat(),
+        "accepted_at": accepted_at.isoformat(),
+    }
+
+
+def _plain(counters: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy with defaultdicts turned into plain dicts, safe to serialize outside the lock."""
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in counters.items()}
