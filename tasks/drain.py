@@ -22,7 +22,7 @@ def drain() -> dict[str, int]:
         box.prune()
         _last_prune = time.monotonic()
     batches = 0
-    campaigns = box.pending_campaigns()
+    campaigns = box.campaigns_to_drain()
     for campaign_id in campaigns:
         claims = box.claim(campaign_id, get_settings().probe_interval_seconds)
         enqueue(claims)

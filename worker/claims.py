@@ -55,6 +55,27 @@ _CLAIM = text("""
     RETURNING s.sku, s.changed_at
 """)
 
+# Keys acknowledged longer ago than the refresh age, oldest first: the Market wants stock at least
+# once a day and refuses an updatedAt older than a day.
+_CLAIM_REFRESH = text("""
+    WITH picked AS (
+        SELECT s.ctid AS row_id FROM stock s
+        WHERE s.group_id = :c AND s.version = s.acked_version
+          AND s.acked_at < clock_timestamp() - make_interval(secs => :refresh_after)
+          AND (s.claim_id IS NULL OR NOT EXISTS (
+                SELECT 1 FROM push_claim p
+                WHERE p.claim_id = s.claim_id AND p.lease_until > clock_timestamp()))
+        ORDER BY s.acked_at
+        LIMIT :n
+        FOR UPDATE OF s SKIP LOCKED
+    )
+    UPDATE stock s SET claim_id = :claim
+    FROM picked WHERE s.ctid = picked.row_id
+    RETURNING s.sku, s.changed_at
+""")
+
+_KNOWN_CAMPAIGNS = text("SELECT campaign_id FROM campaign ORDER BY campaign_id")
+
 _MOVE_TO_CLAIM = text("""
     UPDATE stock SET claim_id = :new WHERE group_id = :c AND claim_id = :old AND sku = ANY(:skus)
 """)
@@ -149,14 +170,24 @@ class Claim:
 class Outbox:
     """Claims, acknowledgements and parking on the `stock` table, for one campaign at a time."""
 
-    def __init__(self, engine: Engine, limiter: RateLimiter, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        limiter: RateLimiter,
+        lease_seconds: float,
+        refresh_after_seconds: float = 20 * 3600,
+    ) -> None:
         self.engine = engine
         self.limiter = limiter
         self.lease_seconds = lease_seconds
+        self.refresh_after_seconds = refresh_after_seconds
 
-    def pending_campaigns(self) -> list[int]:
+    def campaigns_to_drain(self) -> list[int]:
+        """Campaigns with pending keys, and every campaign sent to before (for refreshes)."""
         with self.engine.connect() as conn:
-            return [row[0] for row in conn.execute(_PENDING_CAMPAIGNS)]
+            pending = {row[0] for row in conn.execute(_PENDING_CAMPAIGNS)}
+            known = {row[0] for row in conn.execute(_KNOWN_CAMPAIGNS)}
+        return sorted(pending | known)
 
     def claim(self, campaign_id: int, probe_interval: float) -> list[Claim]:
         """Claims the next batches of a campaign, within its rate budget and parallel slots.
@@ -169,23 +200,33 @@ class Outbox:
                 return []
             if use.parked_reason is not None:
                 due = conn.execute(_PROBE_DUE, {"c": campaign_id, "probe": probe_interval}).first()
-                return self._claim_batches(conn, campaign_id, 1, 1) if due else []
+                return self._claim_batches(conn, campaign_id, 1, 1)[0] if due else []
             claims, claimed_skus = conn.execute(_OUTSTANDING, {"c": campaign_id}).one()
             budget = self.limiter.limit - use.skus_in_window - int(claimed_skus)
             # One batch more than may be in flight, so a finished request is followed at once.
             slots = self.limiter.max_parallel + 1 - int(claims)
-            return self._claim_batches(conn, campaign_id, budget, slots)
+            fresh, exhausted = self._claim_batches(conn, campaign_id, budget, slots)
+            budget -= sum(c.skus for c in fresh)
+            if not exhausted or budget <= 0 or slots <= len(fresh):
+                return fresh
+            # Refreshes only take what fresh changes left, one batch a pass, spread over time.
+            return fresh + self._claim_batches(conn, campaign_id, budget, 1, refresh=True)[0]
 
     def _claim_batches(
-        self, conn: Connection, campaign_id: int, budget: int, slots: int
-    ) -> list[Claim]:
+        self, conn: Connection, campaign_id: int, budget: int, slots: int, refresh: bool = False
+    ) -> tuple[list[Claim], bool]:
+        """Claims up to `slots` batches within `budget` SKUs; True when no key was left to claim."""
         claims: list[Claim] = []
+        statement = _CLAIM_REFRESH if refresh else _CLAIM
         while slots > 0 and budget > 0:
             claim_id = uuid.uuid4().hex
             wanted = min(SKUS_PER_REQUEST_MAX, budget)
-            rows = conn.execute(_CLAIM, {"c": campaign_id, "n": wanted, "claim": claim_id}).all()
+            params = {"c": campaign_id, "n": wanted, "claim": claim_id}
+            if refresh:
+                params["refresh_after"] = self.refresh_after_seconds
+            rows = conn.execute(statement, params).all()
             if not rows:
-                break
+                return claims, True
             batches = pack([r.sku for r in sorted(rows, key=lambda r: r.changed_at)])
             # Long SKUs: the body limit makes several requests; each batch gets a claim of its own.
             ids = [claim_id] + [uuid.uuid4().hex for _ in batches[1:]]
@@ -208,8 +249,8 @@ class Outbox:
             budget -= len(rows)
             slots -= len(batches)
             if len(rows) < wanted:
-                break
-        return claims
+                return claims, True
+        return claims, False
 
     def renew(self, claim_id: str) -> bool:
         """Extends a live claim's lease; False when it ran out (its keys may be claimed again)."""

@@ -20,7 +20,9 @@ def _outbox(pid: int) -> Outbox:
         settings.rate_limit_skus_per_minute,
         settings.max_parallel_requests_per_campaign,
     )
-    return Outbox(get_engine(), limiter, settings.claim_lease_seconds)
+    return Outbox(
+        get_engine(), limiter, settings.claim_lease_seconds, settings.refresh_hours * 3600
+    )
 
 
 @lru_cache(maxsize=2)

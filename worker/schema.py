@@ -81,6 +81,12 @@ stock = Table(
         postgresql_where=text("version > acked_version"),
     ),
     Index("stock_claim", "claim_id", postgresql_where=text("claim_id IS NOT NULL")),
+    Index(
+        "stock_refresh",
+        "group_id",
+        "acked_at",
+        postgresql_where=text("version = acked_version"),
+    ),
 )
 
 # Everything refused: single changes (position ≥ 0) and whole unreadable messages (position -1).

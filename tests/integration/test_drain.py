@@ -313,3 +313,19 @@ def test_drain_threads_do_not_share_claims(engine: Engine) -> None:
     # Each key in at most one claim, and every pending key claimed once: 2,000 + 2,000 + 1,000.
     assert claimed[0] == claimed[1] == in_claims == 5000
     assert sorted(len(r) for r in results) == [0, 0, 0, 3]
+
+
+def test_a_key_not_sent_for_the_refresh_age_is_sent_again(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # Given a refresh age of 3.6 seconds and one delivered key
+    put_changes(engine, [{"campaign_id": 5, "sku": "R", "count": 4}])
+    with running_worker(
+        database_url, rabbit_url, sandbox, tmp_path / "w.log", refresh_hours="0.001"
+    ):
+        wait_until(lambda: counts_at(sandbox, 5) == {"R": 4}, 30, "the first delivery")
+        first = sandbox.state()["5"]["R"]["accepted_at"]
+        # When nothing changes for longer than that, it is sent again, with the same count
+        wait_until(lambda: sandbox.state()["5"]["R"]["accepted_at"] != first, 30, "a refresh")
+    assert counts_at(sandbox, 5) == {"R": 4}
+    assert sum(r["skus"] for r in sandbox.requests() if r["status"] == 200) >= 2
