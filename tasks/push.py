@@ -19,6 +19,7 @@ from domain.market_payload import PendingStock, stocks_body
 from domain.market_rules import answer_kind, skus_named
 from worker.app import app
 from worker.claims import Claim, Outbox
+from worker.logs import log_event
 from worker.market_client import MarketAnswer
 from worker.rate_limiter import Permit
 from worker.runtime import market_client, outbox
@@ -37,7 +38,9 @@ def enqueue(claims: list[Claim]) -> None:
         push.apply_async(args=(claim.campaign_id, claim.claim_id, claim.skus))
 
 
-def _send(box: Outbox, campaign_id: int, batch: list[PendingStock]) -> MarketAnswer | float:
+def _send(
+    box: Outbox, campaign_id: int, batch: list[PendingStock], attempt: int
+) -> MarketAnswer | float:
     """One request through the limiter: the answer, or the seconds to wait when that is long."""
     while True:
         decision = box.limiter.acquire(campaign_id, len(batch))
@@ -49,12 +52,15 @@ def _send(box: Outbox, campaign_id: int, batch: list[PendingStock]) -> MarketAns
     started = time.monotonic()
     answer = market_client().put_stocks(campaign_id, stocks_body(batch, datetime.now(UTC)))
     box.limiter.finish(decision, answer)
-    log.info(
-        "push campaign=%d skus=%d status=%d duration_ms=%.0f",
-        campaign_id,
-        len(batch),
-        answer.status,
-        (time.monotonic() - started) * 1000,
+    log_event(
+        log,
+        logging.INFO,
+        "push",
+        campaign=campaign_id,
+        skus=len(batch),
+        status=answer.status,
+        duration_ms=round((time.monotonic() - started) * 1000),
+        attempt=attempt,
     )
     return answer
 
@@ -89,7 +95,7 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
         batch = work.pop()
         if not batch:
             continue
-        answer = _send(box, campaign_id, batch)
+        answer = _send(box, campaign_id, batch, self.request.retries)
         if isinstance(answer, float):
             box.release(campaign_id, claim_id)
             return {"outcome": f"released: wait {answer:.1f}s", "delivered": delivered}
@@ -104,7 +110,13 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
         elif kind == "parked":
             box.park_campaign(campaign_id, answer.reason(), settings.probe_interval_seconds)
             box.release(campaign_id, claim_id)
-            log.warning("campaign %d parked: %s", campaign_id, answer.reason())
+            log_event(
+                log,
+                logging.WARNING,
+                "campaign_parked",
+                campaign=campaign_id,
+                reason=answer.reason(),
+            )
             return {"outcome": "campaign parked", "delivered": delivered}
         elif kind == "retry" and self.request.retries < settings.push_max_retries:
             box.renew(claim_id)
@@ -112,7 +124,13 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
         else:
             box.release(campaign_id, claim_id)
             box.degrade(campaign_id, answer.reason())
-            log.warning("campaign %d degraded: %s", campaign_id, answer.reason())
+            log_event(
+                log,
+                logging.WARNING,
+                "campaign_degraded",
+                campaign=campaign_id,
+                reason=answer.reason(),
+            )
             return {"outcome": "released after retries", "delivered": delivered}
     box.release(campaign_id, claim_id)
     enqueue(box.claim(campaign_id, settings.probe_interval_seconds))

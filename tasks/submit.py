@@ -14,7 +14,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from domain.changes import UnreadableMessage, parse_message
 from worker.app import app
 from worker.database import get_engine
-from worker.outbox import store_message, store_unreadable
+from worker.logs import log_event
+from worker.outbox import campaign_of, store_message, store_unreadable
 from worker.settings import get_settings
 
 log = logging.getLogger("stocksync.submit")
@@ -49,21 +50,29 @@ def submit(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
             raise Reject(reason="database unavailable", requeue=True) from None
         raise
     for rejection in parsed.rejected:
-        log.info(
-            "rejected change task=%s index=%d reason=%s", task_id, rejection.index, rejection.reason
+        log_event(
+            log,
+            logging.INFO,
+            "rejected_change",
+            task=task_id,
+            index=rejection.index,
+            campaign=campaign_of(rejection.raw),
+            reason=rejection.reason,
         )
-    log.info(
-        "stored message task=%s applied=%d duplicates=%d rejected=%d",
-        task_id,
-        result.applied,
-        result.duplicates,
-        result.rejected,
+    log_event(
+        log,
+        logging.INFO,
+        "stored_message",
+        task=task_id,
+        applied=result.applied,
+        duplicates=result.duplicates,
+        rejected=result.rejected,
     )
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": result.rejected}
 
 
 def _keep_unreadable(task_id: str, raw: Any, reason: str) -> None:
-    log.warning("unreadable message task=%s reason=%s", task_id, reason)
+    log_event(log, logging.WARNING, "unreadable_message", task=task_id, reason=reason)
     try:
         store_unreadable(get_engine(), task_id, raw, reason)
     except DBAPIError as exc:

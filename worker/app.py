@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
 from kombu import Exchange, Queue
 
 from worker.database import database_url
+from worker.logs import apply_to
 from worker.settings import Settings, get_settings
 
 CHANGES_QUEUE = "stocks.changes"
@@ -64,3 +67,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 app = Celery("stocksync", include=["tasks.submit", "tasks.drain", "tasks.push"])
 app.add_defaults(lambda: celery_config(get_settings()))
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _configure_log_lines(logger: logging.Logger, **_: Any) -> None:
+    """The worker's and beat's handlers: secrets masked, JSON lines when configured."""
+    apply_to(logger, get_settings())

@@ -115,7 +115,8 @@ def raw_text(raw: Any) -> str:
         return repr(raw)
 
 
-def _campaign_of(raw: Any) -> int | None:
+def campaign_of(raw: Any) -> int | None:
+    """The campaign a raw change names, when it names a valid one (for listing refusals)."""
     if isinstance(raw, dict):
         value = raw.get("campaign_id")
         if isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 2**63:
@@ -131,7 +132,7 @@ def _store_rejections(conn: Connection, task_id: str, rejections: Sequence[Rejec
         {
             "task_id": task_id,
             "positions": [r.index for r in rejections],
-            "campaigns": [_campaign_of(r.raw) for r in rejections],
+            "campaigns": [campaign_of(r.raw) for r in rejections],
             "raws": [raw_text(r.raw) for r in rejections],
             "reasons": [r.reason for r in rejections],
         },
