@@ -1,0 +1,158 @@
+"""The service's figures per campaign, read from PostgreSQL: the status command and the metrics.
+
+Everything is derived from the tables every worker writes, so one reader sees the whole
+deployment, however many workers and machines it has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, text
+
+from worker.outbox import UNREADABLE_POSITION
+from worker.settings import Settings
+
+# A "campaign" here is a stock key's group: the campaign the Market is sent to. Refusals are
+# counted under the group of the campaign they name.
+_CAMPAIGN_FIGURES = text("""
+    WITH grouping AS (
+        SELECT c AS campaign_id, g AS group_id
+        FROM unnest(CAST(:campaigns AS bigint[]), CAST(:groups AS bigint[])) AS m(c, g)
+    ),
+    pending AS (
+        SELECT group_id AS campaign_id,
+               count(*) AS pending_keys,
+               min(changed_at) AS oldest_pending_at,
+               count(*) FILTER (WHERE parked_version = version) AS parked_skus
+        FROM stock WHERE version > acked_version
+        GROUP BY group_id
+    ),
+    requests AS (
+        SELECT campaign_id,
+               COALESCE(sum(skus) FILTER (WHERE status BETWEEN 200 AND 299
+                   AND started_at > clock_timestamp() - interval '1 minute'), 0) AS skus_minute,
+               COALESCE(sum(skus) FILTER (WHERE status BETWEEN 200 AND 299), 0) AS skus_hour,
+               count(*) FILTER (WHERE NOT correction
+                   AND started_at > clock_timestamp() - interval '1 minute') AS requests_minute,
+               count(*) FILTER (WHERE NOT correction) AS requests_hour,
+               count(*) FILTER (WHERE status = 420) AS rate_limited_hour,
+               count(*) FILTER (WHERE status = 0 OR status >= 500) AS failed_hour,
+               COALESCE(sum(skus) FILTER (WHERE COALESCE(finished_at, started_at)
+                   > clock_timestamp() - interval '60 seconds'), 0) AS skus_in_window
+        FROM market_request
+        WHERE started_at > clock_timestamp() - interval '1 hour'
+        GROUP BY campaign_id
+    ),
+    refusals AS (
+        SELECT COALESCE(grouping.group_id, r.campaign_id) AS campaign_id, count(*) AS rejected
+        FROM rejected AS r
+        LEFT JOIN grouping ON grouping.campaign_id = r.campaign_id
+        WHERE r.campaign_id IS NOT NULL
+        GROUP BY 1
+    ),
+    campaigns AS (
+        SELECT campaign_id FROM pending UNION SELECT campaign_id FROM requests
+        UNION SELECT campaign_id FROM refusals UNION SELECT campaign_id FROM campaign
+    )
+    SELECT campaigns.campaign_id,
+           COALESCE(p.pending_keys, 0) AS pending_keys,
+           EXTRACT(EPOCH FROM clock_timestamp() - p.oldest_pending_at) AS oldest_pending_age,
+           COALESCE(p.parked_skus, 0) AS parked_skus,
+           c.last_push_at, c.parked_reason, c.degraded_reason, c.blocked_until,
+           COALESCE(q.skus_minute, 0) AS skus_minute, COALESCE(q.skus_hour, 0) AS skus_hour,
+           COALESCE(q.requests_minute, 0) AS requests_minute,
+           COALESCE(q.requests_hour, 0) AS requests_hour,
+           COALESCE(q.rate_limited_hour, 0) AS rate_limited_hour,
+           COALESCE(q.failed_hour, 0) AS failed_hour,
+           COALESCE(q.skus_in_window, 0) AS skus_in_window,
+           COALESCE(r.rejected, 0) AS rejected
+    FROM campaigns
+    LEFT JOIN pending p USING (campaign_id)
+    LEFT JOIN requests q USING (campaign_id)
+    LEFT JOIN refusals r USING (campaign_id)
+    LEFT JOIN campaign c USING (campaign_id)
+    ORDER BY campaigns.campaign_id
+""")
+
+_REQUESTS_BY_STATUS = text("""
+    SELECT campaign_id, COALESCE(status, -1), count(*) FROM market_request
+    WHERE started_at > clock_timestamp() - interval '1 hour' AND NOT correction
+      AND status IS NOT NULL
+    GROUP BY 1, 2
+""")
+
+_UNREADABLE = text("""
+    SELECT count(*) FILTER (WHERE position = :unreadable),
+           count(*) FILTER (WHERE position <> :unreadable AND campaign_id IS NULL)
+    FROM rejected
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignFigures:
+    """One campaign's figures: backlog, pushes in the last minute and hour, trouble."""
+
+    campaign_id: int
+    pending_keys: int
+    oldest_pending_age_seconds: float | None
+    parked_skus: int
+    last_push_at: datetime | None
+    parked_reason: str | None
+    degraded_reason: str | None
+    blocked_until: datetime | None
+    skus_pushed_last_minute: int
+    skus_pushed_last_hour: int
+    requests_last_minute: int
+    requests_last_hour: int
+    rate_limited_last_hour: int
+    failed_last_hour: int
+    skus_in_rate_window: int
+    rejected: int
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """Every campaign's figures, requests by status, and refusals that name no campaign."""
+
+    campaigns: list[CampaignFigures]
+    requests_by_status: dict[tuple[int, int], int]
+    unreadable_messages: int
+    rejected_without_campaign: int
+
+
+def read_figures(engine: Engine, settings: Settings) -> Figures:
+    """Reads every figure in one snapshot (a repeatable-read transaction)."""
+    grouping = [(c, group[0]) for group in settings.warehouse_groups for c in group]
+    params = {"campaigns": [c for c, _ in grouping], "groups": [g for _, g in grouping]}
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        rows = conn.execute(_CAMPAIGN_FIGURES, params).all()
+        by_status = {(int(c), int(s)): int(n) for c, s, n in conn.execute(_REQUESTS_BY_STATUS)}
+        unreadable, uncampaigned = conn.execute(
+            _UNREADABLE, {"unreadable": UNREADABLE_POSITION}
+        ).one()
+    campaigns = [
+        CampaignFigures(
+            campaign_id=int(r.campaign_id),
+            pending_keys=int(r.pending_keys),
+            oldest_pending_age_seconds=(
+                None if r.oldest_pending_age is None else round(float(r.oldest_pending_age), 3)
+            ),
+            parked_skus=int(r.parked_skus),
+            last_push_at=r.last_push_at,
+            parked_reason=r.parked_reason,
+            degraded_reason=r.degraded_reason,
+            blocked_until=r.blocked_until,
+            skus_pushed_last_minute=int(r.skus_minute),
+            skus_pushed_last_hour=int(r.skus_hour),
+            requests_last_minute=int(r.requests_minute),
+            requests_last_hour=int(r.requests_hour),
+            rate_limited_last_hour=int(r.rate_limited_hour),
+            failed_last_hour=int(r.failed_hour),
+            skus_in_rate_window=int(r.skus_in_window),
+            rejected=int(r.rejected),
+        )
+        for r in rows
+    ]
+    return Figures(campaigns, by_status, int(unreadable), int(uncampaigned))
