@@ -96,23 +96,30 @@ _READ = text("""
     WHERE group_id = :c AND claim_id = :claim ORDER BY changed_at
 """)
 
-_LOCK_ROWS = text("""
-    SELECT sku FROM stock WHERE group_id = :c AND sku = ANY(:skus) ORDER BY sku FOR UPDATE
-""")
-
 # A 200 acknowledges the version that was sent (whoever holds the key's claim now: the Market has
-# that version); a change committed meanwhile keeps the key pending. Driven by the primary key.
+# that version); a change committed meanwhile keeps the key pending. Rows are locked in key order,
+# the order the ingest locks them in, so the two never deadlock.
 _ACK = text("""
+    WITH sent AS (
+        SELECT * FROM unnest(CAST(:skus AS text[]), CAST(:versions AS bigint[]),
+                             CAST(:vals AS bigint[])) AS n(sku, version, value)
+    ),
+    locked AS (
+        SELECT s.ctid AS row_id, s.sku FROM stock s
+        WHERE s.group_id = :c AND s.sku IN (SELECT sku FROM sent)
+        ORDER BY s.sku
+        FOR UPDATE
+    )
     UPDATE stock s SET
-        acked_value = CASE WHEN n.version > s.acked_version THEN n.value ELSE s.acked_value END,
-        acked_version = GREATEST(s.acked_version, n.version),
+        acked_value = CASE WHEN sent.version > s.acked_version THEN sent.value
+                           ELSE s.acked_value END,
+        acked_version = GREATEST(s.acked_version, sent.version),
         acked_at = clock_timestamp(),
         claim_id = CASE WHEN s.claim_id = :claim THEN NULL ELSE s.claim_id END,
         parked_version = NULL,
         parked_reason = NULL
-    FROM unnest(CAST(:skus AS text[]), CAST(:versions AS bigint[]), CAST(:vals AS bigint[]))
-         AS n(sku, version, value)
-    WHERE s.group_id = :c AND s.sku = n.sku
+    FROM locked JOIN sent ON sent.sku = locked.sku
+    WHERE s.ctid = locked.row_id
 """)
 
 _PARK_SKUS = text("""
@@ -269,8 +276,6 @@ class Outbox:
     def acknowledge(self, campaign_id: int, claim_id: str, sent: Sequence[PendingStock]) -> None:
         """Records a 200 for the versions sent; the campaign works again."""
         with self.engine.begin() as conn:
-            skus = sorted(s.sku for s in sent)
-            conn.execute(_LOCK_ROWS, {"c": campaign_id, "skus": skus})
             conn.execute(
                 _ACK,
                 {
