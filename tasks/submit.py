@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Task
 from celery.exceptions import Reject
@@ -15,10 +16,15 @@ from domain.changes import UnreadableMessage, parse_message
 from worker.app import app
 from worker.database import get_engine
 from worker.logs import log_event
-from worker.outbox import campaign_of, store_message, store_unreadable
+from worker.outbox import campaign_of, count_redelivery, store_message, store_unreadable
 from worker.settings import get_settings
 
 log = logging.getLogger("stocksync.submit")
+T = TypeVar("T")
+
+# A message delivered this often (each time its worker died) is set aside as unreadable: under
+# `task_reject_on_worker_lost` a message that kills the worker would otherwise loop forever.
+MAX_DELIVERIES = 5
 
 # While PostgreSQL is unreachable the message goes back to the broker after this pause, so that
 # nothing is acknowledged before it is committed and the worker does not spin.
@@ -34,21 +40,23 @@ def submit(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
     """Applies the valid changes of a message exactly once; refused ones are stored with reasons."""
     task_id = str(self.request.id)
     engine = get_engine()
+    raw = {"args": list(args), "kwargs": kwargs}
+    if (self.request.delivery_info or {}).get("redelivered"):
+        deliveries = _with_database(lambda: count_redelivery(engine, task_id))
+        if deliveries > MAX_DELIVERIES:
+            reason = f"message: set aside after {deliveries} deliveries (each stopped its worker)"
+            _keep_unreadable(task_id, raw, reason)
+            return {"applied": 0, "duplicates": 0, "rejected": 1}
     try:
         parsed = parse_message(args, kwargs, datetime.now(UTC))
     except UnreadableMessage as exc:
-        _keep_unreadable(task_id, {"args": list(args), "kwargs": kwargs}, str(exc))
+        _keep_unreadable(task_id, raw, str(exc))
         return {"applied": 0, "duplicates": 0, "rejected": 1}
-    try:
-        result = store_message(
+    result = _with_database(
+        lambda: store_message(
             engine, task_id, parsed.accepted, parsed.rejected, get_settings().group_of
         )
-    except DBAPIError as exc:
-        if _is_connection_problem(exc):
-            log.warning("database unavailable, message %s goes back to the broker", task_id)
-            time.sleep(DATABASE_DOWN_PAUSE_SECONDS)
-            raise Reject(reason="database unavailable", requeue=True) from None
-        raise
+    )
     for rejection in parsed.rejected:
         log_event(
             log,
@@ -71,12 +79,18 @@ def submit(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": result.rejected}
 
 
-def _keep_unreadable(task_id: str, raw: Any, reason: str) -> None:
-    log_event(log, logging.WARNING, "unreadable_message", task=task_id, reason=reason)
+def _with_database(work: Callable[[], T]) -> T:
+    """Runs `work`; while PostgreSQL is unreachable the message goes back to the broker, unacked."""
     try:
-        store_unreadable(get_engine(), task_id, raw, reason)
+        return work()
     except DBAPIError as exc:
         if _is_connection_problem(exc):
+            log_event(log, logging.WARNING, "database_unavailable")
             time.sleep(DATABASE_DOWN_PAUSE_SECONDS)
             raise Reject(reason="database unavailable", requeue=True) from None
         raise
+
+
+def _keep_unreadable(task_id: str, raw: Any, reason: str) -> None:
+    log_event(log, logging.WARNING, "unreadable_message", task=task_id, reason=reason)
+    _with_database(lambda: store_unreadable(get_engine(), task_id, raw, reason))

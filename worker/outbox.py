@@ -86,6 +86,13 @@ _REJECT = text("""
     ON CONFLICT (task_id, position) DO NOTHING
 """)
 
+_COUNT_REDELIVERY = text("""
+    INSERT INTO redelivery (task_id, deliveries) VALUES (:task_id, 2)
+    ON CONFLICT (task_id) DO UPDATE
+        SET deliveries = redelivery.deliveries + 1, last_at = now()
+    RETURNING deliveries
+""")
+
 UNREADABLE_POSITION = -1
 
 
@@ -153,6 +160,12 @@ def _lock_keys(conn: Connection, keys: Sequence[Key]) -> dict[Key, KeyState]:
         (g, s): KeyState(abs_count, abs_at, abs_seq, delta_sum, last_at)
         for g, s, abs_count, abs_at, abs_seq, delta_sum, last_at in conn.execute(_LOCK_KEYS, params)
     }
+
+
+def count_redelivery(engine: Engine, task_id: str) -> int:
+    """Records one more delivery of a redelivered message; returns how many there have been."""
+    with engine.begin() as conn:
+        return int(conn.execute(_COUNT_REDELIVERY, {"task_id": task_id}).scalar_one())
 
 
 def _apply(conn: Connection, states: dict[Key, KeyState], logged: Sequence[Any]) -> None:

@@ -149,3 +149,13 @@ push_claim = Table(
     Column("lease_until", DateTime(timezone=True), nullable=False),
     Index("push_claim_campaign", "campaign_id", "lease_until"),
 )
+
+# Messages the broker delivered again (a worker died while handling them): how often. A message
+# that keeps killing its worker is set aside as unreadable instead of looping forever.
+redelivery = Table(
+    "redelivery",
+    metadata,
+    Column("task_id", Text, primary_key=True),
+    Column("deliveries", Integer, nullable=False),
+    Column("last_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
