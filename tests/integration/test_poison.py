@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -36,7 +38,7 @@ def test_a_poison_message_is_set_aside_and_the_next_one_is_applied(
         )
         # When it has been delivered again and again
         deadline = time.monotonic() + 90
-        rows: list = []
+        rows: Sequence[Any] = []
         while time.monotonic() < deadline:
             with engine.connect() as conn:
                 rows = conn.execute(
