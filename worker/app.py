@@ -31,8 +31,9 @@ def broker_url(settings: Settings) -> str:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings: JSON only, acknowledged after commit, a lost worker's message requeued."""
+    broker = broker_url(settings)
     return {
-        "broker_url": broker_url(settings),
+        "broker_url": broker,
         "broker_connection_retry_on_startup": True,
         "accept_content": ["json"],
         "task_serializer": "json",
@@ -61,7 +62,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "task_send_sent_event": True,
         "worker_send_task_events": True,
-        "broker_transport_options": {"polling_interval": 0.2},
+        # kombu's SQLAlchemy transport hands its options to create_engine(), which refuses
+        # unknown ones: it keeps its own one-second polling.
+        "broker_transport_options": {} if broker.startswith("sqla+") else {"polling_interval": 0.2},
     }
 
 

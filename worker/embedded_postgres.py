@@ -16,5 +16,6 @@ def embedded_database_url(data_dir: Path, stop_on_exit: bool = False) -> str:
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir / "pgdata", cleanup_mode="stop" if stop_on_exit else None)
-    socket_dir = str(server.pgdata)
+    # pgserver puts the socket elsewhere when the data path is too long for a Unix socket.
+    socket_dir = str(server.get_postmaster_info().socket_dir)
     return f"postgresql+psycopg://postgres@/postgres?host={quote(socket_dir)}"

@@ -1,0 +1,1 @@
+"""The `stocksync` command line: migrate, run, status and the Market sandbox."""

@@ -1,0 +1,57 @@
+"""`stocksync`: one sub-command per module of `stocksync.commands`; exit 2 on bad settings."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+
+from sqlalchemy.exc import DBAPIError
+
+from stocksync.commands import COMMANDS
+from worker.settings import SettingsError
+
+UNDEFINED_TABLE = "42P01"  # PostgreSQL's SQLSTATE for a missing relation
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every registered command as a sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="stocksync",
+        description="Keeps Yandex Market stock levels equal to the warehouses' own.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command_parser = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            add_help=not command.passthrough,
+        )
+        command.configure(command_parser)
+        command_parser.set_defaults(handler=command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command, returns its exit code; bad settings print one line and return 2."""
+    # platformdirs warns on every run as root without XDG_RUNTIME_DIR (CI, containers): noise.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    command = args.handler
+    if extra and not command.passthrough:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    try:
+        return int(command.run(args))
+    except SettingsError as exc:
+        print(f"stocksync: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except DBAPIError as exc:  # unreachable, or not migrated: say so in one line
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        if getattr(exc.orig, "sqlstate", None) == UNDEFINED_TABLE:
+            reason += " (not migrated yet? run `stocksync migrate`)"
+        print(f"stocksync: database error: {reason}", file=sys.stderr)
+        return 1

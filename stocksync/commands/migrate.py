@@ -1,0 +1,22 @@
+"""`stocksync migrate`: Alembic's `upgrade head` on the configured (or embedded) database."""
+
+from __future__ import annotations
+
+import argparse
+
+from stocksync.database import resolve_database_url, upgrade_to_head
+from worker.settings import load_settings
+
+HELP = "apply the database migrations (alembic upgrade head)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """No options: the database comes from STOCKSYNC_DATABASE_URL or the embedded server."""
+
+
+def run(args: argparse.Namespace) -> int:
+    """Brings the database to the head revision; 0 when it is there."""
+    url = resolve_database_url(load_settings())
+    head = upgrade_to_head(url)
+    print(f"database is at revision {head} (head)")
+    return 0

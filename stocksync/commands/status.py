@@ -1,0 +1,94 @@
+"""`stocksync status [--json] [--max-age S]`: the backlog per campaign; 2 when it is too old."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC
+
+from stocksync.database import resolve_database_url
+from stocksync.status import CampaignStatus, StatusReport, read_status
+from worker.database import make_engine
+from worker.settings import load_settings
+
+HELP = "per campaign: pending SKUs, oldest pending age, last push, parked reason, rejected count"
+DEFAULT_MAX_AGE_SECONDS = 300.0
+TOO_OLD_EXIT_CODE = 2
+COLUMNS = ("campaign", "pending", "oldest pending", "last push (UTC)", "rejected", "parked")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """--json and --max-age."""
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead")
+    parser.add_argument(
+        "--max-age",
+        type=float,
+        default=DEFAULT_MAX_AGE_SECONDS,
+        metavar="SECONDS",
+        help="exit 2 when a campaign's oldest pending change is older (default: 300)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prints the report; 2 when some campaign's oldest pending change is older than --max-age."""
+    settings = load_settings()
+    engine = make_engine(resolve_database_url(settings))
+    try:
+        report = read_status(engine, settings)
+    finally:
+        engine.dispose()
+    print(json.dumps(report.as_json(), indent=2) if args.json else render_table(report))
+    too_old = report.too_old(args.max_age)
+    for campaign in too_old:
+        print(
+            f"stocksync: campaign {campaign.campaign_id}: oldest pending change is "
+            f"{_age(campaign.oldest_pending_age_seconds)} old (more than {args.max_age:g}s)",
+            file=sys.stderr,
+        )
+    return TOO_OLD_EXIT_CODE if too_old else 0
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 120:
+        return f"{whole}s"
+    if whole < 7200:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def _row(campaign: CampaignStatus) -> tuple[str, ...]:
+    last_push = campaign.last_push_at
+    return (
+        str(campaign.campaign_id),
+        str(campaign.pending_keys),
+        _age(campaign.oldest_pending_age_seconds),
+        last_push.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if last_push else "never",
+        str(campaign.rejected),
+        campaign.parked_reason or "-",
+    )
+
+
+def render_table(report: StatusReport) -> str:
+    """The report as an aligned text table with the message-level counts below it."""
+    lines: list[str] = []
+    if report.campaigns:
+        rows = [COLUMNS, *(_row(c) for c in report.campaigns)]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+        for row in rows:
+            lines.append(
+                "  ".join(
+                    cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+                ).rstrip()
+            )
+    else:
+        lines.append("no campaigns yet: nothing received")
+    lines.append(f"unreadable messages: {report.unreadable_messages}")
+    if report.rejected_without_campaign:
+        lines.append(
+            f"rejected changes without a valid campaign: {report.rejected_without_campaign}"
+        )
+    return "\n".join(lines)

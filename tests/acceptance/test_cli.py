@@ -1,0 +1,201 @@
+"""`stocksync` as an operator runs it: migrate, status and bad settings, against real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, text
+
+from tests.acceptance.conftest import RunStocksync
+
+EXPECTED_TABLES = {"alembic_version", "change_log", "stock", "rejected"}
+
+# Group [1001, 1002] keys its stock under 1001; campaign 2001 stands alone.
+GROUPS = "[[1001, 1002]]"
+
+_KNOWN_STATE = """
+    INSERT INTO stock (group_id, sku, delta_sum, version, changed_at,
+                       acked_version, acked_value, acked_at)
+    VALUES
+        -- 1001: two pending keys, the older changed 600 s ago; one key acked at 09:00Z.
+        (1001, 'A-1', 5, 1, now() - interval '600 seconds', 0, NULL, NULL),
+        (1001, 'A-2', 3, 2, now() - interval '30 seconds', 1, 1, '2026-11-28 08:00:00+00'),
+        (1001, 'A-3', 4, 1, now() - interval '2 hours', 1, 4, '2026-11-28 09:00:00+00'),
+        -- 2001: nothing pending, last acked at 07:30Z.
+        (2001, 'B-1', 9, 3, now() - interval '1 day', 3, 9, '2026-11-28 07:30:00+00');
+    INSERT INTO rejected (task_id, position, campaign_id, raw, reason)
+    VALUES
+        ('t1', 0, 1001, '{}', 'sku: must match the Market pattern'),
+        ('t1', 1, 1002, '{}', 'delta: exactly one of delta and count'),
+        ('t2', 0, 3001, '{}', 'count: must be ≤ 2000000000'),
+        ('t2', 1, NULL, '{}', 'campaign_id: must be an integer'),
+        ('t3', -1, NULL, '"garbage"', 'changes: must be a list');
+"""
+
+
+def _tables(url: str) -> set[str]:
+    libpq = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(libpq) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {name for (name,) in rows}
+
+
+def _insert_known_state(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(_KNOWN_STATE))
+
+
+def test_help_lists_the_commands(stocksync: RunStocksync) -> None:
+    result = stocksync("--help")
+
+    assert result.returncode == 0
+    for command in ("migrate", "run", "status", "sandbox"):
+        assert command in result.stdout
+
+
+def test_unknown_option_is_refused_with_usage(stocksync: RunStocksync) -> None:
+    result = stocksync("status", "--no-such-option")
+
+    assert result.returncode == 2
+    assert "unrecognized arguments: --no-such-option" in result.stderr
+
+
+def test_sandbox_gets_every_argument_after_its_name(stocksync: RunStocksync) -> None:
+    result = stocksync("sandbox", "--help")
+
+    assert result.returncode == 0, result.stderr
+    assert "usage: stocksync sandbox" in result.stdout
+    assert "--port" in result.stdout
+
+
+def test_migrate_creates_the_tables_on_an_empty_database(
+    stocksync: RunStocksync, empty_database_url: str
+) -> None:
+    assert _tables(empty_database_url) == set()
+
+    result = stocksync("migrate", STOCKSYNC_DATABASE_URL=empty_database_url)
+
+    assert result.returncode == 0, result.stderr
+    assert "(head)" in result.stdout
+    assert _tables(empty_database_url) >= EXPECTED_TABLES
+
+
+def test_migrate_twice_changes_nothing_the_second_time(
+    stocksync: RunStocksync, empty_database_url: str
+) -> None:
+    first = stocksync("migrate", STOCKSYNC_DATABASE_URL=empty_database_url)
+    tables = _tables(empty_database_url)
+
+    second = stocksync("migrate", STOCKSYNC_DATABASE_URL=empty_database_url)
+
+    assert (first.returncode, second.returncode) == (0, 0), second.stderr
+    assert "Running upgrade" not in second.stderr
+    assert _tables(empty_database_url) == tables
+
+
+def test_status_json_reports_the_known_state(
+    stocksync: RunStocksync, database_url: str, engine: Engine
+) -> None:
+    _insert_known_state(engine)
+
+    result = stocksync(
+        "status",
+        "--json",
+        "--max-age",
+        "3600",
+        STOCKSYNC_DATABASE_URL=database_url,
+        STOCKSYNC_WAREHOUSE_GROUPS=GROUPS,
+    )
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    campaigns = {c["campaign_id"]: c for c in report["campaigns"]}
+    assert list(campaigns) == [1001, 2001, 3001]
+    group = campaigns[1001]
+    assert group["pending_keys"] == 2
+    assert 600 <= group["oldest_pending_age_seconds"] < 660
+    assert group["last_push_at"] == "2026-11-28T09:00:00+00:00"
+    assert group["rejected"] == 2  # its own refusal and 1002's, the same group
+    assert group["parked_reason"] is None
+    assert campaigns[2001] == {
+        "campaign_id": 2001,
+        "pending_keys": 0,
+        "oldest_pending_age_seconds": None,
+        "last_push_at": "2026-11-28T07:30:00+00:00",
+        "rejected": 0,
+        "parked_reason": None,
+    }
+    assert campaigns[3001]["rejected"] == 1
+    assert campaigns[3001]["pending_keys"] == 0
+    assert campaigns[3001]["last_push_at"] is None
+    assert report["unreadable_messages"] == 1
+    assert report["rejected_without_campaign"] == 1
+
+
+def test_status_exits_2_when_the_oldest_pending_change_is_too_old(
+    stocksync: RunStocksync, database_url: str, engine: Engine
+) -> None:
+    _insert_known_state(engine)
+
+    result = stocksync("status", STOCKSYNC_DATABASE_URL=database_url)
+
+    assert result.returncode == 2
+    assert "campaign 1001" in result.stderr
+    assert "2001" not in result.stderr
+
+
+def test_status_exits_0_when_every_pending_change_is_young_enough(
+    stocksync: RunStocksync, database_url: str, engine: Engine
+) -> None:
+    _insert_known_state(engine)
+
+    result = stocksync("status", "--json", "--max-age", "700", STOCKSYNC_DATABASE_URL=database_url)
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_status_table_is_aligned(
+    stocksync: RunStocksync, database_url: str, engine: Engine
+) -> None:
+    _insert_known_state(engine)
+
+    result = stocksync("status", "--max-age", "3600", STOCKSYNC_DATABASE_URL=database_url)
+
+    lines = result.stdout.splitlines()
+    header, first, second = lines[0], lines[1], lines[2]
+    assert header.split()[:2] == ["campaign", "pending"]
+    column = header.index("rejected")
+    assert first.startswith("1001 ")
+    assert first[column:].split()[0] == "1"  # without groups 1002 is a campaign of its own
+    assert second.startswith("1002 ")
+    assert "unreadable messages: 1" in lines
+    assert "rejected changes without a valid campaign: 1" in lines
+
+
+def test_status_of_an_empty_outbox_exits_0(stocksync: RunStocksync, database_url: str) -> None:
+    result = stocksync("status", "--json", STOCKSYNC_DATABASE_URL=database_url)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["campaigns"] == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("STOCKSYNC_WAREHOUSE_GROUPS", "[[1001, 1002], [1002]]"),
+        ("STOCKSYNC_WAREHOUSE_GROUPS", "not json"),
+        ("STOCKSYNC_MAX_PARALLEL_REQUESTS_PER_CAMPAIGN", "7"),
+        ("STOCKSYNC_DATABASE_URL", "mysql://root@localhost/stock"),
+    ],
+)
+@pytest.mark.parametrize("command", ["migrate", "status", "run"])
+def test_bad_setting_exits_2_naming_the_variable(
+    stocksync: RunStocksync, command: str, variable: str, value: str
+) -> None:
+    result = stocksync(command, **{variable: value})
+
+    assert result.returncode == 2
+    assert variable in result.stderr
+    assert "Traceback" not in result.stderr

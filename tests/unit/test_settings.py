@@ -1,0 +1,128 @@
+"""Settings: every bad value is refused with a message naming its STOCKSYNC_* variable."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from worker.settings import Settings, SettingsError, load_settings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _refusal(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> str:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    return str(caught.value)
+
+
+def test_defaults_need_no_variable() -> None:
+    settings = load_settings()
+
+    assert settings.database_url is None
+    assert settings.broker_url is None
+    assert settings.warehouse_groups == []
+    assert settings.rate_limit_skus_per_minute == 100_000
+    assert settings.max_parallel_requests_per_campaign == 2
+    assert settings.log_format == "plain"
+
+
+def test_malformed_warehouse_groups_json_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    message = _refusal(monkeypatch, "STOCKSYNC_WAREHOUSE_GROUPS", "[[1001, 1002]")
+
+    assert "STOCKSYNC_WAREHOUSE_GROUPS" in message
+    assert "JSON" in message
+
+
+def test_campaign_in_two_groups_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _refusal(monkeypatch, "STOCKSYNC_WAREHOUSE_GROUPS", "[[1001, 1002], [1002, 2001]]")
+
+    assert message.startswith("STOCKSYNC_WAREHOUSE_GROUPS")
+    assert "1002" in message
+    assert "more than one group" in message
+
+
+def test_empty_group_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _refusal(monkeypatch, "STOCKSYNC_WAREHOUSE_GROUPS", "[[1001], []]")
+
+    assert message.startswith("STOCKSYNC_WAREHOUSE_GROUPS")
+    assert "empty" in message
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_non_positive_rate_limit_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    message = _refusal(monkeypatch, "STOCKSYNC_RATE_LIMIT_SKUS_PER_MINUTE", value)
+
+    assert message.startswith("STOCKSYNC_RATE_LIMIT_SKUS_PER_MINUTE")
+
+
+@pytest.mark.parametrize("value", ["0", "5", "-1"])
+def test_parallel_requests_outside_one_to_four_are_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    message = _refusal(monkeypatch, "STOCKSYNC_MAX_PARALLEL_REQUESTS_PER_CAMPAIGN", value)
+
+    assert message.startswith("STOCKSYNC_MAX_PARALLEL_REQUESTS_PER_CAMPAIGN")
+
+
+@pytest.mark.parametrize("value", ["1", "4"])
+def test_parallel_requests_at_the_bounds_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("STOCKSYNC_MAX_PARALLEL_REQUESTS_PER_CAMPAIGN", value)
+
+    assert load_settings().max_parallel_requests_per_campaign == int(value)
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://root@localhost/stock", "sqlite:///stock.db", "localhost:5432"]
+)
+def test_database_url_of_another_scheme_is_refused(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    message = _refusal(monkeypatch, "STOCKSYNC_DATABASE_URL", url)
+
+    assert message.startswith("STOCKSYNC_DATABASE_URL")
+    assert "PostgreSQL" in message
+
+
+def test_every_bad_variable_is_named_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKSYNC_RATE_LIMIT_SKUS_PER_MINUTE", "0")
+    monkeypatch.setenv("STOCKSYNC_MAX_PARALLEL_REQUESTS_PER_CAMPAIGN", "9")
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+
+    assert "STOCKSYNC_RATE_LIMIT_SKUS_PER_MINUTE" in str(caught.value)
+    assert "STOCKSYNC_MAX_PARALLEL_REQUESTS_PER_CAMPAIGN" in str(caught.value)
+
+
+def test_group_of_maps_a_campaign_to_its_groups_first_campaign(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STOCKSYNC_WAREHOUSE_GROUPS", "[[1001, 1002], [2001, 2002, 2003]]")
+    settings = load_settings()
+
+    assert settings.group_of(1001) == 1001
+    assert settings.group_of(1002) == 1001
+    assert settings.group_of(2003) == 2001
+
+
+def test_group_of_a_campaign_in_no_group_is_the_campaign_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STOCKSYNC_WAREHOUSE_GROUPS", "[[1001, 1002]]")
+
+    assert load_settings().group_of(3001) == 3001
+
+
+def test_readme_lists_every_setting_with_its_variable() -> None:
+    documented = set(re.findall(r"`(STOCKSYNC_[A-Z_]+)`", README.read_text(encoding="utf-8")))
+    variables = {f"STOCKSYNC_{name.upper()}" for name in Settings.model_fields}
+
+    assert variables - documented == set(), "add these to the README's configuration table"
