@@ -8,14 +8,26 @@ import sys
 from datetime import UTC
 
 from stocksync.database import resolve_database_url
-from stocksync.status import CampaignStatus, StatusReport, read_status
+from stocksync.status import StatusReport, read_status
+from worker.monitoring import CampaignFigures
 from worker.database import make_engine
 from worker.settings import load_settings
 
 HELP = "per campaign: pending SKUs, oldest pending age, last push, parked reason, rejected count"
 DEFAULT_MAX_AGE_SECONDS = 300.0
 TOO_OLD_EXIT_CODE = 2
-COLUMNS = ("campaign", "pending", "oldest pending", "last push (UTC)", "rejected", "parked")
+COLUMNS = (
+    "campaign",
+    "pending",
+    "oldest pending",
+    "last push (UTC)",
+    "SKUs 1m/1h",
+    "requests 1m/1h",
+    "420/5xx 1h",
+    "parked SKUs",
+    "rejected",
+    "state",
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Prints the report; 2 when some campaign's oldest pending change is older than --max-age."""
+    """Prints the report; 2 when a campaign is parked or its oldest pending change is too old."""
     settings = load_settings()
     engine = make_engine(resolve_database_url(settings))
     try:
@@ -46,7 +58,12 @@ def run(args: argparse.Namespace) -> int:
             f"{_age(campaign.oldest_pending_age_seconds)} old (more than {args.max_age:g}s)",
             file=sys.stderr,
         )
-    return TOO_OLD_EXIT_CODE if too_old else 0
+    for campaign in report.parked():
+        print(
+            f"stocksync: campaign {campaign.campaign_id} is parked: {campaign.parked_reason}",
+            file=sys.stderr,
+        )
+    return TOO_OLD_EXIT_CODE if too_old or report.parked() else 0
 
 
 def _age(seconds: float | None) -> str:
@@ -60,15 +77,29 @@ def _age(seconds: float | None) -> str:
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
-def _row(campaign: CampaignStatus) -> tuple[str, ...]:
-    last_push = campaign.last_push_at
+def _state(c: CampaignFigures) -> str:
+    if c.parked_reason:
+        return f"parked: {c.parked_reason}"
+    if c.degraded_reason:
+        return f"degraded: {c.degraded_reason}"
+    if c.blocked_until:
+        return f"420 until {c.blocked_until.astimezone(UTC):%H:%M:%S}"
+    return "ok"
+
+
+def _row(c: CampaignFigures) -> tuple[str, ...]:
+    last_push = c.last_push_at
     return (
-        str(campaign.campaign_id),
-        str(campaign.pending_keys),
-        _age(campaign.oldest_pending_age_seconds),
+        str(c.campaign_id),
+        str(c.pending_keys),
+        _age(c.oldest_pending_age_seconds),
         last_push.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if last_push else "never",
-        str(campaign.rejected),
-        campaign.parked_reason or "-",
+        f"{c.skus_pushed_last_minute}/{c.skus_pushed_last_hour}",
+        f"{c.requests_last_minute}/{c.requests_last_hour}",
+        f"{c.rate_limited_last_hour}/{c.failed_last_hour}",
+        str(c.parked_skus),
+        str(c.rejected),
+        _state(c),
     )
 
 

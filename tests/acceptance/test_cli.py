@@ -25,6 +25,8 @@ _KNOWN_STATE = """
         (1001, 'A-3', 4, 1, now() - interval '2 hours', 1, 4, '2026-11-28 09:00:00+00'),
         -- 2001: nothing pending, last acked at 07:30Z.
         (2001, 'B-1', 9, 3, now() - interval '1 day', 3, 9, '2026-11-28 07:30:00+00');
+    INSERT INTO campaign (campaign_id, last_push_at)
+    VALUES (1001, '2026-11-28 09:00:00+00'), (2001, '2026-11-28 07:30:00+00');
     INSERT INTO rejected (task_id, position, campaign_id, raw, reason)
     VALUES
         ('t1', 0, 1001, '{}', 'sku: must match the Market pattern'),
@@ -123,9 +125,19 @@ def test_status_json_reports_the_known_state(
         "campaign_id": 2001,
         "pending_keys": 0,
         "oldest_pending_age_seconds": None,
+        "parked_skus": 0,
         "last_push_at": "2026-11-28T07:30:00+00:00",
-        "rejected": 0,
         "parked_reason": None,
+        "degraded_reason": None,
+        "blocked_until": None,
+        "skus_pushed_last_minute": 0,
+        "skus_pushed_last_hour": 0,
+        "requests_last_minute": 0,
+        "requests_last_hour": 0,
+        "rate_limited_last_hour": 0,
+        "failed_last_hour": 0,
+        "skus_in_rate_window": 0,
+        "rejected": 0,
     }
     assert campaigns[3001]["rejected"] == 1
     assert campaigns[3001]["pending_keys"] == 0
@@ -199,3 +211,57 @@ def test_bad_setting_exits_2_naming_the_variable(
     assert result.returncode == 2
     assert variable in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_status_exits_2_when_a_campaign_is_parked(
+    stocksync: RunStocksync, database_url: str, engine: Engine
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO campaign (campaign_id, parked_reason) VALUES (7, 'HTTP 403: x')")
+        )
+
+    result = stocksync("status", STOCKSYNC_DATABASE_URL=database_url)
+
+    assert result.returncode == 2
+    assert "campaign 7 is parked: HTTP 403: x" in result.stderr
+    assert "parked: HTTP 403: x" in result.stdout
+
+
+def test_metrics_endpoint_serves_the_figures(database_url: str, engine: Engine) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with engine.begin() as conn:
+        conn.execute(text(_KNOWN_STATE))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_")}
+    env["STOCKSYNC_DATABASE_URL"] = database_url
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stocksync", "metrics", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        body = ""
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    assert 'stocksync_pending_keys{campaign="1001"} 2.0' in body
+    assert "stocksync_unreadable_messages 1.0" in body
+    assert proc.returncode == 0
