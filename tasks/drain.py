@@ -6,6 +6,8 @@ import time
 
 from tasks.push import enqueue
 from worker.app import app
+from worker.database import get_engine
+from worker.retention import prune
 from worker.runtime import outbox
 from worker.settings import get_settings
 
@@ -28,3 +30,10 @@ def drain() -> dict[str, int]:
         enqueue(claims)
         batches += len(claims)
     return {"campaigns": len(campaigns), "batches": batches}
+
+
+@app.task(name="stocks.prune")
+def prune_history() -> dict[str, int]:
+    """Deletes the change log and refusals the retention period no longer keeps."""
+    pruned = prune(get_engine(), get_settings().retention_days)
+    return {"changes": pruned.changes, "rejected": pruned.rejected}

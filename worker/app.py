@@ -51,6 +51,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "stocks.submit": {"queue": CHANGES_QUEUE},
             "stocks.push": {"queue": PUSH_QUEUE},
             "stocks.drain": {"queue": DRAIN_QUEUE},
+            "stocks.prune": {"queue": DRAIN_QUEUE},
         },
         "beat_schedule": {
             "drain-outbox": {
@@ -58,6 +59,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.drain_interval_seconds,
                 # A drain not started by the next tick is useless: the next one does its work.
                 "options": {"expires": max(1.0, settings.drain_interval_seconds * 2)},
+            },
+            "prune-history": {
+                "task": "stocks.prune",
+                "schedule": 3600.0,
+                "options": {"expires": 3000.0},
             },
         },
         "task_send_sent_event": True,

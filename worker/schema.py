@@ -48,6 +48,7 @@ change_log = Table(
         postgresql_include=["delta"],
         postgresql_where=text("delta IS NOT NULL"),
     ),
+    Index("change_log_received_at", "received_at"),
 )
 
 # The outbox: the current state of every (group, sku) key. `version` grows with every change of

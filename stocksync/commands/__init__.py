@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from stocksync.commands import metrics, migrate, run, sandbox, status
+from stocksync.commands import metrics, migrate, prune, run, sandbox, status
 
 
 def _no_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,5 +30,6 @@ COMMANDS: list[Command] = [
     Command("run", run.HELP, run.run, run.configure),
     Command("status", status.HELP, status.run, status.configure),
     Command("metrics", metrics.HELP, metrics.run, metrics.configure),
+    Command("prune", prune.HELP, prune.run, prune.configure),
     Command("sandbox", sandbox.HELP, sandbox.run, passthrough=True),
 ]

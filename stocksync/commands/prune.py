@@ -1,0 +1,33 @@
+"""`stocksync prune [--days N]`: delete the history the retention period no longer keeps now."""
+
+from __future__ import annotations
+
+import argparse
+
+from stocksync.database import resolve_database_url
+from worker.database import make_engine
+from worker.retention import prune
+from worker.settings import load_settings
+
+HELP = "prune the change log and refusals older than STOCKSYNC_RETENTION_DAYS (beat does it hourly)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """--days overrides STOCKSYNC_RETENTION_DAYS for this run."""
+    parser.add_argument("--days", type=float, help="retention in days (default: the setting)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prunes and prints how many rows went."""
+    settings = load_settings()
+    engine = make_engine(resolve_database_url(settings))
+    try:
+        days = settings.retention_days if args.days is None else args.days
+        pruned = prune(engine, days, max_batches=1_000_000)
+    finally:
+        engine.dispose()
+    print(
+        f"pruned {pruned.changes} change-log rows and {pruned.rejected} refusals "
+        f"older than {days:g} days"
+    )
+    return 0

@@ -1,0 +1,80 @@
+"""Pruning keeps the value formula and idempotency exact while the change log stays small."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, text
+
+from domain.changes import Change
+from worker.outbox import store_message
+from worker.retention import prune
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def _store(engine: Engine, task: str, *changes: dict) -> None:
+    accepted = [
+        (i, Change(7, c["sku"], c.get("delta"), c.get("count"), c["event_id"], c["at"]))
+        for i, c in enumerate(changes)
+    ]
+    store_message(engine, task, accepted, [], lambda c: c)
+
+
+def _value(engine: Engine, sku: str) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(text("SELECT value FROM stock WHERE sku = :s"), {"s": sku}).scalar_one()
+        )
+
+
+def _events(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {k for (k,) in conn.execute(text("SELECT idempotency_key FROM change_log"))}
+
+
+def test_pruning_deletes_only_what_the_formula_can_never_need(engine: Engine) -> None:
+    # Given a key with a count, deltas around it, and a key with deltas only, all a month old
+    h = timedelta(hours=1)
+    _store(
+        engine,
+        "m1",
+        {"sku": "A", "count": 10, "event_id": "old-count", "at": T0},
+        {"sku": "A", "delta": -1, "event_id": "before", "at": T0 - h},
+        {"sku": "A", "delta": -2, "event_id": "same-instant", "at": T0},
+        {"sku": "A", "delta": -3, "event_id": "after", "at": T0 + h},
+        {"sku": "A", "count": 50, "event_id": "older-count", "at": T0 - 2 * h},
+        {"sku": "B", "delta": 4, "event_id": "no-count", "at": T0},
+    )
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE change_log SET received_at = now() - interval '30 days'"))
+    assert _value(engine, "A") == 7
+    # When the history is pruned at a 7-day retention
+    pruned = prune(engine, 7)
+    # Then the deltas at or before the count and the older count are gone, the rest stays
+    assert pruned.changes == 3
+    assert _events(engine) == {"e:old-count", "e:after", "e:no-count"}
+    # And redelivered duplicates of pruned rows change nothing
+    _store(
+        engine,
+        "m2",
+        {"sku": "A", "delta": -1, "event_id": "before", "at": T0 - h},
+        {"sku": "A", "delta": -2, "event_id": "same-instant", "at": T0},
+        {"sku": "A", "count": 50, "event_id": "older-count", "at": T0 - 2 * h},
+    )
+    assert _value(engine, "A") == 7
+    # And a newer count still sums exactly the deltas after it
+    _store(engine, "m3", {"sku": "A", "count": 20, "event_id": "new-count", "at": T0 + h / 2})
+    assert _value(engine, "A") == 17
+    assert _value(engine, "B") == 4
+
+
+def test_recent_history_is_kept(engine: Engine) -> None:
+    _store(
+        engine,
+        "m1",
+        {"sku": "A", "count": 10, "event_id": "c", "at": T0},
+        {"sku": "A", "delta": -1, "event_id": "d", "at": T0 - timedelta(hours=1)},
+    )
+    assert prune(engine, 7).changes == 0
+    assert _events(engine) == {"e:c", "e:d"}

@@ -1,0 +1,63 @@
+"""Keeping PostgreSQL small: the change log and refusals are pruned after the retention period.
+
+Only change-log rows the value formula can never need again are deleted: deltas at or before the
+key's current absolute count, and absolute counts strictly before it (a new count only ever wins
+when it is later than the current one, and then only deltas after *it* are summed). Redelivered
+duplicates of pruned rows change nothing for the same reason, so idempotency keeps holding.
+Deltas of a key that never had an absolute count are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, text
+
+BATCH_ROWS = 10_000
+
+_PRUNE_CHANGES = text("""
+    DELETE FROM change_log WHERE seq IN (
+        SELECT c.seq FROM change_log c
+        JOIN stock s ON s.group_id = c.group_id AND s.sku = c.sku
+        WHERE c.received_at < clock_timestamp() - make_interval(days => :days)
+          AND s.abs_at IS NOT NULL
+          AND (c.occurred_at < s.abs_at OR (c.delta IS NOT NULL AND c.occurred_at = s.abs_at))
+        LIMIT :batch
+    )
+""")
+
+_PRUNE_REJECTED = text("""
+    DELETE FROM rejected WHERE id IN (
+        SELECT id FROM rejected
+        WHERE received_at < clock_timestamp() - make_interval(days => :days) LIMIT :batch
+    )
+""")
+
+_PRUNE_REDELIVERIES = text("""
+    DELETE FROM redelivery WHERE last_at < clock_timestamp() - interval '1 day'
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """Rows deleted by one pruning pass."""
+
+    changes: int
+    rejected: int
+
+
+def prune(engine: Engine, retention_days: float, max_batches: int = 100) -> Pruned:
+    """Deletes what the retention allows, in short transactions of at most BATCH_ROWS rows."""
+    counts = {"changes": 0, "rejected": 0}
+    for name, statement in (("changes", _PRUNE_CHANGES), ("rejected", _PRUNE_REJECTED)):
+        for _ in range(max_batches):
+            with engine.begin() as conn:
+                deleted = conn.execute(
+                    statement, {"days": retention_days, "batch": BATCH_ROWS}
+                ).rowcount
+            counts[name] += deleted
+            if deleted < BATCH_ROWS:
+                break
+    with engine.begin() as conn:
+        conn.execute(_PRUNE_REDELIVERIES)
+    return Pruned(**counts)
