@@ -84,7 +84,8 @@ def load_pending(engine: Engine, campaign: int, count: int, sku_prefix: str = "S
             text("""
             INSERT INTO stock (group_id, sku, abs_count, abs_at, abs_seq, delta_sum,
                                last_occurred_at, version, changed_at)
-            SELECT :c, :p || g, g % 1000, now(), g, 0, now(), 1, now() + g * interval '1 microsecond'
+            SELECT :c, :p || g, g % 1000, now(), g, 0, now(), 1,
+                   now() + g * interval '1 microsecond'
             FROM generate_series(1, :n) AS g
             """),
             {"c": campaign, "n": count, "p": sku_prefix},

@@ -6,7 +6,17 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from stocksync.commands import metrics, migrate, prune, run, sandbox, status
+from stocksync.commands import (
+    import_snapshot,
+    metrics,
+    migrate,
+    prune,
+    rejected,
+    resync,
+    run,
+    sandbox,
+    status,
+)
 
 
 def _no_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,4 +42,7 @@ COMMANDS: list[Command] = [
     Command("metrics", metrics.HELP, metrics.run, metrics.configure),
     Command("prune", prune.HELP, prune.run, prune.configure),
     Command("sandbox", sandbox.HELP, sandbox.run, passthrough=True),
+    Command("rejected", rejected.HELP, rejected.run, rejected.configure),
+    Command("resync", resync.HELP, resync.run, resync.configure),
+    Command("import", import_snapshot.HELP, import_snapshot.run, import_snapshot.configure),
 ]

@@ -9,8 +9,8 @@ from datetime import UTC
 
 from stocksync.database import resolve_database_url
 from stocksync.status import StatusReport, read_status
-from worker.monitoring import CampaignFigures
 from worker.database import make_engine
+from worker.monitoring import CampaignFigures
 from worker.settings import load_settings
 
 HELP = "per campaign: pending SKUs, oldest pending age, last push, parked reason, rejected count"

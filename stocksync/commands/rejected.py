@@ -1,0 +1,146 @@
+"""`stocksync rejected [--campaign N] [--since T] [--limit N] [--json]`: refusals, newest first."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from domain.since import SINCE_HELP, parse_since
+from stocksync.database import resolve_database_url
+from worker.database import make_engine
+from worker.operations import Refusal, list_refusals
+from worker.settings import Settings, load_settings
+
+HELP = "list rejected changes, unreadable messages and parked SKUs with their reasons"
+DEFAULT_LIMIT = 50
+RAW_CHARS = 80
+COLUMNS = ("at (UTC)", "kind", "campaign", "where", "reason", "raw")
+EPILOG = """\
+kinds: "rejected" a change refused by validation (where = task id #position in its message; for
+`stocksync import`, the import id and the file's line), "unreadable" a whole message that could
+not be read (where = task id), "parked" a SKU the Market refused with a 400, set aside until its
+value changes or `stocksync resync` (where = its SKU; its time is when the refused value was
+set: the moment of parking is not recorded).
+--campaign N covers N's whole warehouse group: refusals naming any campaign of the group and
+the group's parked SKUs; unreadable messages and refusals without a valid campaign are then
+left out.
+"""
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """--campaign, --since, --limit and --json."""
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--campaign", type=int, metavar="N", help="only this campaign's group")
+    parser.add_argument("--since", metavar="WHEN", help=f"only newer ones: {SINCE_HELP}")
+    parser.add_argument(
+        "--limit",
+        type=_positive,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"at most N lines, the newest (default: {DEFAULT_LIMIT})",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead")
+
+
+def _group_members(settings: Settings, campaign_id: int) -> tuple[int, list[int]]:
+    """The campaign's group key and every campaign of that group (itself alone if ungrouped)."""
+    members = next((g for g in settings.warehouse_groups if campaign_id in g), [campaign_id])
+    return settings.group_of(campaign_id), list(members)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prints the newest refusals and parked SKUs; 0, or 2 when --since cannot be read."""
+    settings = load_settings()
+    since = None
+    if args.since is not None:
+        try:
+            since = parse_since(args.since, datetime.now(UTC))
+        except ValueError as exc:
+            print(f"stocksync rejected: --since: {exc}; use {SINCE_HELP}", file=sys.stderr)
+            return 2
+    group_id, campaigns = (None, None)
+    if args.campaign is not None:
+        group_id, campaigns = _group_members(settings, args.campaign)
+    engine = make_engine(resolve_database_url(settings))
+    try:
+        rows = list_refusals(
+            engine, campaigns=campaigns, group_id=group_id, since=since, limit=args.limit + 1
+        )
+    finally:
+        engine.dispose()
+    more = len(rows) > args.limit
+    rows = rows[: args.limit]
+    if args.json:
+        print(json.dumps({"items": [as_json(r) for r in rows], "more": more}, indent=2))
+    else:
+        print(render_table(rows, more, args.limit))
+    return 0
+
+
+def as_json(refusal: Refusal) -> dict[str, Any]:
+    """One line as JSON-ready data; `at` in ISO 8601, `raw` the stored JSON text."""
+    return {
+        "kind": refusal.kind,
+        "at": refusal.at.isoformat(),
+        "campaign_id": refusal.campaign_id,
+        "task_id": refusal.task_id,
+        "position": refusal.position,
+        "sku": refusal.sku,
+        "reason": refusal.reason,
+        "raw": refusal.raw,
+    }
+
+
+def _cell(text: str, limit: int | None = None) -> str:
+    """One line of printable text, shortened to `limit` characters."""
+    flat = "".join(c if c.isprintable() else " " for c in text)
+    if limit is not None and len(flat) > limit:
+        return flat[: limit - 1] + "…"
+    return flat
+
+
+def _where(refusal: Refusal) -> str:
+    if refusal.kind == "parked":
+        return f"sku {refusal.sku}"
+    if refusal.kind == "unreadable":
+        return str(refusal.task_id)
+    if str(refusal.task_id).startswith("import:"):
+        return f"{refusal.task_id} line {refusal.position}"
+    return f"{refusal.task_id} #{refusal.position}"
+
+
+def _row(refusal: Refusal) -> tuple[str, ...]:
+    return (
+        refusal.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        refusal.kind,
+        "-" if refusal.campaign_id is None else str(refusal.campaign_id),
+        _cell(_where(refusal)),
+        _cell(refusal.reason),
+        "-" if refusal.raw is None else _cell(refusal.raw, RAW_CHARS),
+    )
+
+
+def render_table(rows: list[Refusal], more: bool, limit: int) -> str:
+    """The lines as an aligned text table, with a note when older ones were left out."""
+    if not rows:
+        return "nothing rejected, unreadable or parked"
+    table = [COLUMNS, *(_row(r) for r in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
+    if more:
+        lines.append(f"(the newest {limit} shown; older ones with a larger --limit or --since)")
+    return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""`stocksync resync --campaign N [--sku SKU …]`: send a campaign's current values again."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from domain.market_rules import normalize_sku
+from stocksync.database import resolve_database_url
+from worker.database import make_engine
+from worker.operations import resync_group, resync_skus
+from worker.settings import load_settings
+
+HELP = "send a campaign's current stock values (all, or the listed SKUs) to the Market again"
+EPILOG = """\
+Each key's version grows by one (its value stays): the drain sends it again, and a SKU parked
+after a 400 becomes eligible again. N may be any campaign of a warehouse group: the group's keys
+are resynced. Exit 1 when the campaign has no keys or a listed SKU is unknown (the known ones
+are still resynced).
+"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """--campaign (required) and --sku, repeatable or with several values."""
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--campaign", type=int, required=True, metavar="N", help="the campaign")
+    parser.add_argument(
+        "--sku",
+        dest="skus",
+        action="extend",
+        nargs="+",
+        metavar="SKU",
+        help="only these SKUs (default: every key of the campaign)",
+    )
+
+
+def _scope(campaign_id: int, group_id: int) -> str:
+    if group_id == campaign_id:
+        return f"campaign {campaign_id}"
+    return f"campaign {campaign_id} (warehouse group sent to {group_id})"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Bumps the keys and prints how many will be sent again; 1 when none or some unknown."""
+    settings = load_settings()
+    group_id = settings.group_of(args.campaign)
+    scope = _scope(args.campaign, group_id)
+    engine = make_engine(resolve_database_url(settings))
+    try:
+        if args.skus is None:
+            count = resync_group(engine, group_id)
+            unknown: list[str] = []
+        else:
+            wanted = list(dict.fromkeys(normalize_sku(sku) for sku in args.skus))
+            bumped = set(resync_skus(engine, group_id, wanted))
+            count = len(bumped)
+            unknown = [sku for sku in wanted if sku not in bumped]
+    finally:
+        engine.dispose()
+    if args.skus is None and count == 0:
+        print(f"stocksync resync: {scope} has no keys: nothing to send", file=sys.stderr)
+        return 1
+    print(f"{scope}: {count:,} key{'s' if count != 1 else ''} will be sent again")
+    if unknown:
+        listed = ", ".join(repr(sku) for sku in unknown)
+        print(f"stocksync resync: {scope} has no key for SKU {listed}", file=sys.stderr)
+        return 1
+    return 0
