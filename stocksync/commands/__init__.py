@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stocksync.commands import (
+    demo,
     import_snapshot,
     metrics,
     migrate,
@@ -45,4 +46,5 @@ COMMANDS: list[Command] = [
     Command("rejected", rejected.HELP, rejected.run, rejected.configure),
     Command("resync", resync.HELP, resync.run, resync.configure),
     Command("import", import_snapshot.HELP, import_snapshot.run, import_snapshot.configure),
+    Command("demo", demo.HELP, demo.run, demo.configure),
 ]
