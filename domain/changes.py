@@ -116,7 +116,9 @@ def _parse_occurred_at(raw: str, now: datetime) -> tuple[datetime | None, str | 
         parsed = datetime.fromisoformat(raw)
     except ValueError:
         return None, f"occurred_at: {rule}"
-    if parsed.tzinfo is None or parsed.utcoffset() is None:
+    offset = parsed.utcoffset()
+    # ISO 8601 offsets are hours and minutes; Python also reads "+03:00:30.5", PostgreSQL does not.
+    if offset is None or offset % timedelta(minutes=1):
         return None, f"occurred_at: {rule}"
     try:
         parsed.astimezone(UTC)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
@@ -105,6 +106,12 @@ class StoreResult:
     rejected: int
 
 
+def _iso(instants: Iterable[datetime | None]) -> list[str | None]:
+    """Instants as ISO 8601 text for a `timestamptz[]` cast: psycopg's text dumping of a list of
+    datetimes costs about 2.7 ms per 500, the largest Python cost of storing a big message."""
+    return [None if t is None else t.isoformat() for t in instants]
+
+
 def idempotency_key(change: Change, task_id: str, index: int) -> str:
     """The change's identity: its event_id, else its message's task id and its position."""
     if change.event_id is None:
@@ -186,7 +193,7 @@ def _apply(conn: Connection, states: dict[Key, KeyState], logged: Sequence[Any])
             {
                 "groups": [k[0] for k in winners],
                 "skus": [k[1] for k in winners],
-                "after": [w.occurred_at for w in winners.values()],
+                "after": _iso(w.occurred_at for w in winners.values()),
             },
         )
         deltas_after = {(g, s): int(total) for g, s, total in rows}
@@ -199,10 +206,10 @@ def _apply(conn: Connection, states: dict[Key, KeyState], logged: Sequence[Any])
             "groups": [k[0] for k in keys],
             "skus": [k[1] for k in keys],
             "abs_counts": [updated[k].abs_count for k in keys],
-            "abs_ats": [updated[k].abs_at for k in keys],
+            "abs_ats": _iso(updated[k].abs_at for k in keys),
             "abs_seqs": [updated[k].abs_seq for k in keys],
             "delta_sums": [updated[k].delta_sum for k in keys],
-            "last_ats": [updated[k].last_occurred_at for k in keys],
+            "last_ats": _iso(updated[k].last_occurred_at for k in keys),
         },
     )
 
@@ -235,7 +242,7 @@ def store_message(
                         "skus": skus,
                         "deltas": [c.delta for _, c in accepted],
                         "counts": [c.count for _, c in accepted],
-                        "times": [c.occurred_at for _, c in accepted],
+                        "times": _iso(c.occurred_at for _, c in accepted),
                     },
                 ).all()
             )
