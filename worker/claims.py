@@ -1,8 +1,9 @@
 """The drain's side of the outbox: claiming pending keys in batches, acknowledging, parking.
 
-A claim is a `push_claim` row with a lease plus the `claim_id` on its keys. Keys are claimed with
-`FOR UPDATE SKIP LOCKED`, so overlapping drains never take the same key, and a key whose claim's
-lease ran out (its worker died) is free to be claimed again.
+A claim is a `push_claim` row with a lease plus one `claimed_key` row per key. The primary key of
+`claimed_key` lets one claim hold a key at a time, so overlapping drains never take the same key;
+a key whose claim's lease ran out (its worker died) is taken over by the next claim. The
+outbox rows are not written to claim them, and planners of one campaign take turns on its row.
 """
 
 from __future__ import annotations
@@ -37,47 +38,62 @@ _OUTSTANDING = text("""
     WHERE campaign_id = :c AND lease_until > clock_timestamp()
 """)
 
-_CLAIM = text("""
+# Claims the keys `picked` selects: a key held by a live claim is skipped, one whose lease ran out
+# is taken over. Returns the keys actually taken, in the order picked.
+_TAKE = """
+    taken AS (
+        INSERT INTO claimed_key (group_id, sku, claim_id)
+        SELECT group_id, sku, :claim FROM picked
+        ON CONFLICT (group_id, sku) DO UPDATE SET claim_id = EXCLUDED.claim_id
+            WHERE NOT EXISTS (SELECT 1 FROM push_claim p
+                              WHERE p.claim_id = claimed_key.claim_id
+                                AND p.lease_until > clock_timestamp())
+        RETURNING sku
+    )
+    SELECT picked.sku, picked.changed_at FROM picked JOIN taken USING (sku)
+    ORDER BY picked.changed_at
+"""
+
+_NOT_CLAIMED = """
+    NOT EXISTS (SELECT 1 FROM claimed_key k
+                WHERE k.group_id = s.group_id AND k.sku = s.sku
+                  AND EXISTS (SELECT 1 FROM push_claim p
+                              WHERE p.claim_id = k.claim_id
+                                AND p.lease_until > clock_timestamp()))
+"""
+
+# Pending keys, oldest change first; a SKU parked at its current version waits for a change.
+_CLAIM = text(f"""
     WITH picked AS (
-        SELECT s.ctid AS row_id FROM stock s
+        SELECT s.group_id, s.sku, s.changed_at FROM stock s
         WHERE s.group_id = :c AND s.version > s.acked_version
           AND (s.parked_version IS NULL OR s.parked_version < s.version)
-          AND (s.claim_id IS NULL OR NOT EXISTS (
-                SELECT 1 FROM push_claim p
-                WHERE p.claim_id = s.claim_id AND p.lease_until > clock_timestamp()))
+          AND {_NOT_CLAIMED}
         ORDER BY s.changed_at
         LIMIT :n
-        FOR UPDATE OF s SKIP LOCKED
-    )
-    -- Back to the rows by their physical address: the locked rows cannot move meanwhile.
-    UPDATE stock s SET claim_id = :claim
-    FROM picked WHERE s.ctid = picked.row_id
-    RETURNING s.sku, s.changed_at
+    ),
+    {_TAKE}
 """)
 
 # Keys acknowledged longer ago than the refresh age, oldest first: the Market wants stock at least
 # once a day and refuses an updatedAt older than a day.
-_CLAIM_REFRESH = text("""
+_CLAIM_REFRESH = text(f"""
     WITH picked AS (
-        SELECT s.ctid AS row_id FROM stock s
+        SELECT s.group_id, s.sku, s.changed_at FROM stock s
         WHERE s.group_id = :c AND s.version = s.acked_version
           AND s.acked_at < clock_timestamp() - make_interval(secs => :refresh_after)
-          AND (s.claim_id IS NULL OR NOT EXISTS (
-                SELECT 1 FROM push_claim p
-                WHERE p.claim_id = s.claim_id AND p.lease_until > clock_timestamp()))
+          AND {_NOT_CLAIMED}
         ORDER BY s.acked_at
         LIMIT :n
-        FOR UPDATE OF s SKIP LOCKED
-    )
-    UPDATE stock s SET claim_id = :claim
-    FROM picked WHERE s.ctid = picked.row_id
-    RETURNING s.sku, s.changed_at
+    ),
+    {_TAKE}
 """)
 
 _KNOWN_CAMPAIGNS = text("SELECT campaign_id FROM campaign ORDER BY campaign_id")
 
 _MOVE_TO_CLAIM = text("""
-    UPDATE stock SET claim_id = :new WHERE group_id = :c AND claim_id = :old AND sku = ANY(:skus)
+    UPDATE claimed_key SET claim_id = :new
+    WHERE group_id = :c AND claim_id = :old AND sku = ANY(:skus)
 """)
 
 _NEW_CLAIM = text("""
@@ -92,13 +108,15 @@ _RENEW = text("""
 """)
 
 _READ = text("""
-    SELECT sku, value, version, last_occurred_at FROM stock
-    WHERE group_id = :c AND claim_id = :claim ORDER BY changed_at
+    SELECT s.sku, s.value, s.version, s.last_occurred_at FROM claimed_key k
+    JOIN stock s ON s.group_id = k.group_id AND s.sku = k.sku
+    WHERE k.claim_id = :claim AND s.group_id = :c
+    ORDER BY s.changed_at
 """)
 
-# A 200 acknowledges the version that was sent (whoever holds the key's claim now: the Market has
-# that version); a change committed meanwhile keeps the key pending. Rows are locked in key order,
-# the order the ingest locks them in, so the two never deadlock.
+# A 200 acknowledges the version that was sent (the Market has that version, whoever holds the
+# key's claim now); a change committed meanwhile keeps the key pending. Rows are locked in key
+# order, the order the ingest locks them in, so the two never deadlock.
 _ACK = text("""
     WITH sent AS (
         SELECT * FROM unnest(CAST(:skus AS text[]), CAST(:versions AS bigint[]),
@@ -115,7 +133,6 @@ _ACK = text("""
                            ELSE s.acked_value END,
         acked_version = GREATEST(s.acked_version, sent.version),
         acked_at = clock_timestamp(),
-        claim_id = CASE WHEN s.claim_id = :claim THEN NULL ELSE s.claim_id END,
         parked_version = NULL,
         parked_reason = NULL
     FROM locked JOIN sent ON sent.sku = locked.sku
@@ -123,13 +140,13 @@ _ACK = text("""
 """)
 
 _PARK_SKUS = text("""
-    UPDATE stock s SET parked_version = n.version, parked_reason = n.reason, claim_id = NULL
+    UPDATE stock s SET parked_version = n.version, parked_reason = n.reason
     FROM unnest(CAST(:skus AS text[]), CAST(:versions AS bigint[]), CAST(:reasons AS text[]))
          AS n(sku, version, reason)
-    WHERE s.group_id = :c AND s.sku = n.sku AND s.claim_id = :claim
+    WHERE s.group_id = :c AND s.sku = n.sku
 """)
 
-_RELEASE = text("UPDATE stock SET claim_id = NULL WHERE group_id = :c AND claim_id = :claim")
+_RELEASE = text("DELETE FROM claimed_key WHERE claim_id = :claim")
 _DROP_CLAIM = text("DELETE FROM push_claim WHERE claim_id = :claim")
 
 _CAMPAIGN_WORKS = text("""
@@ -159,6 +176,10 @@ _PROBE_DUE = text("""
 
 _PRUNE_CLAIMS = text("""
     DELETE FROM push_claim WHERE lease_until < clock_timestamp() - interval '10 minutes'
+""")
+_PRUNE_CLAIMED_KEYS = text("""
+    DELETE FROM claimed_key k
+    WHERE NOT EXISTS (SELECT 1 FROM push_claim p WHERE p.claim_id = k.claim_id)
 """)
 _PRUNE_REQUESTS = text("""
     DELETE FROM market_request WHERE started_at < clock_timestamp() - interval '2 hours'
@@ -324,4 +345,5 @@ class Outbox:
         """Forgets long-expired claims and request history older than two hours."""
         with self.engine.begin() as conn:
             conn.execute(_PRUNE_CLAIMS)
+            conn.execute(_PRUNE_CLAIMED_KEYS)
             conn.execute(_PRUNE_REQUESTS)

@@ -66,11 +66,10 @@ stock = Table(
     Column("last_occurred_at", DateTime(timezone=True)),
     Column("version", BigInteger, nullable=False, server_default="0"),
     Column("changed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # Filled by the drain: what the Market acknowledged, and the claim (see push_claim) in flight.
+    # Filled by the drain: what the Market acknowledged (claims in flight live in claimed_key).
     Column("acked_version", BigInteger, nullable=False, server_default="0"),
     Column("acked_value", BigInteger),
     Column("acked_at", DateTime(timezone=True)),
-    Column("claim_id", Text),
     # A SKU the Market refused with a 400: parked at that version until the value changes.
     Column("parked_version", BigInteger),
     Column("parked_reason", Text),
@@ -81,7 +80,6 @@ stock = Table(
         "changed_at",
         postgresql_where=text("version > acked_version"),
     ),
-    Index("stock_claim", "claim_id", postgresql_where=text("claim_id IS NOT NULL")),
     Index(
         "stock_refresh",
         "group_id",
@@ -149,6 +147,19 @@ push_claim = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("lease_until", DateTime(timezone=True), nullable=False),
     Index("push_claim_campaign", "campaign_id", "lease_until"),
+)
+
+# The keys of each claim. Its primary key lets one claim hold a key at a time; the claim's lease
+# (push_claim) says whether it still does. The outbox rows are not written to claim them: narrow
+# inserts here cost far less than updating the wide, well-indexed `stock` rows.
+claimed_key = Table(
+    "claimed_key",
+    metadata,
+    Column("group_id", BigInteger, nullable=False),
+    Column("sku", Text, nullable=False),
+    Column("claim_id", Text, nullable=False),
+    PrimaryKeyConstraint("group_id", "sku", name="claimed_key_pkey"),
+    Index("claimed_key_claim", "claim_id"),
 )
 
 # Messages the broker delivered again (a worker died while handling them): how often. A message

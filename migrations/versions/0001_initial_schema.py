@@ -89,7 +89,6 @@ def upgrade() -> None:
         sa.Column("acked_version", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("acked_value", sa.BigInteger(), nullable=True),
         sa.Column("acked_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("claim_id", sa.Text(), nullable=True),
         sa.Column("parked_version", sa.BigInteger(), nullable=True),
         sa.Column("parked_reason", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("group_id", "sku", name="stock_pkey"),

@@ -63,19 +63,19 @@ def upgrade() -> None:
     op.create_index(
         "push_claim_campaign", "push_claim", ["campaign_id", "lease_until"], unique=False
     )
-    op.create_index(
-        "stock_claim",
-        "stock",
-        ["claim_id"],
-        unique=False,
-        postgresql_where=sa.text("claim_id IS NOT NULL"),
+    op.create_table(
+        "claimed_key",
+        sa.Column("group_id", sa.BigInteger(), nullable=False),
+        sa.Column("sku", sa.Text(), nullable=False),
+        sa.Column("claim_id", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("group_id", "sku", name="claimed_key_pkey"),
     )
+    op.create_index("claimed_key_claim", "claimed_key", ["claim_id"], unique=False)
 
 
 def downgrade() -> None:
-    op.drop_index(
-        "stock_claim", table_name="stock", postgresql_where=sa.text("claim_id IS NOT NULL")
-    )
+    op.drop_index("claimed_key_claim", table_name="claimed_key")
+    op.drop_table("claimed_key")
     op.drop_index("push_claim_campaign", table_name="push_claim")
     op.drop_table("push_claim")
     op.drop_index("market_request_campaign_started", table_name="market_request")

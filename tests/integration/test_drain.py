@@ -307,7 +307,7 @@ def test_drain_threads_do_not_share_claims(engine: Engine) -> None:
         t.join()
     with engine.connect() as conn:
         claimed = conn.execute(
-            text("SELECT count(*), count(DISTINCT sku) FROM stock WHERE claim_id IS NOT NULL")
+            text("SELECT count(*), count(DISTINCT sku) FROM claimed_key")
         ).one()
         in_claims = conn.execute(text("SELECT COALESCE(sum(skus), 0) FROM push_claim")).scalar_one()
     # Each key in at most one claim, and every pending key claimed once: 2,000 + 2,000 + 1,000.
