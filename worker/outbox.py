@@ -160,12 +160,26 @@ def store_unreadable(engine: Engine, task_id: str, raw: Any, reason: str) -> Non
 
 
 def _lock_keys(conn: Connection, keys: Sequence[Key]) -> dict[Key, KeyState]:
-    """Locks the keys' outbox rows (creating missing ones) in key order and reads their states."""
-    params = {"groups": [k[0] for k in keys], "skus": [k[1] for k in keys]}
-    conn.execute(_ENSURE_KEYS, params)
+    """Locks the keys' outbox rows in key order and reads their states; missing rows are created
+    (in key order too) and locked after. Keys that exist, the common case, cost one statement."""
+    states = _lock(conn, keys)
+    missing = [k for k in keys if k not in states]
+    if missing:
+        conn.execute(_ENSURE_KEYS, _key_params(missing))
+        states.update(_lock(conn, missing))
+    return states
+
+
+def _key_params(keys: Sequence[Key]) -> dict[str, list[Any]]:
+    return {"groups": [k[0] for k in keys], "skus": [k[1] for k in keys]}
+
+
+def _lock(conn: Connection, keys: Sequence[Key]) -> dict[Key, KeyState]:
     return {
         (g, s): KeyState(abs_count, abs_at, abs_seq, delta_sum, last_at)
-        for g, s, abs_count, abs_at, abs_seq, delta_sum, last_at in conn.execute(_LOCK_KEYS, params)
+        for g, s, abs_count, abs_at, abs_seq, delta_sum, last_at in conn.execute(
+            _LOCK_KEYS, _key_params(keys)
+        )
     }
 
 
