@@ -10,6 +10,7 @@ Deltas of a key that never had an absolute count are kept.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Engine, text
 
@@ -19,7 +20,8 @@ _PRUNE_CHANGES = text("""
     DELETE FROM change_log WHERE seq IN (
         SELECT c.seq FROM change_log c
         JOIN stock s ON s.group_id = c.group_id AND s.sku = c.sku
-        WHERE c.received_at < clock_timestamp() - make_interval(days => :days)
+        WHERE c.received_at < COALESCE(CAST(:now AS timestamptz), clock_timestamp())
+              - make_interval(secs => :days * 86400)
           AND s.abs_at IS NOT NULL
           AND (c.occurred_at < s.abs_at OR (c.delta IS NOT NULL AND c.occurred_at = s.abs_at))
         LIMIT :batch
@@ -29,7 +31,8 @@ _PRUNE_CHANGES = text("""
 _PRUNE_REJECTED = text("""
     DELETE FROM rejected WHERE id IN (
         SELECT id FROM rejected
-        WHERE received_at < clock_timestamp() - make_interval(days => :days) LIMIT :batch
+        WHERE received_at < COALESCE(CAST(:now AS timestamptz), clock_timestamp())
+              - make_interval(secs => :days * 86400) LIMIT :batch
     )
 """)
 
@@ -46,14 +49,19 @@ class Pruned:
     rejected: int
 
 
-def prune(engine: Engine, retention_days: float, max_batches: int = 100) -> Pruned:
-    """Deletes what the retention allows, in short transactions of at most BATCH_ROWS rows."""
+def prune(
+    engine: Engine, retention_days: float, max_batches: int = 100, now: datetime | None = None
+) -> Pruned:
+    """Deletes what the retention allows, in short transactions of at most BATCH_ROWS rows.
+
+    `now` (default: the database's clock) lets a simulation age its history without rewriting it.
+    """
     counts = {"changes": 0, "rejected": 0}
     for name, statement in (("changes", _PRUNE_CHANGES), ("rejected", _PRUNE_REJECTED)):
         for _ in range(max_batches):
             with engine.begin() as conn:
                 deleted = conn.execute(
-                    statement, {"days": retention_days, "batch": BATCH_ROWS}
+                    statement, {"days": retention_days, "batch": BATCH_ROWS, "now": now}
                 ).rowcount
             counts[name] += deleted
             if deleted < BATCH_ROWS:

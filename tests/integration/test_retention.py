@@ -78,3 +78,16 @@ def test_recent_history_is_kept(engine: Engine) -> None:
     )
     assert prune(engine, 7).changes == 0
     assert _events(engine) == {"e:c", "e:d"}
+
+
+def test_a_fractional_retention_in_days_is_honoured(engine: Engine) -> None:
+    _store(
+        engine,
+        "m1",
+        {"sku": "A", "count": 10, "event_id": "c", "at": T0},
+        {"sku": "A", "delta": -1, "event_id": "d", "at": T0 - timedelta(hours=1)},
+    )
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE change_log SET received_at = now() - interval '7 hours'"))
+    assert prune(engine, 0.5).changes == 0  # 12 hours: kept
+    assert prune(engine, 0.25).changes == 1  # 6 hours: the delta before the count goes
