@@ -236,10 +236,10 @@ def freshness(limit: int, seconds: float, log_dir: Path) -> dict[str, Any]:
                     sent[s] = now
                 n += 1
             while pending(engine) > 0 or len(
-                requests.get(market + "/_sandbox/state?campaign=5", timeout=30).json().get("5", {})
+                requests.get(market + "/_sandbox/state?campaign=5", timeout=30).json()["skus"]
             ) < len(sent):
                 time.sleep(0.5)
-        state = requests.get(market + "/_sandbox/state?campaign=5", timeout=30).json()["5"]
+        state = requests.get(market + "/_sandbox/state?campaign=5", timeout=30).json()["skus"]
     lags = sorted(
         datetime.fromisoformat(state[s]["accepted_at"]).timestamp() - t for s, t in sent.items()
     )
