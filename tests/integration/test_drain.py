@@ -306,9 +306,7 @@ def test_drain_threads_do_not_share_claims(engine: Engine) -> None:
     for t in threads:
         t.join()
     with engine.connect() as conn:
-        claimed = conn.execute(
-            text("SELECT count(*), count(DISTINCT sku) FROM claimed_key")
-        ).one()
+        claimed = conn.execute(text("SELECT count(*), count(DISTINCT sku) FROM claimed_key")).one()
         in_claims = conn.execute(text("SELECT COALESCE(sum(skus), 0) FROM push_claim")).scalar_one()
     # Each key in at most one claim, and every pending key claimed once: 2,000 + 2,000 + 1,000.
     assert claimed[0] == claimed[1] == in_claims == 5000
