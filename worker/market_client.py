@@ -102,8 +102,9 @@ class MarketClient:
         path = f"/v2/campaigns/{campaign_id}/offers/stocks"
         try:
             response = self.session.put(self.base_url + path, data=body, timeout=self.timeout)
-        except requests.RequestException as exc:
-            # The exception's text can carry the request; keep only its kind.
+        except (requests.RequestException, OSError) as exc:
+            # The exception's text can carry the request; keep only its kind. OSError: a CA
+            # bundle that cannot be read fails before anything is sent.
             return MarketAnswer(status=0, failure=f"{type(exc).__name__} on PUT {path}")
         headers = response.headers
         return MarketAnswer(
