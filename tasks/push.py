@@ -39,9 +39,11 @@ def enqueue(claims: list[Claim]) -> None:
 
 
 def _send(
-    box: Outbox, campaign_id: int, batch: list[PendingStock], attempt: int
-) -> MarketAnswer | float:
-    """One request through the limiter: the answer, or the seconds to wait when that is long."""
+    box: Outbox, campaign_id: int, claim_id: str, batch: list[PendingStock], attempt: int
+) -> MarketAnswer | float | None:
+    """One request through the limiter: the answer, the seconds to wait when that is long, or
+    None when the claim's lease ran out: its keys may be another push's by now, and the values
+    read before could overwrite a newer value at the Market."""
     while True:
         decision = box.limiter.acquire(campaign_id, len(batch))
         if isinstance(decision, Permit):
@@ -49,6 +51,13 @@ def _send(
         if decision.seconds > SHORT_WAIT_SECONDS:
             return decision.seconds
         time.sleep(decision.seconds)
+        if not box.renew(claim_id):  # the keys stay this push's while it waits for room
+            return None
+    # The lease must outlast the request (connect and read timeouts): no other push may take
+    # these keys while this request can still arrive.
+    if not box.renew(claim_id, at_least=2 * get_settings().market_timeout_seconds + 5):
+        box.limiter.cancel(decision)
+        return None
     started = time.monotonic()
     answer = market_client().put_stocks(campaign_id, stocks_body(batch, datetime.now(UTC)))
     box.limiter.finish(decision, answer)
@@ -95,7 +104,9 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
         batch = work.pop()
         if not batch:
             continue
-        answer = _send(box, campaign_id, batch, self.request.retries)
+        answer = _send(box, campaign_id, claim_id, batch, self.request.retries)
+        if answer is None:
+            return {"outcome": "lease lost", "delivered": delivered}
         if isinstance(answer, float):
             box.release(campaign_id, claim_id)
             return {"outcome": f"released: wait {answer:.1f}s", "delivered": delivered}

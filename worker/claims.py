@@ -280,10 +280,12 @@ class Outbox:
                 return claims, True
         return claims, False
 
-    def renew(self, claim_id: str) -> bool:
-        """Extends a live claim's lease; False when it ran out (its keys may be claimed again)."""
+    def renew(self, claim_id: str, at_least: float = 0.0) -> bool:
+        """Extends a live claim's lease (to at least `at_least` seconds from now); False when it
+        ran out (its keys may be claimed again)."""
+        lease = max(self.lease_seconds, at_least)
         with self.engine.begin() as conn:
-            row = conn.execute(_RENEW, {"claim": claim_id, "lease": self.lease_seconds}).first()
+            row = conn.execute(_RENEW, {"claim": claim_id, "lease": lease}).first()
             return row is not None
 
     def read(self, campaign_id: int, claim_id: str) -> list[PendingStock]:

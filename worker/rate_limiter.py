@@ -63,6 +63,8 @@ _FINISH = text("""
     WHERE id = :id
 """)
 
+_CANCEL = text("DELETE FROM market_request WHERE id = :id AND finished_at IS NULL")
+
 _CORRECT = text("""
     INSERT INTO market_request (campaign_id, skus, started_at, finished_at, correction)
     VALUES (:c, :skus, clock_timestamp(), clock_timestamp(), true)
@@ -144,6 +146,11 @@ class RateLimiter:
                 return Wait(wait, "window")
             request_id = conn.execute(_START, {"c": campaign_id, "skus": skus}).scalar_one()
             return Permit(request_id, campaign_id)
+
+    def cancel(self, permit: Permit) -> None:
+        """Gives back the leave of a request that was not sent after all."""
+        with self.engine.begin() as conn:
+            conn.execute(_CANCEL, {"id": permit.request_id})
 
     def finish(self, permit: Permit, answer: MarketAnswer) -> None:
         """Records the answer: 5xx SKUs given back, the Market's own count believed, 420 obeyed."""

@@ -327,3 +327,28 @@ def test_a_key_not_sent_for_the_refresh_age_is_sent_again(
         wait_until(lambda: sandbox.state()["5"]["R"]["accepted_at"] != first, 30, "a refresh")
     assert counts_at(sandbox, 5) == {"R": 4}
     assert sum(r["skus"] for r in sandbox.requests() if r["status"] == 200) >= 2
+
+
+def test_a_request_slower_than_the_lease_is_not_overtaken_by_a_newer_value(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # Given a claim lease of 2 s and a Market that takes 8 s over the first request
+    sandbox.configure(latency_ms=8000)
+    t0 = datetime.now(UTC) - timedelta(minutes=30)
+    with running_worker(
+        database_url, rabbit_url, sandbox, tmp_path / "w.log", claim_lease_seconds="2"
+    ):
+        put_changes(engine, [{"campaign_id": 5, "sku": "K", "count": 1, "occurred_at": t0}])
+        wait_until(lambda: sandbox.stats()["in_flight"] == {"5": 1}, 20, "the slow request")
+        sandbox.configure(latency_ms=0)
+        # When a newer count arrives while that request is on its way (longer than the lease)
+        later = t0 + timedelta(minutes=1)
+        put_changes(engine, [{"campaign_id": 5, "sku": "K", "count": 2, "occurred_at": later}])
+        wait_until(
+            lambda: pending_keys(engine) == 0 and not sandbox.stats()["in_flight"],
+            40,
+            "both counts delivered",
+        )
+    # Then the newer count is the Market's last word: the slow request was not overtaken
+    assert counts_at(sandbox, 5) == {"K": 2}
+    assert sandbox.stats()["stale_overwrites"] == 0
