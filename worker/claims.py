@@ -89,6 +89,13 @@ _CLAIM_REFRESH = text(f"""
     {_TAKE}
 """)
 
+# The claims must walk the pending index in order and stop after a batch. Right after a bulk load,
+# before autovacuum has analyzed `stock`, the planner otherwise picks a bitmap scan of every
+# pending row and a sort (measured: seconds per claim at 5 M rows instead of milliseconds).
+_ORDERED_SCANS_ONLY = text("""
+    SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)
+""")
+
 _KNOWN_CAMPAIGNS = text("SELECT campaign_id FROM campaign ORDER BY campaign_id")
 
 _MOVE_TO_CLAIM = text("""
@@ -223,6 +230,7 @@ class Outbox:
         A parked campaign gets one single-SKU probe when its probe is due; a blocked one nothing.
         """
         with self.engine.begin() as conn:
+            conn.execute(_ORDERED_SCANS_ONLY)
             use = self.limiter.usage(conn, campaign_id)  # locks the campaign: one planner at once
             if use.blocked_until is not None and use.blocked_until > use.now:
                 return []
