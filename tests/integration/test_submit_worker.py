@@ -15,6 +15,7 @@ from kombu import Connection
 from sqlalchemy import Engine, text
 
 from tests import services
+from tests.integration.broker_support import scalar, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -45,19 +46,6 @@ def start_worker(
     yield start
     for worker in started:
         worker.stop()
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def scalar(engine: Engine, sql: str, **params: Any) -> Any:
-    with engine.connect() as conn:
-        return conn.execute(text(sql), params).scalar_one()
 
 
 def queue_depth(rabbit_url: str) -> int:
