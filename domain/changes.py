@@ -202,3 +202,15 @@ def parse_message(args: tuple[Any, ...], kwargs: dict[str, Any], now: datetime) 
         else:
             rejected.append(Rejection(index=index, raw=raw, reason=result))
     return ParsedMessage(accepted=accepted, rejected=rejected)
+
+
+TASK_ID_MAX_LENGTH = 255
+
+
+def task_id_problem(task_id: object) -> str | None:
+    """Why a message's task id cannot key its changes (PostgreSQL text, a btree entry), or None."""
+    if not isinstance(task_id, str) or not task_id:
+        return "message: the task id must be a non-empty string"
+    if len(task_id) > TASK_ID_MAX_LENGTH or not task_id.isprintable():
+        return f"message: the task id must be 1 to {TASK_ID_MAX_LENGTH} printable characters"
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -10,11 +11,11 @@ from typing import Any, TypeVar
 
 from celery import Task
 from celery.exceptions import Reject
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
-from domain.changes import UnreadableMessage, parse_message
+from domain.changes import UnreadableMessage, parse_message, task_id_problem
 from worker.app import app
-from worker.database import get_engine
+from worker.database import get_engine, is_transient
 from worker.logs import log_event
 from worker.outbox import campaign_of, count_redelivery, store_message, store_unreadable
 from worker.settings import get_settings
@@ -26,21 +27,59 @@ T = TypeVar("T")
 # `task_reject_on_worker_lost` a message that kills the worker would otherwise loop forever.
 MAX_DELIVERIES = 5
 
-# While PostgreSQL is unreachable the message goes back to the broker after this pause, so that
+# While PostgreSQL is unreachable, or fails with an error that may pass (read-only, lock or
+# statement timeout, deadlock), the message goes back to the broker after this pause, so that
 # nothing is acknowledged before it is committed and the worker does not spin.
 DATABASE_DOWN_PAUSE_SECONDS = 2.0
-
-
-def _is_connection_problem(exc: DBAPIError) -> bool:
-    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+# Characters kept of an error's text in a stored reason.
+ERROR_TEXT_KEPT = 500
 
 
 @app.task(name="stocks.submit", bind=True, acks_late=True, reject_on_worker_lost=True)
 def submit(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
-    """Applies the valid changes of a message exactly once; refused ones are stored with reasons."""
-    task_id = str(self.request.id)
-    engine = get_engine()
+    """Applies the valid changes of a message exactly once; refused ones are stored with reasons.
+
+    Acknowledged only once its changes are committed or it is stored as unreadable: an error that
+    may pass sends it back to the broker, any other one stores it as unreadable with the reason.
+    """
+    task_id = self.request.id
     raw = {"args": list(args), "kwargs": kwargs}
+    problem = task_id_problem(task_id)
+    if problem is not None:
+        _keep_unreadable(task_id, {"task_id": _printable(task_id), **raw}, problem)
+        return {"applied": 0, "duplicates": 0, "rejected": 1}
+    try:
+        return _submit(self, str(task_id), raw, args, kwargs)
+    except Reject:
+        raise
+    except Exception as exc:
+        _keep_unreadable(str(task_id), raw, f"message: cannot be stored ({_error_text(exc)})")
+        return {"applied": 0, "duplicates": 0, "rejected": 1}
+
+
+def _printable(value: object, limit: int = ERROR_TEXT_KEPT) -> str:
+    text = (value if isinstance(value, str) else repr(value))[:limit]
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _error_text(exc: BaseException) -> str:
+    # A DBAPIError's own text holds the statement and its parameters: keep the server's message.
+    detail = exc.orig if isinstance(exc, DBAPIError) else exc
+    return f"{type(detail).__name__}: {_printable(str(detail).strip())}"
+
+
+def _stored_task_id(task_id: object) -> str:
+    """The task id a refusal is stored under: a digest when the id itself cannot be stored."""
+    if task_id_problem(task_id) is None:
+        return str(task_id)
+    digest = hashlib.sha256(repr(task_id).encode("utf-8", "surrogatepass")).hexdigest()
+    return "refused:" + digest[:32]
+
+
+def _submit(
+    self: Task, task_id: str, raw: dict[str, Any], args: Any, kwargs: Any
+) -> dict[str, int]:
+    engine = get_engine()
     if (self.request.delivery_info or {}).get("redelivered"):
         deliveries = _with_database(lambda: count_redelivery(engine, task_id))
         if deliveries > MAX_DELIVERIES:
@@ -84,13 +123,24 @@ def _with_database(work: Callable[[], T]) -> T:
     try:
         return work()
     except DBAPIError as exc:
-        if _is_connection_problem(exc):
-            log_event(log, logging.WARNING, "database_unavailable")
+        if is_transient(exc):
+            sqlstate = getattr(exc.orig, "sqlstate", None) or "none"
+            log_event(log, logging.WARNING, "database_unavailable", sqlstate=sqlstate)
+            # Pooled sessions may sit on a server turned read-only (a demoted primary): drop them
+            # all, so the next delivery connects afresh (to a read-write server only).
+            get_engine().dispose()
             time.sleep(DATABASE_DOWN_PAUSE_SECONDS)
             raise Reject(reason="database unavailable", requeue=True) from None
         raise
 
 
-def _keep_unreadable(task_id: str, raw: Any, reason: str) -> None:
-    log_event(log, logging.WARNING, "unreadable_message", task=task_id, reason=reason)
-    _with_database(lambda: store_unreadable(get_engine(), task_id, raw, reason))
+def _keep_unreadable(task_id: object, raw: Any, reason: str) -> None:
+    stored_id = _stored_task_id(task_id)
+    log_event(log, logging.WARNING, "unreadable_message", task=stored_id, reason=reason)
+    try:
+        _with_database(lambda: store_unreadable(get_engine(), stored_id, raw, reason))
+    except Reject:
+        raise
+    except Exception as exc:  # the raw content itself cannot be stored: keep the reason
+        note = {"note": f"raw content not storable ({_error_text(exc)})"}
+        _with_database(lambda: store_unreadable(get_engine(), stored_id, note, reason))

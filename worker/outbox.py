@@ -8,6 +8,7 @@ committed deltas (the value formula needs them when a new absolute count arrives
 from __future__ import annotations
 
 import json
+import reprlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -126,8 +127,15 @@ def raw_text(raw: Any) -> str:
     """Raw content as JSON text (escaped, so any string, NUL included, is stored faithfully)."""
     try:
         return json.dumps(raw, sort_keys=False, default=repr)
-    except (ValueError, TypeError):
-        return repr(raw)
+    except (ValueError, TypeError, RecursionError):
+        # Nested deeper than the interpreter recurses (~1,000 levels): a bounded summary.
+        return _SHALLOW_REPR.repr(raw)
+
+
+_SHALLOW_REPR = reprlib.Repr()
+_SHALLOW_REPR.maxlevel = 20
+_SHALLOW_REPR.maxstring = _SHALLOW_REPR.maxother = 1_000
+_SHALLOW_REPR.maxlist = _SHALLOW_REPR.maxdict = 100
 
 
 def campaign_of(raw: Any) -> int | None:

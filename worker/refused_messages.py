@@ -29,11 +29,11 @@ from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 from kombu.message import Message
 from sqlalchemy import Engine, create_engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 from vine import promise
 
-from worker.database import database_url
+from worker.database import connect_args, database_url, is_transient
 from worker.logs import log_event
 from worker.outbox import store_unreadable
 from worker.settings import get_settings
@@ -56,8 +56,9 @@ TaskHandler = Callable[[Message], Any]
 def _engine(pid: int) -> Engine:
     # The consumer runs in the worker's main process, which forks the pool's children: it keeps no
     # pooled connection a child could inherit. Refusals are rare; a connection each is cheap.
+    url = database_url(get_settings())
     return create_engine(
-        database_url(get_settings()), poolclass=NullPool, connect_args={"connect_timeout": 5}
+        url, poolclass=NullPool, connect_args={"connect_timeout": 5, **connect_args(url)}
     )
 
 
@@ -171,10 +172,6 @@ def arguments_problem(task: Task, args: list[Any], kwargs: dict[str, Any]) -> st
     return None
 
 
-def _is_connection_problem(exc: DBAPIError) -> bool:
-    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
-
-
 class RecordingConsumer(Consumer):
     """Celery's consumer; every message it refuses is first stored in `rejected`."""
 
@@ -272,7 +269,7 @@ class RecordingConsumer(Consumer):
         try:
             store_unreadable(_engine(os.getpid()), task_id, refused_raw(message), reason)
         except DBAPIError as exc:
-            if not _is_connection_problem(exc):
+            if not is_transient(exc):
                 log.exception("refused message %s could not be stored", task_id)
                 return True
             log_event(log, logging.WARNING, "database_unavailable", task=task_id)
