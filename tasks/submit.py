@@ -17,7 +17,13 @@ from domain.changes import UnreadableMessage, parse_message, task_id_problem
 from worker.app import app
 from worker.database import get_engine, is_transient
 from worker.logs import log_event
-from worker.outbox import campaign_of, count_redelivery, store_message, store_unreadable
+from worker.outbox import (
+    campaign_of,
+    count_redelivery,
+    forgive_redelivery,
+    store_message,
+    store_unreadable,
+)
 from worker.settings import get_settings
 
 log = logging.getLogger("stocksync.submit")
@@ -25,6 +31,7 @@ T = TypeVar("T")
 
 # A message delivered this often (each time its worker died) is set aside as unreadable: under
 # `task_reject_on_worker_lost` a message that kills the worker would otherwise loop forever.
+# Only deaths count: a delivery sent back after a transient database error takes its count back.
 MAX_DELIVERIES = 5
 
 # While PostgreSQL is unreachable, or fails with an error that may pass (read-only, lock or
@@ -81,7 +88,7 @@ def _submit(
 ) -> dict[str, int]:
     engine = get_engine()
     if (self.request.delivery_info or {}).get("redelivered"):
-        deliveries = _with_database(lambda: count_redelivery(engine, task_id))
+        deliveries = _with_database(lambda: count_redelivery(engine, task_id), task_id)
         if deliveries > MAX_DELIVERIES:
             reason = f"message: set aside after {deliveries} deliveries (each stopped its worker)"
             _keep_unreadable(task_id, raw, reason)
@@ -94,7 +101,8 @@ def _submit(
     result = _with_database(
         lambda: store_message(
             engine, task_id, parsed.accepted, parsed.rejected, get_settings().group_of
-        )
+        ),
+        task_id,
     )
     for rejection in parsed.rejected:
         log_event(
@@ -118,8 +126,9 @@ def _submit(
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": result.rejected}
 
 
-def _with_database(work: Callable[[], T]) -> T:
-    """Runs `work`; while PostgreSQL is unreachable the message goes back to the broker, unacked."""
+def _with_database(work: Callable[[], T], task_id: str | None = None) -> T:
+    """Runs `work`; while PostgreSQL is unreachable the message goes back to the broker, unacked
+    (and, when `task_id` is given, its redelivery is not counted as a death)."""
     try:
         return work()
     except DBAPIError as exc:
@@ -129,9 +138,20 @@ def _with_database(work: Callable[[], T]) -> T:
             # Pooled sessions may sit on a server turned read-only (a demoted primary): drop them
             # all, so the next delivery connects afresh (to a read-write server only).
             get_engine().dispose()
+            if task_id is not None:
+                _forgive(task_id)
             time.sleep(DATABASE_DOWN_PAUSE_SECONDS)
             raise Reject(reason="database unavailable", requeue=True) from None
         raise
+
+
+def _forgive(task_id: str) -> None:
+    # Best effort: with PostgreSQL down this fails too and the delivery counts, but then the
+    # redelivery's own count mostly fails as well and sends it back uncounted.
+    try:
+        forgive_redelivery(get_engine(), task_id)
+    except DBAPIError:
+        get_engine().dispose()
 
 
 def _keep_unreadable(task_id: object, raw: Any, reason: str) -> None:

@@ -4,6 +4,8 @@ with the reason (issue 13, items 1 and 7): a real worker, RabbitMQ and PostgreSQ
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from tests import services
 from tests.integration.broker_support import (
@@ -152,3 +154,117 @@ def test_a_change_nested_hundreds_deep_is_stored_with_a_reason(
     assert scalar(engine, "SELECT count(*) FROM stock WHERE sku = 'DEEP'") == 0
     time.sleep(0.5)
     assert worker.process is not None and worker.process.poll() is None
+
+
+def test_statement_timeouts_for_six_deliveries_do_not_set_a_valid_message_aside(
+    engine: Engine, database_url: str, rabbit_url: str, producer: Celery, tmp_path: Path
+) -> None:
+    # Given a database where every statement is cancelled after 1 ms (2,000 changes take longer)
+    changes = [{"campaign_id": 1, "sku": f"ST-{n}", "count": n} for n in range(2_000)]
+    _set_database(database_url, "SET statement_timeout = '1ms'")
+    try:
+        with running_worker(database_url, rabbit_url, tmp_path / "w.log") as worker:
+            producer.send_task("stocks.submit", kwargs={"changes": changes}, queue="stocks.changes")
+            # When six deliveries in a row fail on it
+            wait_for(
+                "six failed deliveries",
+                lambda: worker.log_text().count("database_unavailable") >= 6,
+                90,
+            )
+            # And the timeout is lifted
+            _set_database(database_url, "RESET statement_timeout")
+            # Then the change is applied, not set aside
+            wait_for("the changes", lambda: _stock_value(engine, "ST-1999") == 1999, 60)
+    finally:
+        _reset_database(database_url, "statement_timeout")
+    assert unreadable_rows(engine) == {}
+    assert scalar(engine, "SELECT count(*) FROM stock WHERE sku LIKE 'ST-%'") == 2_000
+
+
+def test_lock_timeouts_for_six_deliveries_do_not_set_a_valid_message_aside(
+    engine: Engine, database_url: str, rabbit_url: str, producer: Celery, tmp_path: Path
+) -> None:
+    # Given a key whose row another session holds locked, and a 100 ms lock timeout
+    producer.send_task(
+        "stocks.submit",
+        kwargs={"changes": [{"campaign_id": 1, "sku": "LOCKED", "count": 1}]},
+        queue="stocks.changes",
+    )
+    with running_worker(database_url, rabbit_url, tmp_path / "w0.log"):
+        wait_for("the key", lambda: _stock_value(engine, "LOCKED") == 1, 60)
+    _set_database(database_url, "SET lock_timeout = '100ms'")
+    engine.dispose()  # its pooled sessions were cut
+    holder = engine.connect()
+    try:
+        holder.exec_driver_sql("BEGIN")
+        holder.exec_driver_sql("SELECT 1 FROM stock WHERE sku = 'LOCKED' FOR UPDATE")
+        with running_worker(database_url, rabbit_url, tmp_path / "w.log") as worker:
+            producer.send_task(
+                "stocks.submit",
+                kwargs={"changes": [{"campaign_id": 1, "sku": "LOCKED", "count": 2}]},
+                queue="stocks.changes",
+            )
+            # When seven deliveries in a row time out on the lock
+            wait_for(
+                "seven failed deliveries (or the message set aside)",
+                lambda: (
+                    worker.log_text().count("database_unavailable") >= 7
+                    or bool(unreadable_rows(engine))
+                ),
+                90,
+            )
+            assert unreadable_rows(engine) == {}
+            # And the lock is released
+            holder.exec_driver_sql("ROLLBACK")
+            # Then the change is applied, not set aside
+            wait_for("the change", lambda: _stock_value(engine, "LOCKED") == 2, 60)
+    finally:
+        holder.close()
+        _reset_database(database_url, "lock_timeout")
+    assert unreadable_rows(engine) == {}
+
+
+def _stocksync(database_url: str, rabbit_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stocksync", *args],
+        check=False,
+        cwd=services.ROOT,
+        env=services.service_env(database_url, rabbit_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_message_set_aside_is_applied_after_replay(
+    engine: Engine, database_url: str, rabbit_url: str, tmp_path: Path
+) -> None:
+    # Given a stocks.submit message set aside after six deliveries, and a refused pickle
+    task_id = str(uuid.uuid4())
+    raw = {"args": [], "kwargs": {"changes": [{"campaign_id": 1, "sku": "REPLAYED", "count": 5}]}}
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO rejected (task_id, position, raw, reason) VALUES "
+                "(:t, -1, :raw, 'message: set aside after 6 deliveries (each stopped its worker)'),"
+                "('refused:abc', -1, '{\"content_type\": \"application/x-python-serialize\"}',"
+                " 'message: refused, only application/json is accepted')"
+            ),
+            {"t": task_id, "raw": json.dumps(raw)},
+        )
+        conn.execute(
+            text("INSERT INTO redelivery (task_id, deliveries) VALUES (:t, 6)"), {"t": task_id}
+        )
+    # When an operator replays it
+    replayed = _stocksync(database_url, rabbit_url, "replay", task_id)
+    assert replayed.returncode == 0, replayed.stderr
+    assert f"replayed {task_id}" in replayed.stdout
+    # Then a worker applies it, and it is no longer listed as unreadable
+    with running_worker(database_url, rabbit_url, tmp_path / "w.log"):
+        wait_for("the replayed change", lambda: _stock_value(engine, "REPLAYED") == 5, 60)
+    assert list(unreadable_rows(engine)) == ["refused:abc"]
+    assert scalar(engine, "SELECT count(*) FROM redelivery WHERE task_id = :t", t=task_id) == 0
+    # And --all skips what is no task message, saying why (exit 1: nothing replayed)
+    skipped = _stocksync(database_url, rabbit_url, "replay", "--all")
+    assert skipped.returncode == 1
+    assert "refused:abc: not replayable" in skipped.stdout

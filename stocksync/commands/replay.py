@@ -1,0 +1,99 @@
+"""`stocksync replay [TASK_ID …|--all]`: put messages stored as unreadable back on the broker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from stocksync.database import resolve_database_url
+from worker.app import CHANGES_QUEUE, app
+from worker.database import make_engine
+from worker.settings import load_settings
+
+HELP = "send stocks.submit messages stored as unreadable (e.g. set aside) back to the broker"
+EPILOG = """\
+Each message goes back under its own task id, so changes without an event_id keep their
+identity and a change applied before is not applied twice. Its unreadable row and its delivery
+count are removed; if it fails again it is stored again with the new reason. Refused messages
+that are no stocks.submit call (a pickle, another content type) are skipped. Exit 1 when
+nothing was replayed or an id was not found.
+"""
+
+_UNREADABLE = text("""
+    SELECT id, task_id, raw FROM rejected
+    WHERE position = -1 AND (CAST(:all AS boolean) OR task_id = ANY(CAST(:ids AS text[])))
+    ORDER BY id
+""")
+_FORGET = text("""
+    DELETE FROM rejected WHERE id = :id
+""")
+_FORGET_COUNT = text("DELETE FROM redelivery WHERE task_id = :task_id")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Task ids (as `stocksync rejected` lists them), or --all."""
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("task_ids", nargs="*", metavar="TASK_ID", help="messages to replay")
+    parser.add_argument("--all", action="store_true", help="every unreadable message")
+
+
+def task_call(raw: str | None) -> tuple[list[Any], dict[str, Any]] | None:
+    """The args and kwargs of a stored `stocks.submit` call, or None for anything else."""
+    try:
+        parsed = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict) or set(parsed) - {"args", "kwargs", "task_id"}:
+        return None
+    args, kwargs = parsed.get("args"), parsed.get("kwargs")
+    if "task_id" in parsed or not isinstance(args, list) or not isinstance(kwargs, dict):
+        return None  # a task id the database cannot hold would be refused again
+    return args, kwargs
+
+
+def replay(engine: Engine, task_ids: list[str], everything: bool) -> tuple[list[str], list[str]]:
+    """Publishes each replayable message, then removes its row; (replayed, skipped with why)."""
+    replayed: list[str] = []
+    skipped: list[str] = []
+    with engine.connect() as conn:
+        rows = conn.execute(_UNREADABLE, {"all": everything, "ids": task_ids}).all()
+    for row_id, task_id, raw in rows:
+        call = task_call(raw)
+        if call is None:
+            skipped.append(f"{task_id}: not replayable (not a stocks.submit call)")
+            continue
+        # Published before the row goes: a crash in between replays it twice, which the
+        # idempotency keys absorb.
+        app.send_task(
+            "stocks.submit", args=call[0], kwargs=call[1], task_id=task_id, queue=CHANGES_QUEUE
+        )
+        with engine.begin() as conn:
+            conn.execute(_FORGET, {"id": row_id})
+            conn.execute(_FORGET_COUNT, {"task_id": task_id})
+        replayed.append(task_id)
+    found = {task_id for _, task_id, _ in rows}
+    skipped.extend(f"{t}: no unreadable message with this id" for t in task_ids if t not in found)
+    return replayed, skipped
+
+
+def run(args: argparse.Namespace) -> int:
+    """Replays and prints one line per message; 1 when nothing was replayed or an id is unknown."""
+    if not args.all and not args.task_ids:
+        print("replay: give task ids or --all", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    engine = make_engine(resolve_database_url(settings))
+    try:
+        replayed, skipped = replay(engine, list(args.task_ids), args.all)
+    finally:
+        engine.dispose()
+    for task_id in replayed:
+        print(f"replayed {task_id}")
+    for line in skipped:
+        print(line)
+    return 0 if replayed and not any("no unreadable" in s for s in skipped) else 1
