@@ -20,6 +20,7 @@ from worker.logs import log_event
 from worker.outbox import (
     campaign_of,
     count_redelivery,
+    first_seen,
     forgive_redelivery,
     store_message,
     store_unreadable,
@@ -75,6 +76,14 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(detail).__name__}: {_printable(str(detail).strip())}"
 
 
+def _needs_receipt_time(args: Any, kwargs: Any) -> bool:
+    """True when a change may take the default occurred_at (one without it, as far as visible)."""
+    changes = kwargs.get("changes", args[0] if args else None)
+    if not isinstance(changes, list):
+        return False
+    return any(not isinstance(c, dict) or c.get("occurred_at") is None for c in changes)
+
+
 def _stored_task_id(task_id: object) -> str:
     """The task id a refusal is stored under: a digest when the id itself cannot be stored."""
     if task_id_problem(task_id) is None:
@@ -93,8 +102,13 @@ def _submit(
             reason = f"message: set aside after {deliveries} deliveries (each stopped its worker)"
             _keep_unreadable(task_id, raw, reason)
             return {"applied": 0, "duplicates": 0, "rejected": 1}
+    received_at = datetime.now(UTC)
+    if _needs_receipt_time(args, kwargs):
+        # The default occurred_at is when the service received the message: stamped once, on the
+        # database's clock, at the first delivery, and the same on every redelivery.
+        received_at = _with_database(lambda: first_seen(engine, task_id), task_id)
     try:
-        parsed = parse_message(args, kwargs, datetime.now(UTC))
+        parsed = parse_message(args, kwargs, received_at)
     except UnreadableMessage as exc:
         _keep_unreadable(task_id, raw, str(exc))
         return {"applied": 0, "duplicates": 0, "rejected": 1}

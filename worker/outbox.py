@@ -104,6 +104,20 @@ _FORGIVE_REDELIVERY = text("""
         SET deliveries = redelivery.deliveries - 1, last_at = now()
 """)
 
+# The first delivery stamps the message's arrival, on the database's clock, in a transaction of
+# its own; a redelivery reads the same stamp. The row doubles as the delivery count (1 so far).
+_FIRST_SEEN = text("""
+    WITH stamped AS (
+        INSERT INTO redelivery (task_id, deliveries) VALUES (:task_id, 1)
+        ON CONFLICT (task_id) DO NOTHING
+        RETURNING first_seen_at
+    )
+    SELECT first_seen_at FROM stamped
+    UNION ALL
+    SELECT first_seen_at FROM redelivery WHERE task_id = :task_id
+    LIMIT 1
+""")
+
 UNREADABLE_POSITION = -1
 
 
@@ -205,6 +219,13 @@ def count_redelivery(engine: Engine, task_id: str) -> int:
     """Records one more delivery of a redelivered message; returns how many there have been."""
     with engine.begin() as conn:
         return int(conn.execute(_COUNT_REDELIVERY, {"task_id": task_id}).scalar_one())
+
+
+def first_seen(engine: Engine, task_id: str) -> datetime:
+    """When the service first received this message (database clock), stamped on first call."""
+    with engine.begin() as conn:
+        stamp: datetime = conn.execute(_FIRST_SEEN, {"task_id": task_id}).scalar_one()
+        return stamp
 
 
 def forgive_redelivery(engine: Engine, task_id: str) -> None:

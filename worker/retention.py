@@ -36,8 +36,11 @@ _PRUNE_REJECTED = text("""
     )
 """)
 
+# Delivery counts and first-seen times: kept for the retention period (at least a day), so a
+# message redelivered within it keeps its received time and its count.
 _PRUNE_REDELIVERIES = text("""
-    DELETE FROM redelivery WHERE last_at < clock_timestamp() - interval '1 day'
+    DELETE FROM redelivery
+    WHERE last_at < clock_timestamp() - make_interval(secs => GREATEST(:days, 1) * 86400)
 """)
 
 
@@ -67,5 +70,5 @@ def prune(
             if deleted < BATCH_ROWS:
                 break
     with engine.begin() as conn:
-        conn.execute(_PRUNE_REDELIVERIES)
+        conn.execute(_PRUNE_REDELIVERIES, {"days": retention_days})
     return Pruned(**counts)

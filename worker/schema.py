@@ -170,4 +170,11 @@ redelivery = Table(
     Column("task_id", Text, primary_key=True),
     Column("deliveries", Integer, nullable=False),
     Column("last_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # When the service first received the message: the default occurred_at of its changes.
+    Column(
+        "first_seen_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=text("clock_timestamp()"),
+    ),
 )

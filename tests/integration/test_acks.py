@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,59 @@ def test_a_message_set_aside_is_applied_after_replay(
     skipped = _stocksync(database_url, rabbit_url, "replay", "--all")
     assert skipped.returncode == 1
     assert "refused:abc: not replayable" in skipped.stdout
+
+
+def test_a_count_without_occurred_at_keeps_its_first_delivery_time_across_a_redelivery(
+    engine: Engine, database_url: str, rabbit_url: str, producer: Celery, tmp_path: Path
+) -> None:
+    # Given a worker whose first delivery of a DIES-FIRST change dies before it commits
+    marker, release = tmp_path / "first-delivery", tmp_path / "release"
+    env = services.service_env(
+        database_url,
+        rabbit_url,
+        STOCKSYNC_TEST_MARKER=str(marker),
+        STOCKSYNC_TEST_RELEASE=str(release),
+    )
+    worker = WorkerProcess(
+        env, tmp_path / "w.log", extra_args=("-I", "tests.faults.dies_first", "-c", "2")
+    ).start()
+    try:
+        # When a count 40 without occurred_at arrives and its first delivery dies
+        producer.send_task(
+            "stocks.submit",
+            kwargs={"changes": [{"campaign_id": 1, "sku": "DIES-FIRST", "count": 40}]},
+            queue="stocks.changes",
+        )
+        wait_for("the first delivery", marker.exists, 60)
+        time.sleep(0.5)
+        # And a delta -1 that happened after it was received is committed meanwhile
+        producer.send_task(
+            "stocks.submit",
+            kwargs={
+                "changes": [
+                    {
+                        "campaign_id": 1,
+                        "sku": "DIES-FIRST",
+                        "delta": -1,
+                        "occurred_at": datetime.now(UTC).isoformat(),
+                    }
+                ]
+            },
+            queue="stocks.changes",
+        )
+        wait_for(
+            "the delta",
+            lambda: scalar(engine, "SELECT count(*) FROM change_log WHERE delta = -1") == 1,
+            60,
+        )
+        # And the count is redelivered
+        release.touch()
+        wait_for(
+            "the count",
+            lambda: scalar(engine, "SELECT count(*) FROM change_log WHERE count = 40") == 1,
+            60,
+        )
+    finally:
+        worker.stop()
+    # Then the count is dated when it was first received, and the later delta counts
+    assert _stock_value(engine, "DIES-FIRST") == 39
