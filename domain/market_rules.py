@@ -52,7 +52,8 @@ def skus_named(messages: list[str], skus: set[str]) -> dict[str, str]:
 
 def answer_kind(status: int) -> str:
     """What a Market status means for a push: ok, refused (400), parked (401/403/404),
-    rate_limited (420), retry (5xx, 0 = no answer) or unexpected (any other)."""
+    rate_limited (420), retry (5xx, 0 = no answer, 3xx: a redirect is never followed, and a
+    misrouted proxy may heal) or unexpected (any other)."""
     if 200 <= status < 300:
         return "ok"
     if status == 400:
@@ -61,6 +62,6 @@ def answer_kind(status: int) -> str:
         return "parked"
     if status == 420:
         return "rate_limited"
-    if status == 0 or status >= 500:
+    if status == 0 or status >= 500 or 300 <= status < 400:
         return "retry"
     return "unexpected"

@@ -101,7 +101,11 @@ class MarketClient:
         """One PUT; any answer or failure comes back as a `MarketAnswer`, never an exception."""
         path = f"/v2/campaigns/{campaign_id}/offers/stocks"
         try:
-            response = self.session.put(self.base_url + path, data=body, timeout=self.timeout)
+            # No redirect is followed: requests would carry Api-Key to any host it is sent to,
+            # and a 200 there would acknowledge keys the Market never saw.
+            response = self.session.put(
+                self.base_url + path, data=body, timeout=self.timeout, allow_redirects=False
+            )
         except (requests.RequestException, OSError) as exc:
             # The exception's text can carry the request; keep only its kind. OSError: a CA
             # bundle that cannot be read fails before anything is sent.

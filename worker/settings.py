@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from platformdirs import user_data_dir
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -59,6 +61,9 @@ class Settings(BaseSettings):
     def _http_url(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        if url.startswith("http://") and not _is_loopback(urlsplit(url).hostname):
+            # Plain HTTP would carry the API key in clear text across a network.
+            raise ValueError("http:// is accepted only for a loopback address; use https://")
         return url.rstrip("/")
 
     @field_validator("warehouse_groups")
@@ -81,6 +86,17 @@ class Settings(BaseSettings):
         return _group_index(tuple(tuple(g) for g in self.warehouse_groups)).get(
             campaign_id, campaign_id
         )
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache(maxsize=8)

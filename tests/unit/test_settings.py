@@ -126,3 +126,22 @@ def test_readme_lists_every_setting_with_its_variable() -> None:
     variables = {f"STOCKSYNC_{name.upper()}" for name in Settings.model_fields}
 
     assert variables - documented == set(), "add these to the README's configuration table"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080", "http://localhost:9000", "http://[::1]:80", "https://x.ru"]
+)
+def test_plain_http_is_accepted_for_loopback_addresses_only(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("STOCKSYNC_MARKET_BASE_URL", url)
+    assert load_settings().market_base_url == url
+
+
+@pytest.mark.parametrize(
+    "url", ["http://api.partner.market.yandex.ru", "http://10.0.0.5:8080", "http://sandbox:8080"]
+)
+def test_plain_http_to_another_host_is_refused(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("STOCKSYNC_MARKET_BASE_URL", url)
+    with pytest.raises(SettingsError, match=r"STOCKSYNC_MARKET_BASE_URL: .*http:// .*loopback"):
+        load_settings()
