@@ -9,7 +9,7 @@ from __future__ import annotations
 import email.utils
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import requests
 from pydantic import SecretStr
@@ -53,13 +53,15 @@ def _int_header(value: str | None) -> int | None:
         return None
 
 
-def _date_header(value: str | None) -> datetime | None:
+def http_date(value: str | None) -> datetime | None:
+    """An HTTP date as an aware datetime; a date without a zone (RFC 822 "-0000") is UTC."""
     if not value:
         return None
     try:
-        return email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
         return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _errors(body: bytes) -> list[MarketError]:
@@ -116,7 +118,7 @@ class MarketClient:
             errors=[] if response.ok else _errors(response.content),
             limit=_int_header(headers.get("X-RateLimit-Resource-Limit")),
             remaining=_int_header(headers.get("X-RateLimit-Resource-Remaining")),
-            until=_date_header(headers.get("X-RateLimit-Resource-Until")),
+            until=http_date(headers.get("X-RateLimit-Resource-Until")),
         )
 
     def close(self) -> None:

@@ -3,15 +3,17 @@
 Every worker and process asks here before a request: at most `limit` SKUs in any rolling window
 (60 s plus a margin for the time a request takes to arrive) and at most `max_parallel` requests in
 flight. A request counts from its start until 60 s after it ended: the Market counts it when it
-arrives, somewhere in between. SKUs of 5xx answers are given back (the Market does not count
-them); `X-RateLimit-Resource-Remaining` raises the local count when the Market saw more; a 420
-blocks the campaign until `X-RateLimit-Resource-Until`.
+arrives, somewhere in between. A request is in flight until its answer; one without an answer (a
+timeout, a broken connection: the Market may still be working on it) until its deadline, and one
+never finished (its worker died) until its deadline too. SKUs of 5xx answers are given back
+(the Market does not count them); `X-RateLimit-Resource-Remaining` raises the local count when
+the Market saw more; a 420 blocks the campaign until `X-RateLimit-Resource-Until` plus 0.5 s.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, text
 
@@ -20,9 +22,14 @@ from worker.market_client import MarketAnswer
 
 WINDOW_SECONDS = 60.0
 ARRIVAL_MARGIN_SECONDS = 1.0
-# A request never finished (its worker died) is taken to have ended this long after it started:
-# longer than a connect plus a read timeout.
+# A request never finished (its worker died), or finished without an answer, is taken to end this
+# long after it started unless the caller gives its own total deadline.
 UNFINISHED_REQUEST_SECONDS = 30.0
+# The Market's own limit of parallel requests per campaign. At most one less is used, so that a
+# request we gave up on past its deadline, which the Market may still be serving, has room.
+MARKET_MAX_PARALLEL = 4
+# A 420's -Until is obeyed with this margin (clocks and rounding to whole seconds).
+UNTIL_MARGIN = timedelta(seconds=0.5)
 # A 420 without a readable -Until blocks for a minute; an absurd -Until is believed for an hour.
 DEFAULT_BLOCK = timedelta(seconds=60)
 LONGEST_BLOCK = timedelta(hours=1)
@@ -42,8 +49,9 @@ _WINDOW = text("""
     SELECT skus,
            COALESCE(finished_at, started_at + make_interval(secs => :unfinished))
                + make_interval(secs => :window) AS leaves_at,
-           finished_at IS NULL
-               AND started_at > clock_timestamp() - make_interval(secs => :unfinished) AS in_flight
+           (finished_at IS NULL
+               AND started_at > clock_timestamp() - make_interval(secs => :unfinished))
+           OR finished_at > clock_timestamp() AS in_flight
     FROM market_request
     WHERE campaign_id = :c
       AND started_at > clock_timestamp() - make_interval(secs => :window + :unfinished)
@@ -56,9 +64,14 @@ _START = text("""
     VALUES (:c, :skus, clock_timestamp()) RETURNING id
 """)
 
+# No answer (status 0): the request may still be working at the Market, so it ends, for the
+# limiter, at its deadline.
 _FINISH = text("""
     UPDATE market_request
-    SET finished_at = clock_timestamp(), status = :status,
+    SET finished_at = CASE WHEN :status = 0
+            THEN GREATEST(clock_timestamp(), started_at + make_interval(secs => :deadline))
+            ELSE clock_timestamp() END,
+        status = :status,
         skus = CASE WHEN :status >= 500 THEN 0 ELSE skus END
     WHERE id = :id
 """)
@@ -107,10 +120,17 @@ class Usage:
 class RateLimiter:
     """Per-campaign SKUs per rolling minute and requests in flight, across all workers."""
 
-    def __init__(self, engine: Engine, skus_per_minute: int, max_parallel: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        skus_per_minute: int,
+        max_parallel: int,
+        request_deadline_seconds: float = UNFINISHED_REQUEST_SECONDS,
+    ) -> None:
         self.engine = engine
         self.limit = skus_per_minute
-        self.max_parallel = max_parallel
+        self.max_parallel = min(max_parallel, MARKET_MAX_PARALLEL - 1)
+        self.deadline = request_deadline_seconds
 
     def usage(self, conn: Connection, campaign_id: int) -> Usage:
         """Locks the campaign's row (callers serialize on it) and reads its use of the limit."""
@@ -121,7 +141,7 @@ class RateLimiter:
             {
                 "c": campaign_id,
                 "window": WINDOW_SECONDS + ARRIVAL_MARGIN_SECONDS,
-                "unfinished": UNFINISHED_REQUEST_SECONDS,
+                "unfinished": self.deadline,
             },
         ).all()
         return Usage(
@@ -155,7 +175,10 @@ class RateLimiter:
     def finish(self, permit: Permit, answer: MarketAnswer) -> None:
         """Records the answer: 5xx SKUs given back, the Market's own count believed, 420 obeyed."""
         with self.engine.begin() as conn:
-            conn.execute(_FINISH, {"id": permit.request_id, "status": answer.status})
+            conn.execute(
+                _FINISH,
+                {"id": permit.request_id, "status": answer.status, "deadline": self.deadline},
+            )
             if answer.status == 420 or (answer.limit is not None and answer.remaining is not None):
                 use = self.usage(conn, permit.campaign_id)
                 if answer.limit is not None and answer.remaining is not None:
@@ -166,6 +189,12 @@ class RateLimiter:
                             {"c": permit.campaign_id, "skus": market_used - use.skus_in_window},
                         )
                 if answer.status == 420:
-                    until = answer.until or use.now + DEFAULT_BLOCK
+                    until = use.now + DEFAULT_BLOCK
+                    if answer.until is not None:
+                        # A zoneless -Until (RFC 822 "-0000") is UTC.
+                        given = answer.until
+                        if given.tzinfo is None:
+                            given = given.replace(tzinfo=UTC)
+                        until = given + UNTIL_MARGIN
                     until = min(until, use.now + LONGEST_BLOCK)
                     conn.execute(_BLOCK, {"c": permit.campaign_id, "until": until})

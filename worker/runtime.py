@@ -19,6 +19,8 @@ def _outbox(pid: int) -> Outbox:
         get_engine(),
         settings.rate_limit_skus_per_minute,
         settings.max_parallel_requests_per_campaign,
+        # A connect plus a read timeout, and a margin: past it no answer can come any more.
+        request_deadline_seconds=2 * settings.market_timeout_seconds + 5,
     )
     return Outbox(
         get_engine(), limiter, settings.claim_lease_seconds, settings.refresh_hours * 3600

@@ -66,3 +66,15 @@ def test_backoff_grows_is_bounded_and_never_zero() -> None:
     assert all(0.25 <= d[0] <= 0.5 for d in delays)
     assert all(2.0 <= d[7] <= 4.0 for d in delays)
     assert min(min(d) for d in delays) > 0
+
+
+def test_an_http_date_without_a_zone_is_read_as_utc() -> None:
+    from datetime import UTC, datetime
+
+    from worker.market_client import http_date
+
+    assert http_date("Wed, 02 Dec 2026 15:00:00 -0000") == datetime(2026, 12, 2, 15, tzinfo=UTC)
+    assert http_date("Wed, 02 Dec 2026 15:00:00 GMT") == datetime(2026, 12, 2, 15, tzinfo=UTC)
+    assert http_date("Wed, 02 Dec 2026 18:00:00 +0300") == datetime(2026, 12, 2, 15, tzinfo=UTC)
+    assert http_date("not a date") is None
+    assert http_date(None) is None
