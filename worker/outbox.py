@@ -146,13 +146,53 @@ def idempotency_key(change: Change, task_id: str, index: int) -> str:
     return "e:" + change.event_id
 
 
+# What is kept of refused raw content: each string to its first 64 KiB (as the refused consumer
+# keeps of a body), the whole JSON text to its first 512 KiB.
+RAW_KEPT_CHARS = 64 * 1024
+RAW_TEXT_MAX_CHARS = 512 * 1024
+
+
+# What is kept of refused raw content: each string to its first 64 KiB (as the refused consumer
+# keeps of a body), the whole JSON text to its first 512 KiB.
+RAW_KEPT_CHARS = 64 * 1024
+RAW_TEXT_MAX_CHARS = 512 * 1024
+
+
 def raw_text(raw: Any) -> str:
-    """Raw content as JSON text (escaped, so any string, NUL included, is stored faithfully)."""
+    """Raw content as JSON text (escaped, so any string, NUL included, is stored faithfully);
+    with a string longer than 64 KiB or a text longer than 512 KiB, `{"raw": the text, cut,
+    "raw_chars": its uncut length, "raw_truncated": true}` instead."""
+    removed = [0]
     try:
-        return json.dumps(raw, sort_keys=False, default=repr)
+        # Long strings are cut before dumping: a 50 MB field is not copied once more.
+        text = json.dumps(_cut_strings(raw, removed), sort_keys=False, default=repr)
     except (ValueError, TypeError, RecursionError):
         # Nested deeper than the interpreter recurses (~1,000 levels): a bounded summary.
-        return _SHALLOW_REPR.repr(raw)
+        text = _SHALLOW_REPR.repr(raw)
+    if len(text) <= RAW_TEXT_MAX_CHARS and not removed[0]:
+        return text
+    return json.dumps(
+        {
+            "raw": text[:RAW_TEXT_MAX_CHARS],
+            "raw_chars": len(text) + removed[0],
+            "raw_truncated": True,
+        }
+    )
+
+
+def _cut_strings(value: Any, removed: list[int]) -> Any:
+    """`value` with every string longer than RAW_KEPT_CHARS cut to it; `removed[0]` counts the
+    characters cut off (unescaped)."""
+    if isinstance(value, str):
+        if len(value) <= RAW_KEPT_CHARS:
+            return value
+        removed[0] += len(value) - RAW_KEPT_CHARS
+        return value[:RAW_KEPT_CHARS]
+    if isinstance(value, dict):
+        return {k: _cut_strings(v, removed) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut_strings(v, removed) for v in value]
+    return value
 
 
 _SHALLOW_REPR = reprlib.Repr()

@@ -48,6 +48,11 @@ TEXT_KEPT = 1_000
 # that it is not removed before it is stored and the consumer does not spin.
 DATABASE_DOWN_PAUSE_SECONDS = 2.0
 TASK_ID_MAX_LENGTH = 255
+# A body larger than this is refused before it is decoded: what one message may cost in memory
+# stays bounded (the worker holds a body several times over while decoding and handing it to a
+# pool child). The largest valid message, 10,000 changes with 255-character non-ASCII SKUs and
+# event ids as \uXXXX escapes, is about 30 MB.
+MESSAGE_MAX_BYTES = 32 * 1024 * 1024
 
 TaskHandler = Callable[[Message], Any]
 
@@ -180,6 +185,14 @@ class RecordingConsumer(Consumer):
         expected_errors = tuple(self.connection_errors) + tuple(self.channel_errors)
 
         def on_task_received(message: Message) -> Any:
+            size = len(_body_bytes(message))
+            if size > MESSAGE_MAX_BYTES:
+                self._refuse(
+                    message,
+                    f"message: the body is {size:,} bytes, more than the limit of "
+                    f"{MESSAGE_MAX_BYTES:,}; send fewer changes per message",
+                )
+                return None
             problem = self._task_problem(message)
             if problem is not None:
                 self._refuse(message, problem)
@@ -238,7 +251,11 @@ class RecordingConsumer(Consumer):
         body = split_task_body(payload, protocol)
         if isinstance(body, str):
             return body
-        return arguments_problem(self.app.tasks[name], *body)
+        problem = arguments_problem(self.app.tasks[name], *body)
+        # The pool child decodes the body again: the main process keeps no decoded copy (for a
+        # 50 MB body, 50 MB more for as long as the task runs).
+        message._decoded_cache = None
+        return problem
 
     def _known_task_call(self, message: Message) -> tuple[str, Any, Any, int] | None:
         """(task name, task id, decoded body, protocol) of a message for a registered task."""
