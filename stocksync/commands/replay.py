@@ -17,8 +17,9 @@ from worker.settings import load_settings
 HELP = "send stocks.submit messages stored as unreadable (e.g. set aside) back to the broker"
 EPILOG = """\
 Each message goes back under its own task id, so changes without an event_id keep their
-identity and a change applied before is not applied twice. Its unreadable row and its delivery
-count are removed; if it fails again it is stored again with the new reason. Refused messages
+identity and a change applied before is not applied twice, and changes without occurred_at keep
+the time the service first received them. Its unreadable row goes and its delivery count starts
+again; if it fails again it is stored again with the new reason. Refused messages
 that are no stocks.submit call (a pickle, another content type) are skipped. Exit 1 when
 nothing was replayed or an id was not found.
 """
@@ -31,7 +32,12 @@ _UNREADABLE = text("""
 _FORGET = text("""
     DELETE FROM rejected WHERE id = :id
 """)
-_FORGET_COUNT = text("DELETE FROM redelivery WHERE task_id = :task_id")
+# The delivery count starts again; the first-seen time stays, so changes without occurred_at
+# keep the time the service first received them (a replay days later must not make an old
+# count newer than the deltas that followed it).
+_RESET_COUNT = text(
+    "UPDATE redelivery SET deliveries = 1, last_at = now() WHERE task_id = :task_id"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +80,7 @@ def replay(engine: Engine, task_ids: list[str], everything: bool) -> tuple[list[
         )
         with engine.begin() as conn:
             conn.execute(_FORGET, {"id": row_id})
-            conn.execute(_FORGET_COUNT, {"task_id": task_id})
+            conn.execute(_RESET_COUNT, {"task_id": task_id})
         replayed.append(task_id)
     found = {task_id for _, task_id, _ in rows}
     skipped.extend(f"{t}: no unreadable message with this id" for t in task_ids if t not in found)

@@ -254,7 +254,11 @@ def test_a_message_set_aside_is_applied_after_replay(
             {"t": task_id, "raw": json.dumps(raw)},
         )
         conn.execute(
-            text("INSERT INTO redelivery (task_id, deliveries) VALUES (:t, 6)"), {"t": task_id}
+            text(
+                "INSERT INTO redelivery (task_id, deliveries, first_seen_at) "
+                "VALUES (:t, 6, now() - interval '1 hour')"
+            ),
+            {"t": task_id},
         )
     # When an operator replays it
     replayed = _stocksync(database_url, rabbit_url, "replay", task_id)
@@ -264,7 +268,12 @@ def test_a_message_set_aside_is_applied_after_replay(
     with running_worker(database_url, rabbit_url, tmp_path / "w.log"):
         wait_for("the replayed change", lambda: _stock_value(engine, "REPLAYED") == 5, 60)
     assert list(unreadable_rows(engine)) == ["refused:abc"]
-    assert scalar(engine, "SELECT count(*) FROM redelivery WHERE task_id = :t", t=task_id) == 0
+    # Its count started again, and it keeps the time it was first received
+    assert scalar(engine, "SELECT deliveries FROM redelivery WHERE task_id = :t", t=task_id) == 1
+    assert scalar(
+        engine,
+        "SELECT occurred_at < now() - interval '59 minutes' FROM change_log WHERE sku = 'REPLAYED'",
+    )
     # And --all skips what is no task message, saying why (exit 1: nothing replayed)
     skipped = _stocksync(database_url, rabbit_url, "replay", "--all")
     assert skipped.returncode == 1
