@@ -10,7 +10,8 @@ are acknowledged as a failure, kept nowhere.
 `RecordingConsumer` (Celery's `worker_consumer` setting) closes both: each such message is stored
 as unreadable (position -1) with its raw body, as escaped text cut to 64 KiB, and a reason that
 names its content type; then it is refused as Celery refuses it (removed from the queue, not
-redelivered). Nothing here decodes a body: only Celery's JSON-only decoder reads one.
+redelivered). Nothing here decodes a body: only Celery's JSON-only decoder reads one. A body
+above 32 MiB is refused before anything decodes it, so one message's cost in memory is bounded.
 """
 
 from __future__ import annotations
