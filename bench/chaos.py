@@ -231,7 +231,7 @@ def _wait_drained(
 
 
 def run(config: ChaosConfig, keep: bool = False) -> int:
-    from stocksync.database import upgrade_to_head
+    from stocksync.migrations_runner import upgrade_to_head
     from worker.database import make_engine
 
     clock = Clock()

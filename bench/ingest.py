@@ -369,7 +369,7 @@ def statements(template: str, batches: int, single: int) -> str:
     from sqlalchemy import event
 
     from domain.changes import parse_message
-    from worker.outbox import store_message
+    from worker.ingest import store_message
 
     database = services.create_database_from(template)
     engine = make_engine(services.url_for_database(database))

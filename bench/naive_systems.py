@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import drain
+import drain_throughput as drain
 import psycopg
 import requests
 from celery import Celery

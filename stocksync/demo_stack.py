@@ -25,7 +25,7 @@ from types import TracebackType
 from sqlalchemy import text
 
 from sandbox.server import MarketSandbox
-from stocksync.database import upgrade_to_head
+from stocksync.migrations_runner import upgrade_to_head
 from worker.database import make_engine
 
 DRAIN_INTERVAL_SECONDS = 1.0

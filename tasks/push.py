@@ -1,8 +1,11 @@
 """`stocks.push`: send one claimed batch to the Market and record what the Market said.
 
-200 acknowledges the versions sent. 400 isolates the refused SKUs (named in the answer, else by
-halving the batch) and parks them; the rest still goes. 401/403/404 park the campaign. 420 and
-5xx retry with Celery for short waits; a longer wait releases the claim to a later drain.
+200 acknowledges the versions sent. 400 isolates the rejected SKUs (named in the answer, else by
+halving the batch) and holds them; the rest still goes. 401/403/404 park the campaign. A 420
+blocks the campaign in the rate limiter until `-Until`: the task sleeps a short wait (keeping its
+lease) and sends again, and releases the claim to a later drain when the wait is longer. 5xx,
+timeouts and broken connections retry through Celery with backoff; after the last retry the
+claim is released and the campaign marked degraded.
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ from celery import Task
 from domain.backoff import backoff_seconds
 from domain.market_payload import PendingStock, stocks_body
 from domain.market_rules import answer_kind, skus_named
+from worker import runtime
 from worker.app import app
-from worker.claims import Claim, Outbox
+from worker.claims import Claim, Claims
 from worker.logs import log_event
 from worker.market_client import MarketAnswer
 from worker.rate_limiter import Permit
-from worker.runtime import market_client, outbox
 from worker.settings import get_settings
 
 log = logging.getLogger("stocksync.push")
@@ -32,20 +35,20 @@ log = logging.getLogger("stocksync.push")
 SHORT_WAIT_SECONDS = 3.0
 
 
-def enqueue(claims: list[Claim]) -> None:
+def enqueue(claimed: list[Claim]) -> None:
     """One push task per claimed batch."""
-    for claim in claims:
+    for claim in claimed:
         push.apply_async(args=(claim.campaign_id, claim.claim_id, claim.skus))
 
 
 def _send(
-    box: Outbox, campaign_id: int, claim_id: str, batch: list[PendingStock], attempt: int
+    box: Claims, campaign_id: int, claim_id: str, batch: list[PendingStock], attempt: int
 ) -> MarketAnswer | float | None:
     """One request through the limiter: the answer, the seconds to wait when that is long, or
     None when the claim's lease ran out: its keys may be another push's by now, and the values
     read before could overwrite a newer value at the Market."""
     while True:
-        decision = box.limiter.acquire(campaign_id, len(batch))
+        decision = runtime.limiter().acquire(campaign_id, len(batch))
         if isinstance(decision, Permit):
             break
         if decision.seconds > SHORT_WAIT_SECONDS:
@@ -56,11 +59,11 @@ def _send(
     # The lease must outlast the request (connect and read timeouts): no other push may take
     # these keys while this request can still arrive.
     if not box.renew(claim_id, at_least=2 * get_settings().market_timeout_seconds + 5):
-        box.limiter.cancel(decision)
+        runtime.limiter().cancel(decision)
         return None
     started = time.monotonic()
-    answer = market_client().put_stocks(campaign_id, stocks_body(batch, datetime.now(UTC)))
-    box.limiter.finish(decision, answer)
+    answer = runtime.market_client().put_stocks(campaign_id, stocks_body(batch, datetime.now(UTC)))
+    runtime.limiter().finish(decision, answer)
     log_event(
         log,
         logging.INFO,
@@ -75,14 +78,14 @@ def _send(
 
 
 def _split_refused(
-    box: Outbox, campaign_id: int, claim_id: str, batch: list[PendingStock], answer: MarketAnswer
+    box: Claims, campaign_id: int, claim_id: str, batch: list[PendingStock], answer: MarketAnswer
 ) -> list[list[PendingStock]]:
-    """Parks the SKUs a 400 names; what is left is sent again, halved when none was named."""
+    """Holds the SKUs a 400 names; what is left is sent again, halved when none was named."""
     named = skus_named([e.message for e in answer.errors], {s.sku for s in batch})
     if len(batch) == 1 and not named:
         named = {batch[0].sku: answer.reason()}
     if named:
-        box.park_skus(
+        box.hold_skus(
             campaign_id, claim_id, [(s, f"400: {named[s.sku]}") for s in batch if s.sku in named]
         )
         rest = [s for s in batch if s.sku not in named]
@@ -95,7 +98,7 @@ def _split_refused(
 def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, Any]:
     """Delivers the claim's keys at their current values; never drops one."""
     settings = get_settings()
-    box = outbox()
+    box = runtime.claims()
     if not box.renew(claim_id):
         return {"outcome": "lease lost", "skus": skus}
     work = [box.read(campaign_id, claim_id)]
@@ -119,7 +122,9 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
         elif kind == "rate_limited":
             work.append(batch)  # the limiter now holds the campaign until -Until
         elif kind == "parked":
-            box.park_campaign(campaign_id, answer.reason(), settings.probe_interval_seconds)
+            runtime.campaign_health().park(
+                campaign_id, answer.reason(), settings.probe_interval_seconds
+            )
             box.release(campaign_id, claim_id)
             log_event(
                 log,
@@ -134,7 +139,7 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
             raise self.retry(countdown=backoff_seconds(self.request.retries))
         else:
             box.release(campaign_id, claim_id)
-            box.degrade(campaign_id, answer.reason())
+            runtime.campaign_health().degrade(campaign_id, answer.reason())
             log_event(
                 log,
                 logging.WARNING,

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from celery import Task
 from celery.exceptions import Reject
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from domain.changes import UnreadableMessage, parse_message
+from worker import runtime
 from worker.app import app
-from worker.database import get_engine
+from worker.database import paused_while_down
+from worker.ingest import campaign_of, count_redelivery, store_message, store_unreadable
 from worker.logs import log_event
-from worker.outbox import campaign_of, count_redelivery, store_message, store_unreadable
 from worker.settings import get_settings
 
 log = logging.getLogger("stocksync.submit")
@@ -26,20 +26,12 @@ T = TypeVar("T")
 # `task_reject_on_worker_lost` a message that kills the worker would otherwise loop forever.
 MAX_DELIVERIES = 5
 
-# While PostgreSQL is unreachable the message goes back to the broker after this pause, so that
-# nothing is acknowledged before it is committed and the worker does not spin.
-DATABASE_DOWN_PAUSE_SECONDS = 2.0
-
-
-def _is_connection_problem(exc: DBAPIError) -> bool:
-    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
-
 
 @app.task(name="stocks.submit", bind=True, acks_late=True, reject_on_worker_lost=True)
 def submit(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
     """Applies the valid changes of a message exactly once; refused ones are stored with reasons."""
     task_id = str(self.request.id)
-    engine = get_engine()
+    engine = runtime.engine()
     raw = {"args": list(args), "kwargs": kwargs}
     if (self.request.delivery_info or {}).get("redelivered"):
         deliveries = _with_database(lambda: count_redelivery(engine, task_id))
@@ -84,13 +76,11 @@ def _with_database(work: Callable[[], T]) -> T:
     try:
         return work()
     except DBAPIError as exc:
-        if _is_connection_problem(exc):
-            log_event(log, logging.WARNING, "database_unavailable")
-            time.sleep(DATABASE_DOWN_PAUSE_SECONDS)
+        if paused_while_down(exc, log):
             raise Reject(reason="database unavailable", requeue=True) from None
         raise
 
 
 def _keep_unreadable(task_id: str, raw: Any, reason: str) -> None:
     log_event(log, logging.WARNING, "unreadable_message", task=task_id, reason=reason)
-    _with_database(lambda: store_unreadable(get_engine(), task_id, raw, reason))
+    _with_database(lambda: store_unreadable(runtime.engine(), task_id, raw, reason))

@@ -29,6 +29,10 @@ def broker_url(settings: Settings) -> str:
     return settings.broker_url or "sqla+" + database_url(settings)
 
 
+# How often `stocks.housekeeping` runs: expired claims and the request ledger, and the retention.
+HOUSEKEEPING_INTERVAL_SECONDS = 300.0
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings: JSON only, acknowledged after commit, a lost worker's message requeued."""
     broker = broker_url(settings)
@@ -45,14 +49,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # With late acks every prefetched message is one more a crash hands back: keep it to one.
         "worker_prefetch_multiplier": 1,
-        # Celery's consumer, storing every message it refuses (worker/refused_messages.py).
-        "worker_consumer": "worker.refused_messages:RecordingConsumer",
+        # Celery's consumer, storing every message it refuses (worker/unreadable_messages.py).
+        "worker_consumer": "worker.unreadable_messages:RecordingConsumer",
         "task_queues": [_queue(CHANGES_QUEUE), _queue(PUSH_QUEUE), _queue(DRAIN_QUEUE)],
         "task_default_queue": CHANGES_QUEUE,
         "task_routes": {
             "stocks.submit": {"queue": CHANGES_QUEUE},
             "stocks.push": {"queue": PUSH_QUEUE},
             "stocks.drain": {"queue": DRAIN_QUEUE},
+            "stocks.housekeeping": {"queue": DRAIN_QUEUE},
             "stocks.prune": {"queue": DRAIN_QUEUE},
         },
         "beat_schedule": {
@@ -62,10 +67,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 # A drain not started by the next tick is useless: the next one does its work.
                 "options": {"expires": max(1.0, settings.drain_interval_seconds * 2)},
             },
-            "prune-history": {
-                "task": "stocks.prune",
-                "schedule": 3600.0,
-                "options": {"expires": 3000.0},
+            "housekeeping": {
+                "task": "stocks.housekeeping",
+                "schedule": HOUSEKEEPING_INTERVAL_SECONDS,
+                "options": {"expires": HOUSEKEEPING_INTERVAL_SECONDS},
             },
         },
         "task_send_sent_event": True,
@@ -76,7 +81,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-app = Celery("stocksync", include=["tasks.submit", "tasks.drain", "tasks.push"])
+app = Celery(
+    "stocksync", include=["tasks.submit", "tasks.drain", "tasks.push", "tasks.housekeeping"]
+)
 app.add_defaults(lambda: celery_config(get_settings()))
 
 

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, text
 
-from worker.outbox import UNREADABLE_POSITION
+from worker.ingest import UNREADABLE_POSITION
 from worker.settings import Settings
 
 # A "campaign" here is a stock key's group: the campaign the Market is sent to. Refusals are

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, text
 
 from domain.changes import Rejection
 from domain.snapshot import SnapshotLine, split_lines
-from worker.outbox import UNREADABLE_POSITION, store_message
+from worker.ingest import UNREADABLE_POSITION, store_message
 
 RESYNC_CHUNK_KEYS = 10_000
 IMPORT_CHUNK_LINES = 1_000

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from platformdirs import user_data_dir
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MARKET_BASE_URL = "https://api.partner.market.yandex.ru"
@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     )
 
     database_url: str | None = None
+    _group_index: dict[int, int] = PrivateAttr(default_factory=dict)
     data_dir: Path = Field(default_factory=lambda: Path(user_data_dir("stocksync")))
     broker_url: str | None = None
     market_base_url: str = DEFAULT_MARKET_BASE_URL
@@ -44,7 +45,7 @@ class Settings(BaseSettings):
     # How often a parked campaign (401/403/404) is probed with one SKU to see if it works again.
     probe_interval_seconds: float = Field(default=60.0, gt=0)
     market_timeout_seconds: float = Field(default=10.0, gt=0)
-    # Change-log rows and refusals older than this are pruned (see worker/retention.py).
+    # Change-log rows and refusals older than this are pruned (see worker/housekeeping.py).
     retention_days: float = Field(default=7.0, ge=0)
 
     @field_validator("database_url")
@@ -76,16 +77,13 @@ class Settings(BaseSettings):
                 seen[campaign] = number
         return groups
 
+    def model_post_init(self, context: Any, /) -> None:
+        """Indexes the warehouse groups once: every campaign to its group's first campaign."""
+        self._group_index = {c: group[0] for group in self.warehouse_groups for c in group}
+
     def group_of(self, campaign_id: int) -> int:
         """The key's group: the first campaign of the campaign's warehouse group, else itself."""
-        return _group_index(tuple(tuple(g) for g in self.warehouse_groups)).get(
-            campaign_id, campaign_id
-        )
-
-
-@lru_cache(maxsize=8)
-def _group_index(groups: tuple[tuple[int, ...], ...]) -> dict[int, int]:
-    return {campaign: group[0] for group in groups for campaign in group}
+        return self._group_index.get(campaign_id, campaign_id)
 
 
 def _explain(exc: ValidationError) -> str:

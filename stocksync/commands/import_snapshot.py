@@ -21,7 +21,7 @@ from domain.snapshot import (
     import_id,
     read_snapshot,
 )
-from stocksync.database import resolve_database_url
+from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
 from worker.operations import ImportReport, import_snapshot
 from worker.settings import load_settings

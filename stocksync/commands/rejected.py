@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from domain.since import SINCE_HELP, parse_since
-from stocksync.database import resolve_database_url
+from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
 from worker.operations import Refusal, list_refusals
 from worker.settings import Settings, load_settings

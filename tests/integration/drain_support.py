@@ -15,7 +15,7 @@ from sqlalchemy import Engine, text
 from domain.changes import Change
 from sandbox.server import MarketSandbox
 from tests.services import WorkerProcess, service_env
-from worker.outbox import store_message
+from worker.ingest import store_message
 
 SECRET_KEY = "sk-test-4f1d9c7e-never-in-logs"
 

@@ -290,11 +290,11 @@ def test_the_api_key_appears_in_no_log_line(
 
 def test_drain_threads_do_not_share_claims(engine: Engine) -> None:
     """Overlapping drains in one database never claim one key twice (no worker needed)."""
-    from worker.claims import Outbox
+    from worker.claims import Claims
     from worker.rate_limiter import RateLimiter
 
     put_changes(engine, [{"campaign_id": 5, "sku": f"S{i}", "count": 1} for i in range(5000)])
-    box = Outbox(engine, RateLimiter(engine, 1_000_000, 4), lease_seconds=60)
+    box = Claims(engine, RateLimiter(engine, 1_000_000, 4), 60, refresh_after_seconds=20 * 3600)
     results: list[list[str]] = []
 
     def claim() -> None:

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, text
 
 from domain.changes import Change
-from worker.outbox import store_message
-from worker.retention import prune
+from worker.housekeeping import prune
+from worker.ingest import store_message
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import os
-import time
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -28,37 +26,24 @@ from celery import Task
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 from kombu.message import Message
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.exc import DBAPIError
 from vine import promise
 
-from worker.database import database_url
+from worker import runtime
+from worker.database import paused_while_down
+from worker.ingest import store_unreadable
 from worker.logs import log_event
-from worker.outbox import store_unreadable
-from worker.settings import get_settings
 
+# The logger and the `refused_message` event keep their names: runbooks and alerts read them.
 log = logging.getLogger("stocksync.refused")
 
-# The part of a refused body that is kept; `body_bytes` in the stored row gives the whole size.
+# The part of an unreadable body that is kept; `body_bytes` in the stored row gives the whole size.
 BODY_KEPT_BYTES = 64 * 1024
 # Characters kept of a header value or of an error's text.
 TEXT_KEPT = 1_000
-# While PostgreSQL is unreachable a refused message goes back to the queue after this pause, so
-# that it is not removed before it is stored and the consumer does not spin.
-DATABASE_DOWN_PAUSE_SECONDS = 2.0
 TASK_ID_MAX_LENGTH = 255
 
 TaskHandler = Callable[[Message], Any]
-
-
-@lru_cache(maxsize=2)
-def _engine(pid: int) -> Engine:
-    # The consumer runs in the worker's main process, which forks the pool's children: it keeps no
-    # pooled connection a child could inherit. Refusals are rare; a connection each is cheap.
-    return create_engine(
-        database_url(get_settings()), poolclass=NullPool, connect_args={"connect_timeout": 5}
-    )
 
 
 def _printable(value: object, limit: int = TEXT_KEPT) -> str:
@@ -93,8 +78,8 @@ def content_type_of(message: Message) -> str:
     return f"'{_printable(content_type)}'" if content_type else "none"
 
 
-def refused_raw(message: Message) -> dict[str, Any]:
-    """What is kept of a refused message: its content type, task, id and body as escaped text."""
+def unreadable_raw(message: Message) -> dict[str, Any]:
+    """What is kept of an unreadable message: content type, task, id, body as escaped text."""
     body = _body_bytes(message)
     headers = _headers(message)
     return {
@@ -117,7 +102,7 @@ def _is_usable_task_id(task_id: object) -> bool:
     )
 
 
-def refused_task_id(message: Message) -> str:
+def unreadable_task_id(message: Message) -> str:
     """The message's task id when it has a usable one, else a digest of the message: the same
     message delivered again is stored once."""
     headers = _headers(message)
@@ -171,10 +156,6 @@ def arguments_problem(task: Task, args: list[Any], kwargs: dict[str, Any]) -> st
     return None
 
 
-def _is_connection_problem(exc: DBAPIError) -> bool:
-    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
-
-
 class RecordingConsumer(Consumer):
     """Celery's consumer; every message it refuses is first stored in `rejected`."""
 
@@ -185,7 +166,7 @@ class RecordingConsumer(Consumer):
         def on_task_received(message: Message) -> Any:
             problem = self._task_problem(message)
             if problem is not None:
-                self._refuse(message, problem)
+                self._drop_unreadable(message, problem)
                 return None
             try:
                 return handle(message)
@@ -196,7 +177,7 @@ class RecordingConsumer(Consumer):
                 # happens after): refuse it here rather than let it stop the worker.
                 if message.acknowledged:
                     raise
-                self._refuse(
+                self._drop_unreadable(
                     message,
                     f"message: cannot be handed to its task ({type(exc).__name__}: "
                     f"{_printable(exc)})",
@@ -260,7 +241,7 @@ class RecordingConsumer(Consumer):
             return None
         return name, fields.get("id"), payload, protocol
 
-    def _refuse(self, message: Message, reason: str) -> None:
+    def _drop_unreadable(self, message: Message, reason: str) -> None:
         if self._kept(message, reason):
             message.reject_log_error(log, self.connection_errors)
 
@@ -268,19 +249,17 @@ class RecordingConsumer(Consumer):
         """Stores the refusal. False when PostgreSQL is unreachable: the message then went back
         to the queue and must not be refused."""
         reason = f"{reason} (content type {content_type_of(message)})"
-        task_id = refused_task_id(message)
+        task_id = unreadable_task_id(message)
         try:
-            store_unreadable(_engine(os.getpid()), task_id, refused_raw(message), reason)
+            store_unreadable(runtime.consumer_engine(), task_id, unreadable_raw(message), reason)
         except DBAPIError as exc:
-            if not _is_connection_problem(exc):
-                log.exception("refused message %s could not be stored", task_id)
+            if not paused_while_down(exc, log, task=task_id):
+                log.exception("unreadable message %s could not be stored", task_id)
                 return True
-            log_event(log, logging.WARNING, "database_unavailable", task=task_id)
-            time.sleep(DATABASE_DOWN_PAUSE_SECONDS)
             message.reject_log_error(log, self.connection_errors, requeue=True)
             return False
         except Exception:
-            log.exception("refused message %s could not be stored", task_id)
+            log.exception("unreadable message %s could not be stored", task_id)
             return True
         log_event(log, logging.WARNING, "refused_message", task=task_id, reason=reason)
         return True

@@ -1,6 +1,6 @@
 """Drain benchmarks: machinery without a limit, use of the limit, freshness, memory.
 
-Run: .venv/bin/python bench/drain.py [machinery|limit|freshness|memory|all] [--quick]
+Run: .venv/bin/python bench/drain_throughput.py [machinery|limit|freshness|memory|all] [--quick]
 Each run gets a fresh PostgreSQL database and RabbitMQ vhost; the sandbox runs in its own process
 (`python -m sandbox`) so that it does not share the benchmark's interpreter.
 """
