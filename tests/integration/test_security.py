@@ -232,7 +232,7 @@ def market_client(base_url: str) -> MarketClient:
 
 
 def test_verification_is_always_on_and_has_no_setting() -> None:
-    assert MarketClient("https://example.invalid", SecretStr("k"), None).session.verify is True
+    assert MarketClient("https://example.invalid", SecretStr("k"), None, 10).session.verify is True
     assert not [
         name
         for name in Settings.model_fields
