@@ -29,7 +29,7 @@ MAX_DELIVERIES = 5
 
 @app.task(name="stocks.submit", bind=True, acks_late=True, reject_on_worker_lost=True)
 def submit(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
-    """Applies the valid changes of a message exactly once; refused ones are stored with reasons."""
+    """Applies a message's valid changes exactly once; rejected ones are stored with reasons."""
     task_id = str(self.request.id)
     engine = runtime.engine()
     raw = {"args": list(args), "kwargs": kwargs}

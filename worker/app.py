@@ -49,7 +49,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # With late acks every prefetched message is one more a crash hands back: keep it to one.
         "worker_prefetch_multiplier": 1,
-        # Celery's consumer, storing every message it refuses (worker/unreadable_messages.py).
+        # Celery's consumer, storing every message it drops (worker/unreadable_messages.py).
         "worker_consumer": "worker.unreadable_messages:RecordingConsumer",
         "task_queues": [_queue(CHANGES_QUEUE), _queue(PUSH_QUEUE), _queue(DRAIN_QUEUE)],
         "task_default_queue": CHANGES_QUEUE,

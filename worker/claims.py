@@ -4,7 +4,7 @@ A claim is a `push_claim` row with a lease plus one `claimed_key` row per key. T
 `claimed_key` lets one claim hold a key at a time, so overlapping drains never take the same key;
 a key whose claim's lease ran out (its worker died) is taken over by the next claim. The
 outbox rows are not written to claim them, and planners of one campaign take turns on its row
-(`worker.campaign_health.lock`). A SKU the Market refused with a 400 is *held* at its version
+(`worker.campaign_health.lock`). A SKU the Market rejected with a 400 is *held* at its version
 (columns `parked_version`, `parked_reason`) until a newer change arrives.
 """
 

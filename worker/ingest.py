@@ -1,4 +1,4 @@
-"""Ingest into PostgreSQL: accepted changes into the change log and the outbox, refusals aside.
+"""Ingest into PostgreSQL: accepted changes into the change log and the outbox, rejected aside.
 
 One message is one transaction. Keys are locked in a fixed order before the change log is
 written, so concurrent messages for a key apply one after the other and each sees the other's
@@ -131,7 +131,7 @@ def raw_text(raw: Any) -> str:
 
 
 def campaign_of(raw: Any) -> int | None:
-    """The campaign a raw change names, when it names a valid one (for listing refusals)."""
+    """The campaign a raw change names, when it names a valid one (for listing rejected changes)."""
     if isinstance(raw, dict):
         value = raw.get("campaign_id")
         if isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 2**63:
@@ -236,7 +236,7 @@ def store_message(
     rejected: Sequence[Rejection],
     group_of: Callable[[int], int],
 ) -> StoreResult:
-    """Commits one message: its new changes applied exactly once, its refusals kept."""
+    """Commits one message: its new changes applied exactly once, its rejected changes kept."""
     logged: list[Any] = []
     with engine.begin() as conn:
         _store_rejections(conn, task_id, rejected)

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from worker.ingest import UNREADABLE_POSITION
 from worker.settings import Settings
 
-# A "campaign" here is a stock key's group: the campaign the Market is sent to. Refusals are
+# A "campaign" here is a stock key's group: the campaign the Market is sent to. Rejected changes are
 # counted under the group of the campaign they name.
 _CAMPAIGN_FIGURES = text("""
     WITH grouping AS (
@@ -114,7 +114,7 @@ class CampaignFigures:
 
 @dataclass(frozen=True, slots=True)
 class Figures:
-    """Every campaign's figures, requests by status, and refusals that name no campaign."""
+    """Every campaign's figures, requests by status, and rejected changes that name no campaign."""
 
     campaigns: list[CampaignFigures]
     requests_by_status: dict[tuple[int, int], int]

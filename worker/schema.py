@@ -70,7 +70,7 @@ stock = Table(
     Column("acked_version", BigInteger, nullable=False, server_default="0"),
     Column("acked_value", BigInteger),
     Column("acked_at", DateTime(timezone=True)),
-    # A SKU the Market refused with a 400: parked at that version until the value changes.
+    # A SKU the Market rejected with a 400: held at that version until the value changes.
     Column("parked_version", BigInteger),
     Column("parked_reason", Text),
     PrimaryKeyConstraint("group_id", "sku", name="stock_pkey"),
@@ -88,7 +88,7 @@ stock = Table(
     ),
 )
 
-# Everything refused: single changes (position ≥ 0) and whole unreadable messages (position -1).
+# Everything rejected: single changes (position ≥ 0) and whole unreadable messages (position -1).
 rejected = Table(
     "rejected",
     metadata,

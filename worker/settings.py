@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # How often a parked campaign (401/403/404) is probed with one SKU to see if it works again.
     probe_interval_seconds: float = Field(default=60.0, gt=0)
     market_timeout_seconds: float = Field(default=10.0, gt=0)
-    # Change-log rows and refusals older than this are pruned (see worker/housekeeping.py).
+    # Change-log rows and rejected changes older than this are pruned (see worker/housekeeping.py).
     retention_days: float = Field(default=7.0, ge=0)
 
     @field_validator("database_url")

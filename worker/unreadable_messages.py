@@ -1,15 +1,15 @@
 """Messages the worker cannot hand to a task are kept in `rejected` before they leave the queue.
 
-Celery refuses some messages on its own and only logs them: a content type other than JSON (a
+Celery drops some messages on its own and only logs them: a content type other than JSON (a
 pickle is never loaded), a body that does not decode, an unknown task name, a message that is no
-task at all. Others it does not even refuse: a JSON body of the wrong shape raises inside its
+task at all. Others it does not even drop: a JSON body of the wrong shape raises inside its
 consumer and stops the worker ("Unrecoverable error"), and the message, never acknowledged, then
 stops the next worker too; arguments of the wrong type fail in the pool before the task runs and
 are acknowledged as a failure, kept nowhere.
 
 `RecordingConsumer` (Celery's `worker_consumer` setting) closes both: each such message is stored
 as unreadable (position -1) with its raw body, as escaped text cut to 64 KiB, and a reason that
-names its content type; then it is refused as Celery refuses it (removed from the queue, not
+names its content type; then it is dropped as Celery drops it (removed from the queue, not
 redelivered). Nothing here decodes a body: only Celery's JSON-only decoder reads one.
 """
 
@@ -157,7 +157,7 @@ def arguments_problem(task: Task, args: list[Any], kwargs: dict[str, Any]) -> st
 
 
 class RecordingConsumer(Consumer):
-    """Celery's consumer; every message it refuses is first stored in `rejected`."""
+    """Celery's consumer; every message it drops is first stored in `rejected` as unreadable."""
 
     def create_task_handler(self, promise: Any = promise) -> TaskHandler:
         handle: TaskHandler = super().create_task_handler(promise)
@@ -174,7 +174,7 @@ class RecordingConsumer(Consumer):
                 raise
             except Exception as exc:
                 # Celery's handler raised before the message reached the pool (it catches what
-                # happens after): refuse it here rather than let it stop the worker.
+                # happens after): drop it here rather than let it stop the worker.
                 if message.acknowledged:
                     raise
                 self._drop_unreadable(
@@ -211,7 +211,7 @@ class RecordingConsumer(Consumer):
     def _task_problem(self, message: Message) -> str | None:
         """Why a message for a known task would fail before its task runs, where Celery lets it
         through. A body that does not decode, an unknown task, a message that is no task are
-        Celery's to refuse (and are kept by the handlers above)."""
+        Celery's to drop (and are kept by the handlers above)."""
         call = self._known_task_call(message)
         if call is None:
             return None
@@ -246,8 +246,8 @@ class RecordingConsumer(Consumer):
             message.reject_log_error(log, self.connection_errors)
 
     def _kept(self, message: Message, reason: str) -> bool:
-        """Stores the refusal. False when PostgreSQL is unreachable: the message then went back
-        to the queue and must not be refused."""
+        """Stores the unreadable message. False when PostgreSQL is unreachable: the message then
+        went back to the queue and must not be dropped."""
         reason = f"{reason} (content type {content_type_of(message)})"
         task_id = unreadable_task_id(message)
         try:

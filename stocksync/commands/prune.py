@@ -9,7 +9,7 @@ from worker.database import make_engine
 from worker.housekeeping import prune
 from worker.settings import load_settings
 
-HELP = "prune the change log and refusals older than STOCKSYNC_RETENTION_DAYS (beat does it hourly)"
+HELP = "prune the change log and rejected changes past STOCKSYNC_RETENTION_DAYS (beat: every 5 min)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
