@@ -3,13 +3,15 @@
 The engine, the rate limiter, the claims, campaign health and the Market client are built on
 first use and kept in `_resources`. Celery's prefork pool forks children from the main process:
 a child must not share the parent's sockets, so the cache belongs to the process that built it
-and a forked child, seeing another pid, builds its own (`_current`, the one place that checks).
+and a forked child, seeing another pid, builds its own (`_once`, the one place that checks).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
@@ -21,92 +23,87 @@ from worker.market_client import MarketClient
 from worker.rate_limiter import RateLimiter
 from worker.settings import get_settings
 
+T = TypeVar("T")
+
 
 @dataclass
 class _Resources:
-    """What one process has built so far; each field is filled on first use."""
+    """What one process has built so far, by name."""
 
     pid: int
-    engine: Engine | None = None
-    consumer_engine: Engine | None = None
-    limiter: RateLimiter | None = None
-    claims: Claims | None = None
-    campaign_health: CampaignHealth | None = None
-    market_client: MarketClient | None = None
+    built: dict[str, object] = field(default_factory=dict)
 
 
 _resources = _Resources(pid=os.getpid())
 
 
-def _current() -> _Resources:
-    """This process's resources; a forked child starts with none of its parent's."""
+def _once(name: str, build: Callable[[], T]) -> T:
+    """This process's `name`, built on first use; a forked child starts with none of its
+    parent's."""
     global _resources  # noqa: PLW0603 - the one per-process cache, replaced after a fork
     if _resources.pid != os.getpid():
         _resources = _Resources(pid=os.getpid())
-    return _resources
+    if name not in _resources.built:
+        _resources.built[name] = build()
+    return cast(T, _resources.built[name])
 
 
 def engine() -> Engine:
-    """This process's engine (a small pool)."""
-    resources = _current()
-    if resources.engine is None:
-        resources.engine = make_engine(database_url(get_settings()))
-    return resources.engine
+    """This process's engine (a small pool) for the configured database."""
+    url = database_url(get_settings())
+    return _once(f"engine {url}", lambda: make_engine(url))
 
 
 def consumer_engine() -> Engine:
     """The engine of Celery's consumer, which runs in the main process and forks the pool's
     children: it keeps no pooled connection a child could inherit. Unreadable messages are rare;
     a connection each is cheap."""
-    resources = _current()
-    if resources.consumer_engine is None:
-        resources.consumer_engine = create_engine(
+    return _once(
+        "consumer_engine",
+        lambda: create_engine(
             database_url(get_settings()), poolclass=NullPool, connect_args={"connect_timeout": 5}
-        )
-    return resources.consumer_engine
+        ),
+    )
 
 
 def limiter() -> RateLimiter:
     """The rate limiter every push of this process asks before a request."""
-    resources = _current()
-    if resources.limiter is None:
-        settings = get_settings()
-        resources.limiter = RateLimiter(
+    settings = get_settings()
+    return _once(
+        "limiter",
+        lambda: RateLimiter(
             engine(),
             settings.rate_limit_skus_per_minute,
             settings.max_parallel_requests_per_campaign,
-        )
-    return resources.limiter
+        ),
+    )
 
 
 def claims() -> Claims:
     """The drain's and the pushes' claims on pending keys."""
-    resources = _current()
-    if resources.claims is None:
-        settings = get_settings()
-        resources.claims = Claims(
+    settings = get_settings()
+    return _once(
+        "claims",
+        lambda: Claims(
             engine(), limiter(), settings.claim_lease_seconds, settings.refresh_hours * 3600
-        )
-    return resources.claims
+        ),
+    )
 
 
 def campaign_health() -> CampaignHealth:
     """Parking and degrading campaigns."""
-    resources = _current()
-    if resources.campaign_health is None:
-        resources.campaign_health = CampaignHealth(engine())
-    return resources.campaign_health
+    return _once("campaign_health", lambda: CampaignHealth(engine()))
 
 
 def market_client() -> MarketClient:
     """The Market client of this process; a forked child opens its own connections."""
-    resources = _current()
-    if resources.market_client is None:
-        settings = get_settings()
-        resources.market_client = MarketClient(
+    settings = get_settings()
+    return _once(
+        "market_client",
+        lambda: MarketClient(
             settings.market_base_url,
             settings.market_api_key,
             settings.market_oauth_token,
             settings.market_timeout_seconds,
-        )
-    return resources.market_client
+        ),
+    )
