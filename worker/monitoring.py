@@ -45,7 +45,7 @@ _CAMPAIGN_FIGURES = text("""
         WHERE started_at > clock_timestamp() - interval '1 hour'
         GROUP BY campaign_id
     ),
-    refusals AS (
+    rejected_changes AS (
         SELECT COALESCE(grouping.group_id, r.campaign_id) AS campaign_id, count(*) AS rejected
         FROM rejected AS r
         LEFT JOIN grouping ON grouping.campaign_id = r.campaign_id
@@ -54,7 +54,7 @@ _CAMPAIGN_FIGURES = text("""
     ),
     campaigns AS (
         SELECT campaign_id FROM pending UNION SELECT campaign_id FROM requests
-        UNION SELECT campaign_id FROM refusals UNION SELECT campaign_id FROM campaign
+        UNION SELECT campaign_id FROM rejected_changes UNION SELECT campaign_id FROM campaign
     )
     SELECT campaigns.campaign_id,
            COALESCE(p.pending_keys, 0) AS pending_keys,
@@ -71,7 +71,7 @@ _CAMPAIGN_FIGURES = text("""
     FROM campaigns
     LEFT JOIN pending p USING (campaign_id)
     LEFT JOIN requests q USING (campaign_id)
-    LEFT JOIN refusals r USING (campaign_id)
+    LEFT JOIN rejected_changes r USING (campaign_id)
     LEFT JOIN campaign c USING (campaign_id)
     ORDER BY campaigns.campaign_id
 """)
