@@ -1,4 +1,4 @@
-"""`stocksync rejected [--campaign N] [--since T] [--limit N] [--json]`: entrys, newest first."""
+"""`stocksync rejected [--campaign N] [--since T] [--limit N] [--json]`: newest first."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ COLUMNS = ("at (UTC)", "kind", "campaign", "where", "reason", "raw")
 EPILOG = """\
 kinds: "rejected" a change that breaks a rule (where = task id #position in its message; for
 `stocksync import`, the import id and the file's line), "unreadable" a whole message that could
-not be read (where = task id), "parked" a SKU the Market refused with a 400, set aside until its
-value changes or `stocksync resync` (where = its SKU; its time is when the refused value was
-set: the moment of parking is not recorded).
---campaign N covers N's whole warehouse group: entrys naming any campaign of the group and
-the group's parked SKUs; unreadable messages and entrys without a valid campaign are then
-left out.
+not be read (where = task id), "parked" a SKU the Market rejected with a 400, held until its
+value changes or `stocksync resync` (where = its SKU; its time is when its value was set: the
+moment it was held is not recorded).
+--campaign N covers N's whole warehouse group: rejected changes naming any campaign of the
+group and the group's held SKUs; unreadable messages and changes without a valid campaign are
+then left out.
 """
 
 
@@ -60,7 +60,7 @@ def _group_members(settings: Settings, campaign_id: int) -> tuple[int, list[int]
 
 
 def run(args: argparse.Namespace) -> int:
-    """Prints the newest entrys and parked SKUs; 0, or 2 when --since cannot be read."""
+    """Prints the newest entries; 0, or 2 when --since cannot be read."""
     settings = load_settings()
     since = None
     if args.since is not None:
