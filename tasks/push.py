@@ -1,11 +1,8 @@
 """`stocks.push`: send one claimed batch to the Market and record what the Market said.
 
-200 acknowledges the versions sent. 400 isolates the rejected SKUs (named in the answer, else by
-halving the batch) and holds them; the rest still goes. 401/403/404 park the campaign. A 420
-blocks the campaign in the rate limiter until `-Until`: the task sleeps a short wait (keeping its
-lease) and sends again, and releases the claim to a later drain when the wait is longer. 5xx,
-timeouts and broken connections retry through Celery with backoff; after the last retry the
-claim is released and the campaign marked degraded.
+What to do with each answer is `domain.push_decision.decide`; this task carries it out. A wait
+for the limiter (a 420's -Until, a full window) up to SHORT_WAIT_SECONDS is slept here; a longer
+one releases the claim to a later drain. 5xx and no answer retry through Celery with backoff.
 """
 
 from __future__ import annotations
@@ -13,13 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, assert_never
 
 from celery import Task
 
-from domain.backoff import backoff_seconds
 from domain.market_payload import PendingStock, stocks_body
-from domain.market_rules import answer_kind, skus_named
+from domain.push_decision import PushOutcome, decide
 from worker import runtime
 from worker.app import app
 from worker.claims import Claim, Claims
@@ -35,9 +31,9 @@ log = logging.getLogger("stocksync.push")
 SHORT_WAIT_SECONDS = 3.0
 
 
-def enqueue(claimed: list[Claim]) -> None:
+def enqueue(claims: list[Claim]) -> None:
     """One push task per claimed batch."""
-    for claim in claimed:
+    for claim in claims:
         push.apply_async(args=(claim.campaign_id, claim.claim_id, claim.skus))
 
 
@@ -77,23 +73,6 @@ def _send(
     return answer
 
 
-def _split_refused(
-    box: Claims, campaign_id: int, claim_id: str, batch: list[PendingStock], answer: MarketAnswer
-) -> list[list[PendingStock]]:
-    """Holds the SKUs a 400 names; what is left is sent again, halved when none was named."""
-    named = skus_named([e.message for e in answer.errors], {s.sku for s in batch})
-    if len(batch) == 1 and not named:
-        named = {batch[0].sku: answer.reason()}
-    if named:
-        box.hold_skus(
-            campaign_id, claim_id, [(s, f"400: {named[s.sku]}") for s in batch if s.sku in named]
-        )
-        rest = [s for s in batch if s.sku not in named]
-        return [rest] if rest else []
-    half = len(batch) // 2
-    return [batch[:half], batch[half:]]
-
-
 @app.task(name="stocks.push", bind=True, acks_late=True, reject_on_worker_lost=True)
 def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, Any]:
     """Delivers the claim's keys at their current values; never drops one."""
@@ -113,41 +92,55 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
         if isinstance(answer, float):
             box.release(campaign_id, claim_id)
             return {"outcome": f"released: wait {answer:.1f}s", "delivered": delivered}
-        kind = answer_kind(answer.status)
-        if kind == "ok":
-            box.acknowledge(campaign_id, claim_id, batch)
-            delivered += len(batch)
-        elif kind == "refused":
-            work.extend(_split_refused(box, campaign_id, claim_id, batch, answer))
-        elif kind == "rate_limited":
-            work.append(batch)  # the limiter now holds the campaign until -Until
-        elif kind == "parked":
-            runtime.campaign_health().park(
-                campaign_id, answer.reason(), settings.probe_interval_seconds
-            )
-            box.release(campaign_id, claim_id)
-            log_event(
-                log,
-                logging.WARNING,
-                "campaign_parked",
-                campaign=campaign_id,
-                reason=answer.reason(),
-            )
-            return {"outcome": "campaign parked", "delivered": delivered}
-        elif kind == "retry" and self.request.retries < settings.push_max_retries:
-            box.renew(claim_id)
-            raise self.retry(countdown=backoff_seconds(self.request.retries))
-        else:
-            box.release(campaign_id, claim_id)
-            runtime.campaign_health().degrade(campaign_id, answer.reason())
-            log_event(
-                log,
-                logging.WARNING,
-                "campaign_degraded",
-                campaign=campaign_id,
-                reason=answer.reason(),
-            )
-            return {"outcome": "released after retries", "delivered": delivered}
+        decision = decide(
+            answer.status,
+            [e.message for e in answer.errors],
+            [s.sku for s in batch],
+            attempt=self.request.retries,
+            max_retries=settings.push_max_retries,
+            reason=answer.reason(),
+        )
+        match decision.kind:
+            case PushOutcome.ACKNOWLEDGE:
+                box.acknowledge(campaign_id, claim_id, batch)
+                delivered += len(batch)
+            case PushOutcome.ISOLATE | PushOutcome.WAIT:
+                # On WAIT the limiter now holds the campaign until -Until; the batch goes again.
+                by_sku = {s.sku: s for s in batch}
+                if decision.hold:
+                    box.hold_skus(
+                        campaign_id, claim_id, [(by_sku[sku], why) for sku, why in decision.hold]
+                    )
+                work.extend([by_sku[sku] for sku in group] for group in decision.resend)
+            case PushOutcome.PARK_CAMPAIGN:
+                runtime.campaign_health().park(
+                    campaign_id, decision.reason, settings.probe_interval_seconds
+                )
+                box.release(campaign_id, claim_id)
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "campaign_parked",
+                    campaign=campaign_id,
+                    reason=decision.reason,
+                )
+                return {"outcome": "campaign parked", "delivered": delivered}
+            case PushOutcome.RETRY:
+                box.renew(claim_id)
+                raise self.retry(countdown=decision.countdown)
+            case PushOutcome.GIVE_UP:
+                box.release(campaign_id, claim_id)
+                runtime.campaign_health().degrade(campaign_id, decision.reason)
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "campaign_degraded",
+                    campaign=campaign_id,
+                    reason=decision.reason,
+                )
+                return {"outcome": "released after retries", "delivered": delivered}
+            case _ as unreachable:
+                assert_never(unreachable)
     box.release(campaign_id, claim_id)
     enqueue(box.claim(campaign_id, settings.probe_interval_seconds))
     return {"outcome": "done", "delivered": delivered}
