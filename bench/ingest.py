@@ -2,7 +2,7 @@
 RabbitMQ and PostgreSQL, ONE worker (`celery -A worker worker`, default concurrency), compared in
 the same run, on the same broker and worker, with a task that does nothing (`bench.noop`).
 
-Run: .venv/bin/python bench/ingest.py [--quick] [--runs N] [--profile]
+Run: .venv/bin/python -m bench.ingest [--quick] [--runs N] [--profile]
 
 Each run gets a fresh PostgreSQL database (copied from a migrated template) and a fresh RabbitMQ
 vhost, starts one worker (`celery -A worker worker -I bench.noop_tasks`, the production app and
@@ -48,11 +48,9 @@ import psutil
 from celery import Celery
 from sqlalchemy import Engine, text
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests import services  # noqa: E402
-from worker.database import make_engine  # noqa: E402
+from bench import RESULTS, ROOT
+from tests import services
+from worker.database import make_engine
 
 QUEUE = "stocks.changes"
 BATCH_SIZE = 500
@@ -519,7 +517,7 @@ def main() -> int:
             result: dict[str, Any] = {"machine": machine, "summary": summary(results)}
             result["phases"] = [[asdict(p) for p in phases] for phases in results]
             print(json.dumps(result["summary"], indent=2))
-            out = ROOT / "bench" / "results" / f"ingest-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+            out = RESULTS / f"ingest-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=2))
             print(f"written: {out.relative_to(ROOT)}")
