@@ -26,7 +26,7 @@ from sqlalchemy import Engine, text
 
 from bench import RESULTS, ROOT
 from tests import services
-from tests.services import free_port
+from tests.services import free_port, port_open, wait_for
 from worker.database import make_engine
 
 
@@ -41,12 +41,7 @@ def sandbox_process(*args: str) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                requests.get(url + "/_sandbox/stats", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.1)
+        wait_for("the sandbox", lambda: port_open(port), 30, 0.1)
         yield url
     finally:
         proc.terminate()

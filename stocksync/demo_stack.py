@@ -27,10 +27,10 @@ from sqlalchemy import text
 from sandbox.server import MarketSandbox
 from stocksync.database import upgrade_to_head
 from stocksync.processes import (
+    ProcessExited,
     clean_env,
-    log_says,
     stop_process_group,
-    wait_for,
+    wait_for_log_line,
     with_project_on_path,
 )
 from worker.database import make_engine
@@ -247,16 +247,12 @@ class DemoServices:
         self._wait_until_ready(started_at)
 
     def _wait_until_ready(self, log_offset: int) -> None:
-        worker = self.worker
-        assert worker is not None
-
-        def ready() -> bool:
-            if worker.poll() is not None:
-                raise DemoError(f"the worker exited early:\n{self.worker_log_tail()}")
-            return log_says(self.worker_log, log_offset, b" ready.")
-
+        assert self.worker is not None
+        timeout = WORKER_READY_TIMEOUT_SECONDS
         try:
-            wait_for("the worker", ready, WORKER_READY_TIMEOUT_SECONDS, interval=0.1)
+            wait_for_log_line(self.worker, self.worker_log, log_offset, timeout)
+        except ProcessExited:
+            raise DemoError(f"the worker exited early:\n{self.worker_log_tail()}") from None
         except TimeoutError:
             raise DemoError(
                 f"the worker was not ready after {WORKER_READY_TIMEOUT_SECONDS:g}s:\n"

@@ -44,11 +44,28 @@ def wait_for(
         time.sleep(interval)
 
 
-def log_says(log_path: Path, offset: int, marker: bytes) -> bool:
-    """True when `marker` stands in `log_path` after byte `offset` (what this start wrote)."""
-    with log_path.open("rb") as log:
-        log.seek(offset)
-        return marker in log.read()
+class ProcessExited(RuntimeError):
+    """The child process ended while it was awaited."""
+
+
+def wait_for_log_line(
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    offset: int,
+    timeout: float,
+    marker: bytes = b" ready.",
+) -> None:
+    """Waits until `marker` stands in `log_path` after byte `offset` (what this start wrote);
+    ProcessExited if `process` ends first, TimeoutError after `timeout` seconds."""
+
+    def logged() -> bool:
+        if process.poll() is not None:
+            raise ProcessExited(f"exited with code {process.returncode}")
+        with log_path.open("rb") as log:
+            log.seek(offset)
+            return marker in log.read()
+
+    wait_for(f"{marker.decode().strip()!r} in {log_path.name}", logged, timeout, interval=0.1)
 
 
 def clean_env(**variables: str) -> dict[str, str]:

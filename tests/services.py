@@ -26,13 +26,14 @@ from alembic import command
 from alembic.config import Config
 
 from stocksync.processes import (
+    ProcessExited,
     clean_env,
     free_port,
     kill_process_group,
-    log_says,
     port_open,
     stop_process_group,
     wait_for,
+    wait_for_log_line,
 )
 
 __all__ = ["clean_env", "free_port", "port_open", "wait_for"]
@@ -165,15 +166,10 @@ class WorkerProcess:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        process = self.process
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.log_text()[-3000:]}")
-            return log_says(self.log_path, start_offset, b" ready.")
-
         try:
-            wait_for("the worker to be ready", ready, ready_timeout, interval=0.1)
+            wait_for_log_line(self.process, self.log_path, start_offset, ready_timeout)
+        except ProcessExited:
+            raise RuntimeError(f"worker exited early:\n{self.log_text()[-3000:]}") from None
         except TimeoutError:
             self.stop()
             raise TimeoutError(f"worker not ready:\n{self.log_text()[-3000:]}") from None

@@ -28,6 +28,7 @@ from celery import Celery
 from bench import ROOT, drain
 from bench.naive.producer import NaiveProducer
 from bench.naive.workload import Workload, paced, ticks
+from stocksync.processes import ProcessExited, stop_process_group, wait_for_log_line
 from tests import services
 
 POLL_SECONDS = 0.5
@@ -237,6 +238,7 @@ def run_naive_a(workload: Workload, setup: Setup) -> dict[str, Any]:
 def naive_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`celery -A bench.naive.tasks worker`, default concurrency and acks, until ready."""
     with log.open("ab") as out:
+        offset = out.tell()
         proc = subprocess.Popen(
             [*NAIVE_WORKER, "-n", f"naive-{uuid.uuid4().hex[:8]}@%h"],
             cwd=ROOT,
@@ -245,21 +247,14 @@ def naive_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[by
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    try:
         try:
-            deadline = time.monotonic() + 60
-            while b" ready." not in log.read_bytes():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"naive worker did not start; see {log}")
-                time.sleep(0.1)
-            yield proc
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 15)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, 9)
-                    proc.wait(30)
+            wait_for_log_line(proc, log, offset, 60)
+        except (ProcessExited, TimeoutError):
+            raise RuntimeError(f"naive worker did not start; see {log}") from None
+        yield proc
+    finally:
+        stop_process_group(proc)
 
 
 @contextmanager
