@@ -94,6 +94,8 @@ def stop_process_group(
     """SIGTERM (to the group, or with `whole_group=False` to the leader only, which then stops
     its own children in order), SIGKILL to the group after `timeout`; True when it stopped in
     time. Whatever of the group is left afterwards is killed too."""
+    if process.returncode is not None:
+        return True  # stopped and reaped before: its group id may belong to another by now
     stopped = True
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
