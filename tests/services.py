@@ -36,7 +36,7 @@ from stocksync.processes import (
     wait_for_log_line,
 )
 
-__all__ = ["clean_env", "free_port", "port_open", "wait_for"]
+__all__ = ["clean_env", "free_port", "kill_process_group", "port_open", "wait_for"]
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get(

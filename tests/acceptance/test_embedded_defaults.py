@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from tests.acceptance.conftest import STOCKSYNC, clean_env
-from tests.services import wait_for
+from tests.services import kill_process_group, wait_for
 
 CLOSED_LOCAL_PORT = "http://127.0.0.1:9"
 READY_TIMEOUT = 120.0
@@ -181,8 +181,7 @@ def test_run_on_embedded_defaults_stores_a_change_and_stops_cleanly(home: Path) 
         exit_code = run.wait(timeout=STOP_TIMEOUT)
     finally:
         if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait(timeout=30)
+            kill_process_group(run)
 
     assert exit_code == 0, log.read_text(errors="replace")[-4000:]
     assert "Warm shutdown" in log.read_text(errors="replace")
