@@ -421,6 +421,7 @@ class ReadBook:
         """The counters as JSON: totals, `campaigns` (v2 reads) and `businesses` (v3 reads)."""
         with self._lock:
             totals = {k: dict(v) if isinstance(v, dict) else v for k, v in self._totals.items()}
+            del totals["max_in_window"]  # a window is per campaign or business, not overall
             per = {
                 name: {
                     str(k): {n: dict(x) if isinstance(x, dict) else x for n, x in v.items()}
