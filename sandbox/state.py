@@ -19,8 +19,9 @@ from email.utils import format_datetime
 from typing import Any
 
 from sandbox.config import SandboxConfig
+from sandbox.read_rules import read_limit
+from sandbox.read_store import ReadBook, V3Stock
 from sandbox.rules import StockUpdate
-from sandbox.stock_reads import ReadBook, V3Stock, read_limit
 
 # X-RateLimit-Resource-Limit when the limit is switched off: an integer every client can parse
 # that no sane client will ever run down.

@@ -1,5 +1,7 @@
 """The Market's read methods in the sandbox (v2 getStocks, v3 stocks), their limits and controls.
 
+Pure rules are in sandbox.read_rules, the v3 store and the read ledger in sandbox.read_store.
+
 Methods (answers follow the Market's OpenAPI: GetWarehouseStocksResponse and
 GetStocksOnPartnerWarehousesResponse):
 
@@ -39,400 +41,29 @@ Control (`/_sandbox/...`; a target is `"campaign": N` or `"business": B, "partne
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import threading
 import time
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from domain.market_rules import BODY_BYTES_MAX, COUNT_MAX, SKU_PATTERN, normalize_sku
-from sandbox.config import SandboxConfig
+from sandbox.read_rules import (
+    ReadQuery,
+    control_int,
+    offer_json,
+    paging_json,
+    parse_counts,
+    parse_read,
+    parse_skus,
+    parse_target,
+    parse_time,
+    seller_warehouse_id,
+    v2_result,
+)
 from sandbox.rules import ApiError, RequestRejected, parse_campaign_id
 
 if TYPE_CHECKING:
     from sandbox.handler import SandboxHandler
-
-READ_OFFER_IDS_MAX = 500
-READ_PAGE_LIMIT_MAX = 100  # the Market cut the page from 200 to 100 in August 2026
-READ_PAGE_LIMIT_DEFAULT = 100
-# The stock types whose count is the one updateStocks sent (which one is not documented).
-SENT_STOCK_TYPES = ("FIT", "AVAILABLE")
-RETURNS_COUNT_SHIFT = 1  # the returns warehouse's counts differ from the seller's by this
-
-_V2_FIELDS = frozenset({"offerIds", "stocksWarehouseId", "hasStocks", "withTurnover", "archived"})
-_V3_FIELDS = frozenset({"partnerWarehouseId", "offerIds", "archived"})
-_TOKEN_PREFIX = "stocksync-sandbox:"  # noqa: S105 - a page marker, not a secret
-
-Offer = tuple[str, int, datetime]  # (offerId, count, updatedAt)
-
-
-def _reject(code: str, message: str) -> RequestRejected:
-    return RequestRejected(ApiError(code, message))
-
-
-# --- pure rules ---------------------------------------------------------------------------------
-
-
-def read_limit(config: SandboxConfig, method: str) -> int | None:
-    """The limit of a read window: "v2" offers per campaign, "v3" requests per business."""
-    return config.read_offers_per_minute if method == "v2" else config.v3_read_requests_per_minute
-
-
-def seller_warehouse_id(config: SandboxConfig, campaign: int) -> int:
-    """The campaign's own warehouse in read answers: configured, else campaign id * 10."""
-    return config.warehouse_ids.get(campaign, campaign * 10)
-
-
-def encode_page_token(after: str) -> str:
-    """An opaque token that resumes a paged read after the SKU `after`."""
-    return base64.urlsafe_b64encode((_TOKEN_PREFIX + after).encode()).decode().rstrip("=")
-
-
-def decode_page_token(token: str) -> str:
-    """The SKU a token resumes after; RequestRejected when this sandbox did not make it."""
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        text = ""
-    if not text.startswith(_TOKEN_PREFIX):
-        raise _reject(
-            "BAD_REQUEST", f"Query parameter 'page_token' is not a valid token: {token!r}"
-        )
-    return text[len(_TOKEN_PREFIX) :]
-
-
-@dataclass(frozen=True, slots=True)
-class ReadQuery:
-    """A valid read: the SKUs asked (None: paged), the page's start and size, the warehouse."""
-
-    offer_ids: list[str] | None
-    after: str | None
-    limit: int
-    warehouse: int | None  # v2 stocksWarehouseId filter, v3 partnerWarehouseId
-
-
-def _positive_id(body: Mapping[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if type(value) is not int or value < 1:
-        raise _reject("BAD_REQUEST", f"Field '{name}' must be an integer ≥ 1, got {value!r}")
-    return value
-
-
-def _offer_ids(raw: object) -> list[str] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, list):
-        raise _reject("BAD_REQUEST", "Field 'offerIds' must be an array")
-    if not 1 <= len(raw) <= READ_OFFER_IDS_MAX:
-        raise _reject(
-            "BAD_REQUEST",
-            f"Field 'offerIds' must contain 1 … {READ_OFFER_IDS_MAX} items, got {len(raw)}",
-        )
-    skus: list[str] = []
-    for index, item in enumerate(raw):
-        sku = normalize_sku(item) if isinstance(item, str) else None
-        if sku is None or SKU_PATTERN.fullmatch(sku) is None:
-            raise _reject("INVALID_SHOP_SKU", f"offerIds[{index}] is not a valid SKU: {item!r}")
-        skus.append(sku)
-    if len(set(skus)) != len(skus):
-        duplicate = next(s for s in skus if skus.count(s) > 1)
-        raise _reject("BAD_REQUEST", f"Field 'offerIds' must be unique: '{duplicate}' repeats")
-    return skus
-
-
-def parse_read(raw: bytes, query: Mapping[str, list[str]], *, v3: bool) -> ReadQuery:
-    """The read a body and query ask for; RequestRejected names the field and the rule broken."""
-    if len(raw) > BODY_BYTES_MAX:
-        raise _reject("BAD_REQUEST", f"Request body of {len(raw)} bytes exceeds {BODY_BYTES_MAX}")
-    body: Any = {}
-    if raw.strip():
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise _reject("BAD_REQUEST", f"Request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise _reject("BAD_REQUEST", "Request body must be a JSON object")
-    unknown = body.keys() - (_V3_FIELDS if v3 else _V2_FIELDS)
-    if unknown:
-        raise _reject("UNKNOWN_PARAMETER", f"Unknown field '{sorted(unknown)[0]}' in request")
-    for name in ("hasStocks", "withTurnover", "archived"):
-        if body.get(name) is not None and type(body[name]) is not bool:
-            raise _reject("BAD_REQUEST", f"Field '{name}' must be true or false")
-    if v3 and body.get("partnerWarehouseId") is None:
-        raise _reject("MISSING_PARAM", "Field 'partnerWarehouseId' is required")
-    warehouse = _positive_id(body, "partnerWarehouseId" if v3 else "stocksWarehouseId")
-    offer_ids = _offer_ids(body.get("offerIds"))
-    tokens, limits = query.get("page_token") or query.get("pageToken"), query.get("limit")
-    token, raw_limit = tokens[0] if tokens else None, limits[0] if limits else None
-    if offer_ids is not None and (token is not None or raw_limit is not None):
-        raise _reject(
-            "BAD_REQUEST",
-            "Field 'offerIds' cannot be combined with page_token or limit: "
-            "the list is answered whole",
-        )
-    limit = READ_PAGE_LIMIT_DEFAULT
-    if raw_limit is not None:
-        limit = int(raw_limit) if raw_limit.isdigit() else 0
-        if not 1 <= limit <= READ_PAGE_LIMIT_MAX:
-            raise _reject(
-                "BAD_REQUEST",
-                f"Query parameter 'limit' must be an integer 1 … {READ_PAGE_LIMIT_MAX}, "
-                f"got {raw_limit!r}",
-            )
-    after = decode_page_token(token) if token is not None else None
-    return ReadQuery(offer_ids, after, limit, warehouse)
-
-
-def offer_json(offer: Offer, shift: int = 0) -> dict[str, Any]:
-    """One WarehouseOfferDTO: FIT and AVAILABLE carry the stored count (plus `shift`)."""
-    sku, count, updated_at = offer
-    return {
-        "offerId": sku,
-        "updatedAt": updated_at.isoformat(),
-        "stocks": [{"type": kind, "count": count + shift} for kind in SENT_STOCK_TYPES],
-    }
-
-
-def paging_json(offers: Sequence[Offer], more: bool) -> dict[str, str]:
-    """PackagingForwardScrollingPagerDTO: a next token only when more offers follow."""
-    return {"nextPageToken": encode_page_token(offers[-1][0])} if more and offers else {}
-
-
-def v2_result(
-    config: SandboxConfig, campaign: int, offers: Sequence[Offer], more: bool, only: int | None
-) -> dict[str, Any]:
-    """GetWarehouseStocksDTO: the returns warehouse (when configured) first, then the seller's."""
-    places: list[tuple[int, int]] = []
-    if campaign in config.returns_warehouse_campaigns:
-        places.append((config.returns_warehouse_id, RETURNS_COUNT_SHIFT))
-    places.append((seller_warehouse_id(config, campaign), 0))
-    warehouses = [
-        {"warehouseId": wid, "offers": [offer_json(o, shift) for o in offers]}
-        for wid, shift in places
-        if offers and (only is None or only == wid)
-    ]
-    return {"paging": paging_json(offers, more), "warehouses": warehouses}
-
-
-@dataclass(frozen=True, slots=True)
-class StockTarget:
-    """Where a control writes: a v2 campaign, or a v3 (business, partnerWarehouseId)."""
-
-    campaign: int | None
-    business: int | None = None
-    warehouse: int | None = None
-
-
-def _control_int(body: Mapping[str, Any], name: str) -> int:
-    value = body.get(name)
-    if type(value) is not int or value < 1:
-        raise ValueError(f"field {name!r} must be an integer ≥ 1, got {value!r}")
-    return value
-
-
-def parse_target(body: Mapping[str, Any], extra: frozenset[str]) -> StockTarget:
-    """The target of a control body: `campaign`, or `business` with `partnerWarehouseId`."""
-    unknown = body.keys() - extra - {"campaign", "business", "partnerWarehouseId"}
-    if unknown:
-        raise ValueError(f"unknown field {sorted(unknown)[0]!r}")
-    if "campaign" in body:
-        return StockTarget(_control_int(body, "campaign"))
-    if "business" in body:
-        return StockTarget(
-            None, _control_int(body, "business"), _control_int(body, "partnerWarehouseId")
-        )
-    raise ValueError("field 'campaign' (v2) or 'business' and 'partnerWarehouseId' (v3) required")
-
-
-def parse_counts(raw: object) -> dict[str, int]:
-    """The `skus` of a drift body: a non-empty object SKU -> count 0 … 2e9."""
-    if not isinstance(raw, dict) or not raw:
-        raise ValueError("field 'skus' must be a non-empty object of SKU -> count")
-    counts: dict[str, int] = {}
-    for sku, count in raw.items():
-        if type(count) is not int or not 0 <= count <= COUNT_MAX:
-            raise ValueError(f"field 'skus': count of {sku!r} must be 0 … {COUNT_MAX}")
-        counts[normalize_sku(sku)] = count
-    return counts
-
-
-def parse_skus(raw: object) -> list[str]:
-    """The `skus` of a drop body: a non-empty list of SKUs."""
-    if not isinstance(raw, list) or not raw or not all(isinstance(s, str) for s in raw):
-        raise ValueError("field 'skus' must be a non-empty list of SKUs")
-    return [normalize_sku(s) for s in raw]
-
-
-def parse_time(raw: object) -> datetime:
-    """A drift's `updatedAt`: an ISO 8601 date-time with offset (absent: now)."""
-    if raw is None:
-        return datetime.now(UTC)
-    try:
-        parsed = datetime.fromisoformat(raw) if isinstance(raw, str) else None
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
-        raise ValueError(f"field 'updatedAt' must be a date-time with offset, got {raw!r}")
-    return parsed
-
-
-# --- the v3 store and the read ledger -----------------------------------------------------------
-
-
-class V3Stock:
-    """v3 stock: (business, partnerWarehouseId) -> SKU -> (count, updatedAt); thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.data: dict[tuple[int, int], dict[str, tuple[int, datetime]]] = defaultdict(dict)
-        self._sorted: dict[tuple[int, int], list[str]] = {}
-
-    def write(self, business: int, warehouse: int, entries: Iterable[Offer]) -> int:
-        """Stores (sku, count, updatedAt) entries, last write wins; returns how many."""
-        key, written = (business, warehouse), 0
-        with self._lock:
-            stock = self.data[key]
-            for sku, count, updated_at in entries:
-                if sku not in stock:
-                    self._sorted.pop(key, None)
-                stock[sku] = (count, updated_at)
-                written += 1
-        return written
-
-    def drop(self, business: int, warehouse: int, skus: Iterable[str]) -> int:
-        """Forgets SKUs of a warehouse; returns how many it held."""
-        key = (business, warehouse)
-        with self._lock:
-            stock = self.data.get(key, {})
-            dropped = sum(stock.pop(sku, None) is not None for sku in skus)
-            if dropped:
-                self._sorted.pop(key, None)
-        return dropped
-
-    def get(self, business: int, warehouse: int, skus: Iterable[str]) -> list[Offer]:
-        """The held SKUs among `skus`, in the order asked."""
-        with self._lock:
-            stock = self.data.get((business, warehouse), {})
-            found = ((sku, stock.get(sku)) for sku in skus)
-            return [(sku, v[0], v[1]) for sku, v in found if v is not None]
-
-    def page(
-        self, business: int, warehouse: int, after: str | None, limit: int
-    ) -> tuple[list[Offer], bool]:
-        """Up to `limit` SKUs in order after `after`, and whether more follow."""
-        import bisect
-
-        key = (business, warehouse)
-        with self._lock:
-            stock = self.data.get(key, {})
-            keys = self._sorted.get(key)
-            if keys is None:
-                keys = self._sorted[key] = sorted(stock)
-            start = 0 if after is None else bisect.bisect_right(keys, after)
-            page = keys[start : start + limit]
-            return [(s, stock[s][0], stock[s][1]) for s in page], start + limit < len(keys)
-
-    def snapshot(self, business: int | None = None) -> dict[str, Any]:
-        """{business: {warehouse: {sku: {count, updatedAt}}}} (of one business if given)."""
-        with self._lock:
-            result: dict[str, Any] = {}
-            for (b, w), skus in sorted(self.data.items()):
-                if business is None or b == business:
-                    result.setdefault(str(b), {})[str(w)] = {
-                        sku: {"count": c, "updatedAt": at.isoformat()}
-                        for sku, (c, at) in skus.items()
-                    }
-            return result
-
-
-def _read_stats() -> dict[str, Any]:
-    return {
-        "requests": 0,
-        "requests_by_status": defaultdict(int),
-        "offers_asked": 0,
-        "offers_returned": 0,
-        "parallel_limited": 0,
-        "rate_limited": 0,
-        "max_in_window": 0,  # offers returned (v2) or requests (v3) in one window at most
-    }
-
-
-class ReadBook:
-    """Counters and a bounded log of the read requests, per campaign (v2) and business (v3)."""
-
-    def __init__(self, log_max: int) -> None:
-        self._lock = threading.Lock()
-        self._log: deque[dict[str, Any]] = deque(maxlen=log_max)
-        self._totals = _read_stats()
-        self._totals["injected"] = defaultdict(int)
-        self._by: dict[str, dict[int, dict[str, Any]]] = {
-            "v2": defaultdict(_read_stats),
-            "v3": defaultdict(_read_stats),
-        }
-
-    def resize(self, log_max: int) -> None:
-        """Keeps the newest `log_max` entries from now on."""
-        with self._lock:
-            self._log = deque(self._log, maxlen=log_max)
-
-    def peak(self, method: str, key: int, in_window: int) -> None:
-        """Notes how full a read window was after a request was counted in it."""
-        with self._lock:
-            stats = self._by[method][key]
-            stats["max_in_window"] = max(stats["max_in_window"], in_window)
-
-    def record(self, entry: dict[str, Any]) -> None:
-        """Logs one read request and counts it."""
-        status = "dropped" if entry["status"] is None else str(entry["status"])
-        method, key = ("v3", entry["business"]) if entry["business"] else ("v2", entry["campaign"])
-        with self._lock:
-            self._log.append(entry)
-            if entry["injected"]:
-                self._totals["injected"][entry["injected"]] += 1
-            targets = [self._totals] + ([self._by[method][key]] if key is not None else [])
-            for stats in targets:
-                stats["requests"] += 1
-                stats["requests_by_status"][status] += 1
-                for name in ("offers_asked", "offers_returned", "parallel_limited", "rate_limited"):
-                    stats[name] += entry[name]
-
-    def requests(
-        self, campaign: int | None, business: int | None, since: int, limit: int | None
-    ) -> list[dict[str, Any]]:
-        """Logged reads (oldest first) with seq > since, of one campaign or business if given."""
-        with self._lock:
-            entries = [
-                dict(e)
-                for e in self._log
-                if e["seq"] > since
-                and (campaign is None or e["campaign"] == campaign)
-                and (business is None or e["business"] == business)
-            ]
-        return entries if limit is None else entries[-limit:]
-
-    def stats(self) -> dict[str, Any]:
-        """The counters as JSON: totals, `campaigns` (v2 reads) and `businesses` (v3 reads)."""
-        with self._lock:
-            totals = {k: dict(v) if isinstance(v, dict) else v for k, v in self._totals.items()}
-            del totals["max_in_window"]  # a window is per campaign or business, not overall
-            per = {
-                name: {
-                    str(k): {n: dict(x) if isinstance(x, dict) else x for n, x in v.items()}
-                    for k, v in sorted(self._by[method].items())
-                }
-                for name, method in (("campaigns", "v2"), ("businesses", "v3"))
-            }
-        return {**totals, **per}
-
-
-# --- HTTP ---------------------------------------------------------------------------------------
 
 
 def _entry(method: str, path: str, campaign: int | None, business: int | None) -> dict[str, Any]:
@@ -738,7 +369,7 @@ def _change(h: SandboxHandler, path: str, body: dict[str, Any]) -> dict[str, Any
         unknown = body.keys() - {"campaign", "count", "rate"}
         if unknown:
             raise ValueError(f"unknown field {sorted(unknown)[0]!r}")
-        campaign = _control_int(body, "campaign")
+        campaign = control_int(body, "campaign")
         count, rate = body.get("count", 0), body.get("rate", 0)
         if type(count) is not int or count < 0:
             raise ValueError(f"field 'count' must be an integer ≥ 0, got {count!r}")
