@@ -129,7 +129,7 @@ class MarketSandbox:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stocksync sandbox",
-        description="A local server that behaves like the Market's PUT offers/stocks method.",
+        description="A local server that behaves like the Market's offers/stocks methods.",
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0: any free one)")
@@ -209,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         with sandbox:
             print(f"Market sandbox listening on {sandbox.url}", flush=True)
             print(
-                f"  PUT {sandbox.url}/v2/campaigns/{{campaignId}}/offers/stocks; "
-                f"control: {sandbox.url}/_sandbox/{{state,requests,stats,config,reset}}",
+                f"  PUT and POST {sandbox.url}/v2/campaigns/{{campaignId}}/offers/stocks, "
+                f"POST {sandbox.url}/v3/businesses/{{businessId}}/offers/stocks; "
+                f"control: {sandbox.url}/_sandbox/{{state,requests,stats,config,reset,reads,…}}",
                 flush=True,
             )
             while not stop.wait(0.5):
