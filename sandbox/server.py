@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from datetime import UTC, datetime
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -124,6 +125,22 @@ class MarketSandbox:
     def reset(self) -> None:
         """Clears stock, rate windows, the request log and counters; settings stay."""
         self._state.reset()
+
+    def drift(self, campaign_id: int, counts: dict[str, int]) -> int:
+        """Sets counts behind the client's back (as `POST /_sandbox/drift`); returns how many."""
+        return self._state.set_skus(campaign_id, counts, datetime.now(UTC))
+
+    def drop(self, campaign_id: int, skus: list[str]) -> int:
+        """Forgets SKUs of a campaign (as `POST /_sandbox/drop`); returns how many it held."""
+        return self._state.drop_skus(campaign_id, skus)
+
+    def lose_updates(self, campaign_id: int, count: int = 0, rate: float = 0.0) -> None:
+        """The next `count` PUTs, then a `rate` of them, answer 200 and apply nothing."""
+        self._state.lose_updates(campaign_id, count, rate)
+
+    def read_stats(self) -> dict[str, Any]:
+        """Counters of the read methods (same JSON as `GET /_sandbox/reads`)."""
+        return self._state.reads.stats()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -554,3 +554,25 @@ def test_v3_reads_have_four_parallel_slots_per_business(sandbox: MarketSandbox) 
         thread.join()
     assert sorted(statuses) == [200, 200, 200, 200, 420]
     assert inspect(sandbox, "reads")["businesses"]["77"]["parallel_limited"] == 1
+
+
+def test_python_helpers_drive_the_same_controls(sandbox: MarketSandbox) -> None:
+    put(sandbox, {"A": 1, "B": 2})
+    assert sandbox.drift(CAMPAIGN, {"A": 8}) == 1
+    assert sandbox.drop(CAMPAIGN, ["B"]) == 1
+    sandbox.lose_updates(CAMPAIGN, count=1)
+    assert put(sandbox, {"A": 3}) == 200
+    assert counts_by_warehouse(read(sandbox, {"offerIds": ["A", "B"]}))[CAMPAIGN * 10] == {
+        "A": {"FIT": 8, "AVAILABLE": 8}
+    }
+    assert sandbox.read_stats()["campaigns"][str(CAMPAIGN)]["offers_returned"] == 1
+
+
+def test_reset_forgets_v3_stock_and_lost_update_modes(sandbox: MarketSandbox) -> None:
+    control(sandbox, "drift", {"business": 77, "partnerWarehouseId": 70, "skus": {"A": 4}})
+    sandbox.lose_updates(CAMPAIGN, count=5)
+    sandbox.reset()
+    assert inspect(sandbox, "v3-stock")["businesses"] == {}
+    assert inspect(sandbox, "lost-updates")["campaigns"] == {}
+    assert put(sandbox, {"A": 1}) == 200
+    assert sandbox.state(CAMPAIGN)["A"]["count"] == 1
