@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from datetime import UTC, datetime
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -125,11 +126,27 @@ class MarketSandbox:
         """Clears stock, rate windows, the request log and counters; settings stay."""
         self._state.reset()
 
+    def drift(self, campaign_id: int, counts: dict[str, int]) -> int:
+        """Sets counts behind the client's back (as `POST /_sandbox/drift`); returns how many."""
+        return self._state.set_skus(campaign_id, counts, datetime.now(UTC))
+
+    def drop(self, campaign_id: int, skus: list[str]) -> int:
+        """Forgets SKUs of a campaign (as `POST /_sandbox/drop`); returns how many it held."""
+        return self._state.drop_skus(campaign_id, skus)
+
+    def lose_updates(self, campaign_id: int, count: int = 0, rate: float = 0.0) -> None:
+        """The next `count` PUTs, then a `rate` of them, answer 200 and apply nothing."""
+        self._state.lose_updates(campaign_id, count, rate)
+
+    def read_stats(self) -> dict[str, Any]:
+        """Counters of the read methods (same JSON as `GET /_sandbox/reads`)."""
+        return self._state.reads.stats()
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stocksync sandbox",
-        description="A local server that behaves like the Market's PUT offers/stocks method.",
+        description="A local server that behaves like the Market's offers/stocks methods.",
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0: any free one)")
@@ -209,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         with sandbox:
             print(f"Market sandbox listening on {sandbox.url}", flush=True)
             print(
-                f"  PUT {sandbox.url}/v2/campaigns/{{campaignId}}/offers/stocks; "
-                f"control: {sandbox.url}/_sandbox/{{state,requests,stats,config,reset}}",
+                f"  PUT and POST {sandbox.url}/v2/campaigns/{{campaignId}}/offers/stocks, "
+                f"POST {sandbox.url}/v3/businesses/{{businessId}}/offers/stocks; "
+                f"control: {sandbox.url}/_sandbox/{{state,requests,stats,config,reset,reads,…}}",
                 flush=True,
             )
             while not stop.wait(0.5):
