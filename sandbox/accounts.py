@@ -598,8 +598,9 @@ def _read_method(
     url: SplitResult,
 ) -> None:
     """One read call: auth, business id, faults, the hourly window, then the page."""
-    from sandbox.handler import _Answer, _Drop, _errors, _forced
+    from sandbox.handler import _Answer, _Drop, _errors
     from sandbox.rules import parse_campaign_id
+    from sandbox.v3 import injected_answer
 
     state = handler.state
     books = state.accounts
@@ -627,9 +628,7 @@ def _read_method(
         if faults.drop_before:
             raise _Drop
         if faults.error_500 or faults.error_420:
-            raise _forced(
-                500 if faults.error_500 else 420, scope, state.config.injected_420_wait_seconds
-            )
+            raise injected_answer(faults.error_500, scope, state.config.injected_420_wait_seconds)
         verdict = books.call(resource, scope)
         headers.update(limit_headers(verdict))
         if not verdict.ok:

@@ -521,7 +521,7 @@ def _checks(handler: SandboxHandler, raw_business: str, entry: dict[str, Any]) -
 
 def _admitted(handler: SandboxHandler, business: int, raw: bytes, entry: dict[str, Any]) -> None:
     """The part of a request inside a parallel slot: faults, body, window, items, store."""
-    from sandbox.handler import _Answer, _Drop, _forced, _period
+    from sandbox.handler import _Answer, _Drop, _period
 
     state, store = handler.state, handler.state.v3
     faults = state.roll_faults()  # the v2 fault settings and generator, shared
@@ -533,7 +533,7 @@ def _admitted(handler: SandboxHandler, business: int, raw: bytes, entry: dict[st
         raise _Drop
     if faults.error_500 or faults.error_420:
         entry["injected"] = "500" if faults.error_500 else "420"
-        raise _forced(500 if faults.error_500 else 420, business, config.injected_420_wait_seconds)
+        raise injected_answer(faults.error_500, business, config.injected_420_wait_seconds)
     content_type = handler.headers.get("Content-Type", "")
     if content_type.partition(";")[0].strip().lower() != "application/json":
         message = f"Content-Type must be application/json, got {content_type!r}"
@@ -572,6 +572,17 @@ def _admitted(handler: SandboxHandler, business: int, raw: bytes, entry: dict[st
         raise _Drop
     if errors:
         raise _Answer.of(400, errors)
+
+
+def injected_answer(error_500: bool, business: int, wait_420: float) -> Exception:
+    """The _Answer of an injected 500 or 420 for a business-scoped method."""
+    from sandbox.handler import _Answer
+
+    if error_500:
+        message = f"Internal error 500 for businessId {business} (injected by the sandbox)"
+        return _Answer(500, "INTERNAL_ERROR", message)
+    message = f"Hit rate limit for businessId {business} (injected by the sandbox)"
+    return _Answer(420, "LIMIT_EXCEEDED", message, time.monotonic() + wait_420)
 
 
 def _control(handler: SandboxHandler, method: str, path: str, query: dict[str, list[str]]) -> None:

@@ -182,6 +182,16 @@ def test_a_page_token_the_sandbox_did_not_make_is_400(sandbox: MarketSandbox) ->
     assert messages(response) == ["pageToken 'not-a-token' is not valid"]
 
 
+def test_read_methods_share_v2_fault_injection(sandbox: MarketSandbox) -> None:
+    sandbox.configure(error_500_rate=1.0)
+    response = warehouses(sandbox, 901)
+    assert response.status_code == 500
+    assert messages(response) == ["Internal error 500 for businessId 901 (injected by the sandbox)"]
+    sandbox.configure(error_500_rate=0.0, drop_before_rate=1.0)
+    with pytest.raises(requests.ConnectionError):
+        campaigns(sandbox)
+
+
 def test_campaigns_need_credentials(sandbox: MarketSandbox) -> None:
     response = requests.get(f"{sandbox.url}/v2/campaigns", timeout=10)
     assert response.status_code == 401

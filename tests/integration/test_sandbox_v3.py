@@ -320,9 +320,20 @@ def test_fifth_parallel_request_of_a_business_is_420(sandbox: MarketSandbox) -> 
 
 def test_injected_500_stores_nothing(sandbox: MarketSandbox) -> None:
     sandbox.configure(error_500_rate=1.0)
-    assert post(sandbox, [item("A")]).status_code == 500
+    response = post(sandbox, [item("A")])
+    assert response.status_code == 500
+    assert messages(response) == ["Internal error 500 for businessId 901 (injected by the sandbox)"]
     assert held(sandbox) == {}
     assert sandbox.v3_requests()[0]["injected"] == "500"
+
+
+def test_injected_420_carries_a_short_until(sandbox: MarketSandbox) -> None:
+    sandbox.configure(error_420_rate=1.0, injected_420_wait_seconds=2.0)
+    response = post(sandbox, [item("A")])
+    assert response.status_code == 420
+    assert messages(response) == ["Hit rate limit for businessId 901 (injected by the sandbox)"]
+    assert 0 < (until_of(response) - datetime.now(UTC)).total_seconds() <= 3
+    assert held(sandbox) == {}
 
 
 def test_dropped_connection_after_storing(sandbox: MarketSandbox) -> None:
