@@ -231,6 +231,8 @@ def _business_stats() -> dict[str, Any]:
         "stale_overwrites": 0,
         "max_parallel_seen": 0,
         "max_requests_in_window": 0,
+        "rate_limited": 0,
+        "parallel_limited": 0,
     }
 
 
@@ -401,6 +403,8 @@ class V3Store:
                 stats["requests"] += 1
                 stats["requests_by_status"][status] += 1
                 stats["items_refused"] += entry["items_refused"]
+                stats["rate_limited"] += entry["rate_limited"]
+                stats["parallel_limited"] += entry["parallel_limited"]
 
 
 def _stock_json(value: tuple[int, datetime, datetime]) -> dict[str, Any]:
@@ -542,7 +546,7 @@ def _admitted(handler: SandboxHandler, business: int, raw: bytes, entry: dict[st
         items = decode_v3_body(raw)
     except RequestRejected as rejected:
         raise _Answer.of(400, [rejected.error]) from None
-    entry["items"] = entry["items_refused"] = len(items)
+    entry["items"] = len(items)
     entry["warehouses"] = items_per_warehouse(items)
     ok, until = store.reserve(business)
     if not ok:
@@ -553,6 +557,7 @@ def _admitted(handler: SandboxHandler, business: int, raw: bytes, entry: dict[st
             f"'{_period(settings.window_seconds)}' for resource 'resp' of businessId {business}"
         )
         raise _Answer(420, "LIMIT_EXCEEDED", message, until)
+    entry["items_refused"] = len(items)  # until some are applied
     known = state.accounts.accounts.warehouse_ids(business)
     validated = validate_v3_items(items, datetime.now(UTC), business, known)
     errors, updates = validated.errors, validated.updates

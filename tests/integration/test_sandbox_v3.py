@@ -263,6 +263,8 @@ def test_51st_request_in_a_minute_is_420_with_headers(sandbox: MarketSandbox) ->
     wait = (until_of(refused) - datetime.now(UTC)).total_seconds()
     assert 50 < wait <= 62
     assert "late" not in held(sandbox)
+    stats = sandbox.v3_stats()["businesses"]["901"]
+    assert (stats["rate_limited"], stats["items_refused"], stats["items_accepted"]) == (1, 0, 50)
     # Another business has its own window.
     assert post(sandbox, [item("A", 7101)], business=902).status_code == 200
 
@@ -312,6 +314,7 @@ def test_fifth_parallel_request_of_a_business_is_420(sandbox: MarketSandbox) -> 
         assert response.headers["X-RateLimit-Resource-Limit"] == "50"
         assert until_of(response) > datetime.now(UTC) - timedelta(seconds=1)
     assert sum(e["parallel_limited"] for e in sandbox.v3_requests()) == 2
+    assert sandbox.v3_stats()["businesses"]["901"]["parallel_limited"] == 2
     assert sandbox.v3_stats()["businesses"]["901"]["max_parallel_seen"] >= 5
 
 
