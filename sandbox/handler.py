@@ -149,6 +149,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
     def _market_or_control(self, method: str) -> None:
         """Routes to the control endpoints, the stocks method, or a 404/405 in the Market shape."""
         url = urlsplit(self.path)
+        from sandbox import accounts, v3  # they import this module
+
+        if accounts.dispatch(self, method, url) or v3.dispatch(self, method, url):
+            return
         if url.path.startswith("/_sandbox/"):
             if (method, url.path) in stock_reads.CONTROLS:  # drift, drop, lost updates, reads
                 stock_reads.control(self, method, url.path, parse_qs(url.query), self._read_body())

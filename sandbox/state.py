@@ -16,12 +16,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandbox.config import SandboxConfig
 from sandbox.read_rules import read_limit
 from sandbox.read_store import ReadBook, V3Stock
 from sandbox.rules import StockUpdate
+
+if TYPE_CHECKING:
+    from sandbox.accounts import AccountsState
+    from sandbox.v3 import V3Store
 
 # X-RateLimit-Resource-Limit when the limit is switched off: an integer every client can parse
 # that no sane client will ever run down.
@@ -119,6 +123,12 @@ class SandboxState:
         self._business_admitted: dict[int, int] = defaultdict(int)
         self._seq = 0
         self._clear()
+        # Accounts, read methods and the v3 method keep their own state (they import this module).
+        from sandbox.accounts import AccountsState
+        from sandbox.v3 import V3Store
+
+        self.accounts: AccountsState = AccountsState()
+        self.v3: V3Store = V3Store(config.request_log_max)
 
     def _clear(self) -> None:
         # campaign -> sku -> (count, updatedAt, accepted_at); tuples keep a million SKUs small.
@@ -172,6 +182,8 @@ class SandboxState:
         """Forgets stock, rate windows, the request log and the counters; settings stay."""
         with self._lock:
             self._clear()
+        self.accounts.reset()
+        self.v3.reset()
 
     def begin(self, campaign: int) -> bool:
         """Counts a request in flight; True when it is within the parallel limit (admitted)."""
