@@ -76,7 +76,9 @@ def _wait_until(predicate: object, what: str, timeout: float, log: Path) -> None
         if predicate():  # type: ignore[operator]
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}:\n{log.read_text(errors='replace')[-4000:]}")
+    raise AssertionError(
+        f"timed out waiting for {what}:\n{log.read_text(errors='replace')[-4000:]}"
+    )
 
 
 @pytest.mark.slow
