@@ -23,6 +23,7 @@ from sqlalchemy import Engine, text
 from tests import services
 from tests.services import ROOT
 from worker.database import make_engine
+from worker.embedded_broker import Channel as EmbeddedChannel
 from worker.embedded_broker import embedded_url
 
 QUEUE = Queue("t.claims", Exchange("t.claims", type="direct"), routing_key="t.claims")
@@ -83,12 +84,18 @@ def _hold_in_a_process(url: str) -> tuple[subprocess.Popen[str], str]:
     return holder, held
 
 
+def _embedded_channel(conn: Connection) -> EmbeddedChannel:
+    channel = conn.default_channel
+    assert isinstance(channel, EmbeddedChannel)
+    return channel
+
+
 def _recover_until(conn: Connection, at_least: int, timeout: float = 15.0) -> int:
     """PostgreSQL ends a killed client's session when it sees the socket close: poll for it."""
     restored = 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        restored += conn.default_channel.recover_orphans()
+        restored += _embedded_channel(conn).recover_orphans()
         if restored >= at_least:
             break
         time.sleep(0.2)
@@ -104,7 +111,7 @@ def test_a_message_held_by_a_live_consumer_is_not_delivered_again_until_it_dies(
     try:
         with Connection(broker) as conn:
             # While the holder lives, however long, recovery leaves its message alone
-            assert conn.default_channel.recover_orphans() == 0
+            assert _embedded_channel(conn).recover_orphans() == 0
             assert QUEUE(conn.default_channel).get(no_ack=False) is None
             assert _rows(engine) == [(_rows(engine)[0][0], False)]
 
