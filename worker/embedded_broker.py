@@ -140,7 +140,7 @@ class Channel(kombu_sqla.Channel):
             try:
                 with connection.begin():
                     row = connection.execute(
-                        select(table.c.id, table.c.payload)
+                        select(table.c.id, table.c.payload, table.c.timestamp)
                         .where(table.c.queue_id == queue_id, table.c.visible.is_(True))
                         .order_by(table.c.timestamp, table.c.id)
                         .limit(1)
@@ -173,6 +173,10 @@ class Channel(kombu_sqla.Channel):
                     self._unlock(connection, locked)
                 raise
         payload: dict[str, Any] = loads(bytes_to_str(row.payload))
+        # Delivered before (a fetch stamps `timestamp`, kombu inserts none; kombu's own restore
+        # marks its copy): Celery reads `redelivered` from delivery_info, as RabbitMQ sets it.
+        if row.timestamp is not None or payload.get("redelivered"):
+            payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
         # A tag of its own per delivery: a message kombu once restored by copy shares its tag.
         tag = uuid()
         payload["properties"]["delivery_tag"] = tag

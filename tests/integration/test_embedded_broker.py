@@ -121,6 +121,7 @@ def test_a_message_held_by_a_live_consumer_is_not_delivered_again_until_it_dies(
             assert _recover_until(conn, at_least=1) == 1
             again = QUEUE(conn.default_channel).get(no_ack=False)
             assert again is not None and again.payload == held == "held"
+            assert again.delivery_info["redelivered"] is True  # Celery counts it as RabbitMQ's
             assert QUEUE(conn.default_channel).get(no_ack=False) is None
 
             # And its ack removes the row
@@ -148,6 +149,7 @@ def test_ack_deletes_reject_deletes_and_requeue_returns_the_same_row(
         ]
         assert first is not None and second is not None and third is not None
         assert [visible for _, visible in _rows(engine)] == [False, False, False]
+        assert not first.delivery_info.get("redelivered")
 
         first.ack()
         second.reject()
@@ -156,6 +158,7 @@ def test_ack_deletes_reject_deletes_and_requeue_returns_the_same_row(
 
         again = QUEUE(channel).get(no_ack=False)
         assert again is not None and again.payload == "requeued"
+        assert again.delivery_info["redelivered"] is True
     # A consumer that closes with a message unacknowledged puts it back, in place
     assert [visible for _, visible in _rows(engine)] == [True]
 
