@@ -10,6 +10,8 @@ from celery.signals import after_setup_logger, after_setup_task_logger
 from kombu import Exchange, Queue
 
 from worker.database import database_url
+from worker.embedded_broker import ALIAS as BROKER_ALIAS
+from worker.embedded_broker import embedded_url
 from worker.logs import apply_to
 from worker.settings import Settings, get_settings
 
@@ -25,8 +27,12 @@ def _queue(name: str) -> Queue:
 
 
 def broker_url(settings: Settings) -> str:
-    """RabbitMQ when configured, else kombu's SQLAlchemy transport on the service's database."""
-    return settings.broker_url or "sqla+" + database_url(settings)
+    """RabbitMQ when configured, else kombu's SQLAlchemy transport on the service's database.
+
+    A `sqla+postgresql…` broker is consumed through worker/embedded_broker.py (same tables, so
+    producers keep `sqla+`): kombu's own consumer loses a killed worker's fetched messages.
+    """
+    return embedded_url(settings.broker_url or "sqla+" + database_url(settings))
 
 
 # How often `stocks.housekeeping` runs: expired claims and the request ledger, and the retention.
@@ -77,7 +83,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         # kombu's SQLAlchemy transport hands its options to create_engine(), which refuses
         # unknown ones: it keeps its own one-second polling.
-        "broker_transport_options": {} if broker.startswith("sqla+") else {"polling_interval": 0.2},
+        "broker_transport_options": {}
+        if broker.startswith(("sqla+", "sqlalchemy+", f"{BROKER_ALIAS}+"))
+        else {"polling_interval": 0.2},
     }
 
 
