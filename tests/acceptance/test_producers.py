@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -204,3 +205,94 @@ def test_the_python_kit_imports_nothing_of_the_service_nor_celery() -> None:
         cwd=PYTHON_DIR,
     )
     assert result.stdout.strip() == "[]"
+
+
+# --- the kit's messages and schema against Celery's and JavaScript's view of them -----------
+
+# Headers Celery writes that carry nothing for this task; the kit leaves them out (README).
+CELERY_ONLY_HEADERS = {"group_index", "replaced_task_nesting", "stamped_headers", "stamps"}
+# Headers whose values are the producer's own: its process, and a free text for Flower.
+PRODUCER_HEADERS = {"origin", "kwargsrepr"}
+
+
+def node_task_message(node: str, changes: list[Any], task_id: str) -> tuple[Any, dict[str, Any]]:
+    script = (
+        f"const {{ taskMessage }} = require({json.dumps(str(NODE_DIR / 'send-changes.js'))});"
+        "const m = taskMessage(JSON.parse(process.argv[1]), process.argv[2]);"
+        "console.log(JSON.stringify({ body: m.body.toString('utf8'), options: m.options }));"
+    )
+    result = subprocess.run(
+        [node, "-e", script, json.dumps(changes), task_id],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    message = json.loads(result.stdout)
+    return json.loads(message["body"]), message["options"]
+
+
+def test_the_kits_messages_are_the_ones_celery_writes() -> None:
+    from celery import Celery
+
+    node = shutil.which("node")
+    assert node, "node is not installed: the Node.js producer cannot be checked (CI has node v20)"
+    task_id = str(uuid.uuid4())
+    sample = changes("celery")
+    celery = Celery(set_as_current=False).amqp.as_task_v2(
+        task_id, "stocks.submit", kwargs={"changes": sample}
+    )
+    celery_body = json.loads(json.dumps(celery.body))
+    body, headers, properties = helper.task_message(sample, task_id)
+    node_body, node_options = node_task_message(node, sample, task_id)
+
+    assert json.loads(body) == celery_body
+    assert node_body == celery_body
+    assert set(celery.headers) - set(headers) == CELERY_ONLY_HEADERS
+    for name in set(headers) - PRODUCER_HEADERS:
+        assert headers[name] == celery.headers[name], name
+    assert set(node_options["headers"]) == set(headers)
+    for name in set(headers) - PRODUCER_HEADERS:
+        assert node_options["headers"][name] == headers[name], name
+    assert properties["correlation_id"] == celery.properties["correlation_id"] == task_id
+    assert node_options["correlationId"] == task_id
+    assert (properties["content_type"], properties["content_encoding"]) == (
+        node_options["contentType"],
+        node_options["contentEncoding"],
+    )
+    assert properties["delivery_mode"] == 2
+    assert node_options["persistent"] is True
+
+
+def test_the_schema_patterns_mean_the_same_in_javascript() -> None:
+    # ajv and other ECMA-262 validators compile the patterns with the Unicode flag; Python's re
+    # must reach the same verdicts on every string of the shared examples.
+    from tests.unit import change_examples as ex
+
+    node = shutil.which("node")
+    assert node, "node is not installed: the Node.js producer cannot be checked (CI has node v20)"
+    schema = json.loads((PRODUCERS / "stocks-submit.schema.json").read_text(encoding="utf-8"))
+    fields = schema["$defs"]["change"]["properties"]
+    samples = [
+        [name, raw[name]]
+        for _, raw in ex.VALID_CHANGES + ex.INVALID_CHANGES
+        if isinstance(raw, dict)
+        for name in ("sku", "event_id", "occurred_at")
+        if isinstance(raw.get(name), str)
+    ]
+    assert len(samples) > 50
+    python = [re.search(fields[name]["pattern"], value) is not None for name, value in samples]
+    script = (
+        "const [fields, samples] = JSON.parse(require('node:fs').readFileSync(0, 'utf8'));"
+        "console.log(JSON.stringify(samples.map(([name, value]) =>"
+        " new RegExp(fields[name].pattern, 'u').test(value))));"
+    )
+    result = subprocess.run(
+        [node, "-e", script],
+        input=json.dumps([fields, samples]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(result.stdout) == python
