@@ -148,6 +148,23 @@ def test_python_producer_without_celery_changes_are_applied(
     assert_applied(engine, sent.stdout.strip())
 
 
+def test_python_producer_validating_refuses_bad_changes_and_sends_nothing(tmp_path: Path) -> None:
+    # An unreachable broker: reaching it would be exit code 1, not 2
+    sent = subprocess.run(
+        [sys.executable, str(PYTHON_DIR / "send_changes.py"), "--validate", "-"],
+        input=json.dumps(changes("validated")),
+        cwd=tmp_path,
+        env=producer_env("amqp://guest:guest@127.0.0.1:9//"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert sent.returncode == 2, sent.stderr
+    assert sent.stderr.startswith("changes[4]: Additional properties are not allowed ('colour'")
+    assert sent.stdout == ""
+
+
 def test_submit_changes_sent_twice_with_one_task_id_applies_once(
     worker: services.WorkerProcess, engine: Engine, rabbit_url: str
 ) -> None:
