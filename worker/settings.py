@@ -8,7 +8,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from platformdirs import user_data_dir
-from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MARKET_BASE_URL = "https://api.partner.market.yandex.ru"
@@ -16,6 +26,15 @@ DEFAULT_MARKET_BASE_URL = "https://api.partner.market.yandex.ru"
 
 class SettingsError(ValueError):
     """A configuration value is wrong; the message names the variable and the rule."""
+
+
+class V3Target(BaseModel):
+    """Where a v3 campaign's stock goes: its business and its partner warehouse."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    business_id: StrictInt = Field(ge=1)
+    warehouse_id: StrictInt = Field(ge=1)
 
 
 class Settings(BaseSettings):
@@ -33,6 +52,9 @@ class Settings(BaseSettings):
     market_api_key: SecretStr | None = None
     market_oauth_token: SecretStr | None = None
     warehouse_groups: list[list[int]] = Field(default_factory=list)
+    # Campaigns sent by the v3 method (CONTRACT 3a): campaign id -> business and warehouse.
+    v3_campaigns: dict[int, V3Target] = Field(default_factory=dict)
+    v3_requests_per_minute: int = Field(default=50, ge=1)
     rate_limit_skus_per_minute: int = Field(default=100_000, ge=1)
     max_parallel_requests_per_campaign: int = Field(default=2, ge=1, le=4)
     drain_interval_seconds: float = Field(default=2.0, gt=0)
@@ -77,6 +99,26 @@ class Settings(BaseSettings):
                 seen[campaign] = number
         return groups
 
+    @field_validator("v3_campaigns")
+    @classmethod
+    def _v3_campaign_ids_positive(cls, campaigns: dict[int, V3Target]) -> dict[int, V3Target]:
+        for campaign in campaigns:
+            if campaign < 1:
+                raise ValueError(f"campaign id {campaign} must be ≥ 1")
+        return campaigns
+
+    @model_validator(mode="after")
+    def _grouped_campaigns_go_by_v2(self) -> Settings:
+        grouped = {c for group in self.warehouse_groups for c in group}
+        both = sorted(grouped & self.v3_campaigns.keys())
+        if both:
+            raise ValueError(
+                f"STOCKSYNC_V3_CAMPAIGNS and STOCKSYNC_WAREHOUSE_GROUPS: campaign(s) "
+                f"{', '.join(map(str, both))} are in a warehouse group and in v3; "
+                "a campaign in a warehouse group always goes by v2"
+            )
+        return self
+
     def model_post_init(self, context: Any, /) -> None:
         """Indexes the warehouse groups once: every campaign to its group's first campaign."""
         self._group_index = {c: group[0] for group in self.warehouse_groups for c in group}
@@ -89,6 +131,9 @@ class Settings(BaseSettings):
 def _explain(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
+        if not error["loc"]:  # a check across variables names them itself
+            lines.append(error["msg"].removeprefix("Value error, "))
+            continue
         field = str(error["loc"][0]) if error["loc"] else "settings"
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"STOCKSYNC_{field.upper()}: {message}")
