@@ -113,6 +113,14 @@ class Accounts:
         business = self.businesses.get(business_id)
         return None if business is None else frozenset(w.id for w in business.warehouses)
 
+    def campaign_warehouse(self, campaign_id: int) -> int | None:
+        """The first warehouse listed with this `campaignId`; None when no account lists one."""
+        for business in self.businesses.values():
+            for warehouse in business.warehouses:
+                if warehouse.campaign_id == campaign_id:
+                    return warehouse.id
+        return None
+
     def merged(self, other: Accounts) -> Accounts:
         """This book with `other`'s businesses added (a business with the same id is replaced)."""
         combined = {**self.businesses, **other.businesses}

@@ -40,8 +40,14 @@ def read_limit(config: SandboxConfig, method: str) -> int | None:
     return config.read_offers_per_minute if method == "v2" else config.v3_read_requests_per_minute
 
 
-def seller_warehouse_id(config: SandboxConfig, campaign: int) -> int:
-    """The campaign's own warehouse in read answers: configured, else campaign id * 10."""
+def seller_warehouse_id(config: SandboxConfig, campaign: int, listed: int | None = None) -> int:
+    """The campaign's own warehouse in read answers.
+
+    `listed` (the warehouse the accounts list with this campaignId) first, so a read answer names
+    the warehouse discovery shows; else `warehouse_ids`, else campaign id * 10.
+    """
+    if listed is not None:
+        return listed
     return config.warehouse_ids.get(campaign, campaign * 10)
 
 
@@ -163,13 +169,19 @@ def paging_json(offers: Sequence[Offer], more: bool) -> dict[str, str]:
 
 
 def v2_result(
-    config: SandboxConfig, campaign: int, offers: Sequence[Offer], more: bool, only: int | None
+    config: SandboxConfig,
+    campaign: int,
+    offers: Sequence[Offer],
+    more: bool,
+    only: int | None,
+    *,
+    listed: int | None = None,
 ) -> dict[str, Any]:
     """GetWarehouseStocksDTO: the returns warehouse (when configured) first, then the seller's."""
     places: list[tuple[int, int]] = []
     if campaign in config.returns_warehouse_campaigns:
         places.append((config.returns_warehouse_id, RETURNS_COUNT_SHIFT))
-    places.append((seller_warehouse_id(config, campaign), 0))
+    places.append((seller_warehouse_id(config, campaign, listed), 0))
     warehouses = [
         {"warehouseId": wid, "offers": [offer_json(o, shift) for o in offers]}
         for wid, shift in places

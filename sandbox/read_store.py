@@ -1,79 +1,10 @@
-"""What the read methods remember beside the v2 stock: the v3 stock and the read ledger."""
+"""What the read methods remember beside the stock: the read ledger (the v3 stock is sandbox.v3)."""
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections import defaultdict, deque
-from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
-
-from sandbox.read_rules import Offer
-
-
-class V3Stock:
-    """v3 stock: (business, partnerWarehouseId) -> SKU -> (count, updatedAt); thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.data: dict[tuple[int, int], dict[str, tuple[int, datetime]]] = defaultdict(dict)
-        self._sorted: dict[tuple[int, int], list[str]] = {}
-
-    def write(self, business: int, warehouse: int, entries: Iterable[Offer]) -> int:
-        """Stores (sku, count, updatedAt) entries, last write wins; returns how many."""
-        key, written = (business, warehouse), 0
-        with self._lock:
-            stock = self.data[key]
-            for sku, count, updated_at in entries:
-                if sku not in stock:
-                    self._sorted.pop(key, None)
-                stock[sku] = (count, updated_at)
-                written += 1
-        return written
-
-    def drop(self, business: int, warehouse: int, skus: Iterable[str]) -> int:
-        """Forgets SKUs of a warehouse; returns how many it held."""
-        key = (business, warehouse)
-        with self._lock:
-            stock = self.data.get(key, {})
-            dropped = sum(stock.pop(sku, None) is not None for sku in skus)
-            if dropped:
-                self._sorted.pop(key, None)
-        return dropped
-
-    def get(self, business: int, warehouse: int, skus: Iterable[str]) -> list[Offer]:
-        """The held SKUs among `skus`, in the order asked."""
-        with self._lock:
-            stock = self.data.get((business, warehouse), {})
-            found = ((sku, stock.get(sku)) for sku in skus)
-            return [(sku, v[0], v[1]) for sku, v in found if v is not None]
-
-    def page(
-        self, business: int, warehouse: int, after: str | None, limit: int
-    ) -> tuple[list[Offer], bool]:
-        """Up to `limit` SKUs in order after `after`, and whether more follow."""
-        key = (business, warehouse)
-        with self._lock:
-            stock = self.data.get(key, {})
-            keys = self._sorted.get(key)
-            if keys is None:
-                keys = self._sorted[key] = sorted(stock)
-            start = 0 if after is None else bisect.bisect_right(keys, after)
-            page = keys[start : start + limit]
-            return [(s, stock[s][0], stock[s][1]) for s in page], start + limit < len(keys)
-
-    def snapshot(self, business: int | None = None) -> dict[str, Any]:
-        """{business: {warehouse: {sku: {count, updatedAt}}}} (of one business if given)."""
-        with self._lock:
-            result: dict[str, Any] = {}
-            for (b, w), skus in sorted(self.data.items()):
-                if business is None or b == business:
-                    result.setdefault(str(b), {})[str(w)] = {
-                        sku: {"count": c, "updatedAt": at.isoformat()}
-                        for sku, (c, at) in skus.items()
-                    }
-            return result
 
 
 def _read_stats() -> dict[str, Any]:

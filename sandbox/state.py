@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox.config import SandboxConfig
 from sandbox.read_rules import read_limit
-from sandbox.read_store import ReadBook, V3Stock
+from sandbox.read_store import ReadBook
 from sandbox.rules import StockUpdate
 
 if TYPE_CHECKING:
@@ -118,9 +118,6 @@ class SandboxState:
         # In-flight counts survive a reset: the requests they count are still running.
         self._in_flight: dict[int, int] = defaultdict(int)
         self._admitted: dict[int, int] = defaultdict(int)
-        # The same per business, for the v3 methods (reads and updates share it).
-        self._business_in_flight: dict[int, int] = defaultdict(int)
-        self._business_admitted: dict[int, int] = defaultdict(int)
         self._seq = 0
         self._clear()
         # Accounts, read methods and the v3 method keep their own state (they import this module).
@@ -159,7 +156,6 @@ class SandboxState:
         # campaign -> [PUTs still to lose, probability of losing one after those]
         self._lost: dict[int, list[float]] = {}
         self.reads = ReadBook(self._config.request_log_max)
-        self.v3_stock = V3Stock()
 
     @property
     def config(self) -> SandboxConfig:
@@ -202,22 +198,6 @@ class SandboxState:
             self._in_flight[campaign] -= 1
             if admitted:
                 self._admitted[campaign] -= 1
-
-    def begin_business(self, business: int) -> bool:
-        """`begin` for a business (the v3 methods): True when within the parallel limit."""
-        with self._lock:
-            self._business_in_flight[business] += 1
-            if self._business_admitted[business] >= self._config.max_parallel_requests:
-                return False
-            self._business_admitted[business] += 1
-            return True
-
-    def end_business(self, business: int, admitted: bool) -> None:
-        """Undoes `begin_business`."""
-        with self._lock:
-            self._business_in_flight[business] -= 1
-            if admitted:
-                self._business_admitted[business] -= 1
 
     def roll_faults(self) -> Faults:
         """Draws this request's injected latency and faults from the seeded generator."""
@@ -461,9 +441,8 @@ class SandboxState:
             result["in_flight"] = {str(k): v for k, v in sorted(self._in_flight.items()) if v}
             result["requests_logged"] = len(self._log)
             result["campaigns"] = {str(k): _plain(v) for k, v in sorted(self._campaigns.items())}
-            result["business_in_flight"] = {
-                str(k): v for k, v in sorted(self._business_in_flight.items()) if v
-            }
+        # The v3 methods' one per-business counter (reads and updates) lives in the v3 store.
+        result["business_in_flight"] = self.v3.stats()["in_flight"]
         result["reads"] = self.reads.stats()
         return result
 

@@ -19,16 +19,10 @@ GetStocksOnPartnerWarehousesResponse):
 Both count in the parallel limit (v2 per campaign with the PUTs, v3 per business) and get the
 same fault injection and X-RateLimit-Resource-* headers as the PUT.
 
-The v3 store, for the v3 update method to write into: `SandboxState.v3_stock` is a `V3Stock`
-(reach it through the state each time: a reset replaces it), keyed (business, partnerWarehouseId)
-then SKU, each value `(count, updatedAt)`:
-    write(business, warehouse, [(sku, count, updated_at), ...]) -> int   # last write wins
-    drop(business, warehouse, skus) -> int
-    get(business, warehouse, skus) -> [(sku, count, updated_at)]          # held ones, as asked
-    page(business, warehouse, after, limit) -> ([(sku, count, updated_at)], more_follow)
-    snapshot(business=None) -> JSON
-A v3 update should also take `state.begin_business`/`end_business` (the per-business parallel
-counter the v3 read uses).
+The v3 read answers from the one v3 store, `SandboxState.v3` (sandbox.v3.V3Store), which the v3
+update writes, and takes its `begin`/`end`: v3 reads and updates share one per-business parallel
+counter. The seller warehouse of a v2 campaign in read answers is the one the accounts list with
+that `campaignId` (POST /v2/businesses/{id}/warehouses) when accounts configure the campaign.
 
 Control (`/_sandbox/...`; a target is `"campaign": N` or `"business": B, "partnerWarehouseId": W`):
     POST drift         {target, "skus": {sku: count}, "updatedAt"?: iso}  -> {"written": n}
@@ -223,7 +217,8 @@ def serve_v2_read(h: SandboxHandler, raw_campaign: str, query: Mapping[str, list
                 )
                 raise _Answer(420, "LIMIT_EXCEEDED", message, reservation.until)
             entry["offers_returned"] = len(offers)
-            result = v2_result(config, campaign, offers, more, read.warehouse)
+            listed = state.accounts.accounts.campaign_warehouse(campaign)
+            result = v2_result(config, campaign, offers, more, read.warehouse, listed=listed)
             if drop_after:
                 entry["injected"] = "drop_after"
                 raise _Drop
@@ -248,15 +243,13 @@ def serve_v3_read(h: SandboxHandler, raw_business: str, query: Mapping[str, list
             raise _Answer(
                 400, "BAD_REQUEST", f"businessId must be an integer ≥ 1: {raw_business!r}"
             )
-        admitted = state.begin_business(business)
+        admitted = state.v3.begin(business)
         try:
             config = state.config
             if not admitted:
                 entry["parallel_limited"] = True
-                message = (
-                    f"Hit rate limit of {config.max_parallel_requests} parallel requests "
-                    f"for businessId {business}"
-                )
+                slots = state.v3.settings.max_parallel_requests
+                message = f"Hit rate limit of {slots} parallel requests for businessId {business}"
                 until = time.monotonic() + config.injected_420_wait_seconds
                 raise _Answer(420, "LIMIT_EXCEEDED", message, until)
             drop_after = _faults_and_type(h, business, raw, entry)
@@ -271,9 +264,9 @@ def serve_v3_read(h: SandboxHandler, raw_business: str, query: Mapping[str, list
                 raise _Answer(420, "LIMIT_EXCEEDED", message, reservation.until)
             read = _parse(raw, query, True, entry)
             warehouse = read.warehouse or 0  # parse_read requires it for v3
-            stock = state.v3_stock
+            stock = state.v3
             if read.offer_ids is not None:
-                offers, more = stock.get(business, warehouse, read.offer_ids), False
+                offers, more = stock.read(business, warehouse, read.offer_ids), False
             else:
                 offers, more = stock.page(business, warehouse, read.after, read.limit)
             entry["offers_returned"] = len(offers)
@@ -287,7 +280,7 @@ def serve_v3_read(h: SandboxHandler, raw_business: str, query: Mapping[str, list
                 raise _Drop
             return result
         finally:
-            state.end_business(business, admitted)
+            state.v3.end(business, admitted)
 
     _serve(h, entry, run, lambda until: state.read_headers("v3", business, until))
 
@@ -341,7 +334,7 @@ def _control(
     elif (method, path) == ("GET", "/_sandbox/lost-updates"):
         h._send(200, {"campaigns": state.lost_updates()})
     elif (method, path) == ("GET", "/_sandbox/v3-stock"):
-        h._send(200, {"businesses": state.v3_stock.snapshot(business)})
+        h._send(200, {"businesses": state.v3.snapshot(business)})
     elif (method, path) == ("GET", "/_sandbox/warehouses"):
         config = state.config
         if campaign is None:
@@ -351,7 +344,9 @@ def _control(
             200,
             {
                 "campaign": campaign,
-                "warehouseId": seller_warehouse_id(config, campaign),
+                "warehouseId": seller_warehouse_id(
+                    config, campaign, state.accounts.accounts.campaign_warehouse(campaign)
+                ),
                 "returnsWarehouseId": config.returns_warehouse_id if returns else None,
             },
         )
@@ -384,11 +379,9 @@ def _change(h: SandboxHandler, path: str, body: dict[str, Any]) -> dict[str, Any
         if target.campaign is not None:
             return {"written": state.set_skus(target.campaign, counts, at)}
         entries = [(sku, count, at) for sku, count in counts.items()]
-        return {
-            "written": state.v3_stock.write(target.business or 0, target.warehouse or 0, entries)
-        }
+        return {"written": state.v3.write(target.business or 0, target.warehouse or 0, entries)}
     target = parse_target(body, frozenset({"skus"}))
     skus = parse_skus(body.get("skus"))
     if target.campaign is not None:
         return {"dropped": state.drop_skus(target.campaign, skus)}
-    return {"dropped": state.v3_stock.drop(target.business or 0, target.warehouse or 0, skus)}
+    return {"dropped": state.v3.drop(target.business or 0, target.warehouse or 0, skus)}

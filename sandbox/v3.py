@@ -1,7 +1,8 @@
 """The Market's `POST /v3/businesses/{businessId}/offers/stocks/update` and its stock store.
 
-Store shape (`V3Store`, reached as `SandboxState.v3`; readers call `get`/`warehouse` under no lock
-of their own, both are thread-safe):
+Store shape (`V3Store`, reached as `SandboxState.v3`; the one v3 store: the v3 update writes it,
+the v3 read `POST /v3/businesses/{id}/offers/stocks` and the drift/drop controls read and change it,
+and its `begin`/`end` are the one per-business parallel counter that v3 reads and updates share):
 
     stock: {business_id: {partner_warehouse_id: {sku: (count, updatedAt, accepted_at)}}}
 
@@ -22,12 +23,13 @@ rolling `window_seconds`, `max_parallel_requests` in flight; 420 with X-RateLimi
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -35,6 +37,7 @@ from urllib.parse import SplitResult, parse_qs
 
 from domain.market_rules import BODY_BYTES_MAX, PARALLEL_REQUESTS_MAX, SKU_PATTERN, normalize_sku
 from sandbox.config import ConfigError
+from sandbox.read_rules import Offer
 from sandbox.rules import ApiError, RequestRejected, StockUpdate, _check_entry, parse_campaign_id
 from sandbox.state import UNLIMITED_HEADER_VALUE, RollingWindow, http_date
 
@@ -280,6 +283,51 @@ class V3Store:
         with self._lock:
             skus = self._stock.get(business, {}).get(warehouse, {})
             return {sku: (v[0], v[1]) for sku, v in skus.items()}
+
+    def read(self, business: int, warehouse: int, skus: Iterable[str]) -> list[Offer]:
+        """The held SKUs among `skus` as (sku, count, updatedAt), in the order asked."""
+        with self._lock:
+            stock = self._stock.get(business, {}).get(warehouse, {})
+            found = ((sku, stock.get(sku)) for sku in skus)
+            return [(sku, v[0], v[1]) for sku, v in found if v is not None]
+
+    def page(
+        self, business: int, warehouse: int, after: str | None, limit: int
+    ) -> tuple[list[Offer], bool]:
+        """Up to `limit` SKUs in order after `after`, and whether more follow."""
+        with self._lock:
+            stock = self._stock.get(business, {}).get(warehouse, {})
+            keys = sorted(stock)  # a sandbox's warehouse is small enough to sort per page
+            start = 0 if after is None else bisect.bisect_right(keys, after)
+            page = keys[start : start + limit]
+            return [(s, stock[s][0], stock[s][1]) for s in page], start + limit < len(keys)
+
+    def write(self, business: int, warehouse: int, entries: Iterable[Offer]) -> int:
+        """Stores (sku, count, updatedAt) entries as the Market's own (drift), last write wins."""
+        now_utc = datetime.now(UTC)
+        with self._lock:
+            stock = self._stock[business][warehouse]
+            written = 0
+            for sku, count, updated_at in entries:
+                stock[sku] = (count, updated_at, now_utc)
+                written += 1
+        return written
+
+    def drop(self, business: int, warehouse: int, skus: Iterable[str]) -> int:
+        """Forgets SKUs of a warehouse; returns how many it held."""
+        with self._lock:
+            stock = self._stock.get(business, {}).get(warehouse, {})
+            return sum(stock.pop(sku, None) is not None for sku in skus)
+
+    def snapshot(self, business: int | None = None) -> dict[str, Any]:
+        """{business: {warehouse: {sku: {count, updatedAt, accepted_at}}}}, of one if given."""
+        with self._lock:
+            chosen = sorted(self._stock) if business is None else [business]
+            return {
+                str(b): _warehouses_json(self._stock, b)
+                for b in chosen
+                if any(self._stock.get(b, {}).values())
+            }
 
     def state_json(self, business: int | None, warehouse: int | None) -> dict[str, Any]:
         """The JSON of `GET /_sandbox/v3/state` (see the module docstring)."""

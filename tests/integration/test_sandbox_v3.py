@@ -402,3 +402,89 @@ def test_v2_put_is_unaffected_by_v3_traffic(sandbox: MarketSandbox) -> None:
     assert response.status_code == 200
     assert response.headers["X-RateLimit-Resource-Limit"] == "100000"
     assert sandbox.state(4001)["A"]["count"] == 1
+
+
+# --- one v3 store and one per-business parallel counter (updates and reads) ----------------------
+
+
+def read_v3(sandbox: MarketSandbox, warehouse: int, skus: list[str]) -> requests.Response:
+    return requests.post(
+        f"{sandbox.url}/v3/businesses/{BUSINESS}/offers/stocks",
+        json={"partnerWarehouseId": warehouse, "offerIds": skus},
+        headers=AUTH,
+        timeout=10,
+    )
+
+
+def test_v3_read_returns_what_the_v3_update_wrote(sandbox: MarketSandbox) -> None:
+    assert post(sandbox, [item("A", 7001, 5), item("A", 7002, 8), item("B", 7001, 3)]).ok
+    answer = read_v3(sandbox, 7001, ["A", "B", "C"]).json()["result"]
+    assert answer["partnerWarehouseId"] == 7001
+    counts = {o["offerId"]: {s["type"]: s["count"] for s in o["stocks"]} for o in answer["offers"]}
+    assert counts == {"A": {"FIT": 5, "AVAILABLE": 5}, "B": {"FIT": 3, "AVAILABLE": 3}}
+    other = read_v3(sandbox, 7002, ["A"]).json()["result"]["offers"]
+    assert [(o["offerId"], o["stocks"][0]["count"]) for o in other] == [("A", 8)]
+
+
+def test_drift_written_by_control_is_what_the_store_holds(sandbox: MarketSandbox) -> None:
+    assert post(sandbox, [item("A", 7001, 5)]).ok
+    response = requests.post(
+        f"{sandbox.url}/_sandbox/drift",
+        json={"business": BUSINESS, "partnerWarehouseId": 7001, "skus": {"A": 9}},
+        timeout=10,
+    )
+    assert response.ok
+    assert held(sandbox) == {"A": 9}
+
+
+def test_v3_reads_and_updates_share_four_parallel_slots_per_business(
+    sandbox: MarketSandbox,
+) -> None:
+    sandbox.configure(latency_ms=1000)
+    start = threading.Barrier(6)
+    statuses: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def send(kind: str, i: int) -> None:
+        start.wait()
+        if kind == "update":
+            response = post(sandbox, [item(f"P{i}")])
+        else:
+            response = read_v3(sandbox, 7001, ["A"])
+        with lock:
+            statuses.append((kind, response.status_code))
+
+    kinds = ["update"] * 3 + ["read"] * 3
+    threads = [threading.Thread(target=send, args=(k, i)) for i, k in enumerate(kinds)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert sorted(s for _, s in statuses) == [200, 200, 200, 200, 420, 420]
+
+
+def test_v2_read_names_the_warehouse_the_accounts_list_for_the_campaign() -> None:
+    accounts = {
+        "businesses": [{"id": 903, "campaigns": [{"id": 5001, "warehouses": [{"id": 8123}]}]}]
+    }
+    with MarketSandbox(accounts=accounts) as sandbox:
+        listed = requests.post(
+            f"{sandbox.url}/v2/businesses/903/warehouses", json={}, headers=AUTH, timeout=10
+        ).json()["result"]["warehouses"]
+        assert [(w["id"], w["campaignId"]) for w in listed] == [(8123, 5001)]
+        put = requests.put(
+            f"{sandbox.url}/v2/campaigns/5001/offers/stocks",
+            json={"skus": [{"sku": "A", "items": [{"count": 4}]}]},
+            headers=AUTH,
+            timeout=10,
+        )
+        assert put.ok
+        read = requests.post(
+            f"{sandbox.url}/v2/campaigns/5001/offers/stocks",
+            json={"offerIds": ["A"]},
+            headers=AUTH,
+            timeout=10,
+        ).json()["result"]["warehouses"]
+        assert [w["warehouseId"] for w in read] == [8123]
+        seller = requests.get(f"{sandbox.url}/_sandbox/warehouses?campaign=5001", timeout=10)
+        assert seller.json()["warehouseId"] == 8123

@@ -18,8 +18,8 @@ from sandbox.read_rules import (
     seller_warehouse_id,
     v2_result,
 )
-from sandbox.read_store import V3Stock
 from sandbox.rules import RequestRejected
+from sandbox.v3 import V3Store
 
 AT = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -81,6 +81,7 @@ def test_seller_warehouse_is_configured_or_ten_times_the_campaign() -> None:
     config = SandboxConfig().updated({"warehouse_ids": {"5": 77}})
     assert seller_warehouse_id(config, 5) == 77
     assert seller_warehouse_id(config, 6) == 60
+    assert seller_warehouse_id(config, 5, listed=8123) == 8123  # the accounts' warehouse first
 
 
 def test_v2_result_puts_the_returns_warehouse_first_with_other_counts() -> None:
@@ -128,7 +129,7 @@ def test_drift_counts_and_time_are_checked() -> None:
 
 
 def test_v3_store_pages_in_sku_order_and_forgets_dropped_skus() -> None:
-    store = V3Stock()
+    store = V3Store()
     assert store.write(1, 10, [("B", 2, AT), ("A", 1, AT), ("C", 3, AT)]) == 3
     store.write(1, 11, [("A", 9, AT)])
     page, more = store.page(1, 10, None, 2)
@@ -136,6 +137,7 @@ def test_v3_store_pages_in_sku_order_and_forgets_dropped_skus() -> None:
     page, more = store.page(1, 10, "B", 2)
     assert ([s for s, _, _ in page], more) == (["C"], False)
     assert store.drop(1, 10, ["A", "Z"]) == 1
-    assert store.get(1, 10, ["C", "A"]) == [("C", 3, AT)]
-    assert store.get(1, 11, ["A"]) == [("A", 9, AT)]
-    assert store.snapshot(1)["1"]["10"]["B"] == {"count": 2, "updatedAt": AT.isoformat()}
+    assert store.read(1, 10, ["C", "A"]) == [("C", 3, AT)]
+    assert store.read(1, 11, ["A"]) == [("A", 9, AT)]
+    held = store.snapshot(1)["1"]["10"]["B"]
+    assert (held["count"], held["updatedAt"]) == (2, AT.isoformat())
