@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
 from kombu import Exchange, Queue
 
 from worker.database import database_url
@@ -100,3 +100,18 @@ app.add_defaults(lambda: celery_config(get_settings()))
 def _configure_log_lines(logger: logging.Logger, **_: Any) -> None:
     """The worker's and beat's handlers: secrets masked, JSON lines when configured."""
     apply_to(logger, get_settings())
+
+
+@worker_init.connect
+def _route_campaigns(**_: Any) -> None:
+    """Before the worker consumes anything: the stored routing follows the configured warehouse
+    groups, the keys carried over (worker/routes.py)."""
+    from worker.database import make_engine
+    from worker.routes import route_at_start
+
+    settings = get_settings()
+    engine = make_engine(database_url(settings))
+    try:
+        route_at_start(engine, settings)
+    finally:
+        engine.dispose()

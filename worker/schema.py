@@ -171,3 +171,14 @@ redelivery = Table(
     Column("deliveries", Integer, nullable=False),
     Column("last_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# The routing the keys were last stored under: each grouped campaign to its group's key (the
+# group's first, sending campaign). A campaign without a row routes to itself. Written at worker
+# start (worker/routes.py), which carries the keys over when the configured groups changed.
+campaign_route = Table(
+    "campaign_route",
+    metadata,
+    Column("campaign_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("group_id", BigInteger, nullable=False),
+    Column("routed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
