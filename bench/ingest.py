@@ -2,7 +2,7 @@
 RabbitMQ and PostgreSQL, ONE worker (`celery -A worker worker`, default concurrency), compared in
 the same run, on the same broker and worker, with a task that does nothing (`bench.noop`).
 
-Run: .venv/bin/python bench/ingest.py [--quick] [--runs N] [--profile]
+Run: .venv/bin/python -m bench.ingest [--quick] [--runs N] [--profile]
 
 Each run gets a fresh PostgreSQL database (copied from a migrated template) and a fresh RabbitMQ
 vhost, starts one worker (`celery -A worker worker -I bench.noop_tasks`, the production app and
@@ -29,7 +29,6 @@ import os
 import platform
 import pstats
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,11 +47,10 @@ import psutil
 from celery import Celery
 from sqlalchemy import Engine, text
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests import services  # noqa: E402
-from worker.database import make_engine  # noqa: E402
+from bench import RESULTS, ROOT
+from stocksync.processes import stop_process_group, wait_for
+from tests import services
+from worker.database import make_engine
 
 QUEUE = "stocks.changes"
 BATCH_SIZE = 500
@@ -105,13 +103,7 @@ class Worker:
             return []
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
+        stop_process_group(self.process, 60)
         self._log.close()
 
 
@@ -208,14 +200,6 @@ def payloads(run: str, messages: int, per_message: int) -> list[dict[str, Any]]:
 # --- phases ---------------------------------------------------------------------------------
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, poll: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the worker did not finish in time (see the worker log)")
-        time.sleep(poll)
-
-
 def committed(engine: Engine) -> Callable[[], int]:
     def count() -> int:
         with engine.connect() as conn:
@@ -244,7 +228,7 @@ def run_noop(producer: Celery, meter: CpuMeter, messages: list[dict[str, Any]]) 
         producer.send_task(
             "bench.noop", kwargs={**messages[-1], "marker": str(marker)}, queue=QUEUE
         )
-        wait_until(marker.exists, timeout=600, poll=0.002)
+        wait_for("the worker to finish (see its log)", marker.exists, 600, 0.002)
         seconds = time.perf_counter() - started
         cpu = meter.stop()
     n = len(messages) + 1
@@ -260,7 +244,7 @@ def run_submit(
     meter.start()
     started = time.perf_counter()
     send_seconds = send_all(producer, "stocks.submit", messages)
-    wait_until(lambda: count() >= expected, timeout=600, poll=0.01)
+    wait_for("the worker to finish (see its log)", lambda: count() >= expected, 600, 0.01)
     seconds = time.perf_counter() - started
     cpu = meter.stop()
     if count() != expected:
@@ -297,7 +281,7 @@ def ready(producer: Celery, worker: Worker) -> None:
         marker = Path(tmp) / "ready"
         producer.send_task("bench.noop", kwargs={"marker": str(marker)}, queue=QUEUE)
         try:
-            wait_until(marker.exists, timeout=60, poll=0.05)
+            wait_for("the worker to finish (see its log)", marker.exists, 60, 0.05)
         except TimeoutError:
             raise RuntimeError(f"worker not ready; see {worker.log_path}") from None
 
@@ -369,7 +353,7 @@ def statements(template: str, batches: int, single: int) -> str:
     from sqlalchemy import event
 
     from domain.changes import parse_message
-    from worker.outbox import store_message
+    from worker.ingest import store_message
 
     database = services.create_database_from(template)
     engine = make_engine(services.url_for_database(database))
@@ -519,7 +503,7 @@ def main() -> int:
             result: dict[str, Any] = {"machine": machine, "summary": summary(results)}
             result["phases"] = [[asdict(p) for p in phases] for phases in results]
             print(json.dumps(result["summary"], indent=2))
-            out = ROOT / "bench" / "results" / f"ingest-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+            out = RESULTS / f"ingest-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=2))
             print(f"written: {out.relative_to(ROOT)}")

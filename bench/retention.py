@@ -1,11 +1,11 @@
 """Retention under a long steady run: tables and the drain's cost stay bounded over a day.
 
-Run: .venv/bin/python bench/retention.py [--quick]
+Run: .venv/bin/python -m bench.retention [--quick]
 A simulated day of changes (hourly inventory counts for a tenth of the changes, deltas for the
-rest) goes through the real ingest (`worker.outbox.store_message`) into a fresh database. After
+rest) goes through the real ingest (`worker.ingest.store_message`) into a fresh database. After
 each simulated hour the hour's rows get their simulated receive time, the history is pruned with
-a 6-hour retention (`worker.retention.prune`), a plain VACUUM stands in for an hour of
-autovacuum, and one drain cycle is timed (`Outbox.claim` of a 2,000-key batch, then its
+a 6-hour retention (`worker.housekeeping.prune`), a plain VACUUM stands in for an hour of
+autovacuum, and one drain cycle is timed (`Claims.claim` of a 2,000-key batch, then its
 acknowledgement) with the Market left out: the drain's own database cost is what could grow.
 """
 
@@ -15,25 +15,21 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, text
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from domain.changes import Change  # noqa: E402
-from tests import services  # noqa: E402
-from worker.claims import Outbox  # noqa: E402
-from worker.database import make_engine  # noqa: E402
-from worker.outbox import store_message  # noqa: E402
-from worker.rate_limiter import RateLimiter  # noqa: E402
-from worker.retention import prune  # noqa: E402
+from bench import RESULTS
+from domain.changes import Change
+from tests import services
+from worker.claims import Claims
+from worker.database import make_engine
+from worker.housekeeping import prune
+from worker.ingest import store_message
+from worker.rate_limiter import RateLimiter
 
 CAMPAIGN = 5
 RETENTION_DAYS = 0.25  # six simulated hours
@@ -64,7 +60,7 @@ def one_hour(engine: Engine, rng: random.Random, hour: int, keys: int, changes: 
         store_message(engine, uuid.uuid4().hex, batch, [], lambda c: c)
 
 
-def drain_cycle_ms(engine: Engine, box: Outbox) -> float:
+def drain_cycle_ms(engine: Engine, box: Claims) -> float:
     """One claim of a 2,000-key batch and its acknowledgement, in milliseconds."""
     started = time.perf_counter()
     claims = box.claim(CAMPAIGN, 60)
@@ -96,7 +92,7 @@ def main() -> None:
     rng = random.Random(7)
     template = services.create_migrated_template()
     engine = make_engine(services.url_for_database(template))
-    box = Outbox(engine, RateLimiter(engine, 10**9, 4), 60)
+    box = Claims(engine, RateLimiter(engine, 10**9, 4), 60, 20 * 3600)
     hours: list[dict[str, Any]] = []
     try:
         for hour in range(24):
@@ -136,7 +132,7 @@ def main() -> None:
     finally:
         engine.dispose()
         services.drop_database(template)
-    out = ROOT / "bench" / "results" / f"retention-{uuid.uuid4().hex[:6]}.json"
+    out = RESULTS / f"retention-{uuid.uuid4().hex[:6]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(hours, indent=2))
     print(f"results in {out}")

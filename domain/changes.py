@@ -1,4 +1,4 @@
-"""Validation of `stocks.submit` messages: each change is accepted or refused, naming the rule."""
+"""Validation of `stocks.submit` messages: each change is accepted or rejected, naming the rule."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def _parse_occurred_at(raw: str, now: datetime) -> tuple[datetime | None, str | 
 
 
 def validate_change(raw: Any, now: datetime) -> Change | str:
-    """One change object: a `Change`, or why it was refused (fields and rules, `; `-joined)."""
+    """One change object: a `Change`, or why it was rejected (fields and rules, `; `-joined)."""
     try:
         model = _ChangeModel.model_validate(raw)
     except ValidationError as exc:

@@ -234,7 +234,7 @@ def split_lines(
     occurred_at: str,
     now: datetime,
 ) -> tuple[list[tuple[int, Change]], list[Rejection]]:
-    """Valid changes and refusals of some lines, each keyed by its line number."""
+    """Valid changes and rejected changes of some lines, each keyed by its line number."""
     accepted: list[tuple[int, Change]] = []
     rejected: list[Rejection] = []
     for line in lines:

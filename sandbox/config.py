@@ -13,6 +13,13 @@ from domain.market_rules import (
     normalize_sku,
 )
 
+# The read methods' own limits (sandbox.stock_reads): offers returned per campaign (v2
+# getStocks) and requests per business (v3), each per rolling window.
+READ_OFFERS_PER_MINUTE = 100_000
+V3_READ_REQUESTS_PER_MINUTE = 500
+# The Market's returns warehouse that FBS answers may carry beside the seller's.
+RETURNS_WAREHOUSE_ID = 900_000_001
+
 
 class ConfigError(ValueError):
     """A setting name or value the sandbox does not accept."""
@@ -39,6 +46,14 @@ class SandboxConfig:
     # The Market's window is a minute; tests shorten it to watch SKUs leave it.
     rate_window_seconds: float = 60.0
     max_parallel_requests: int = PARALLEL_REQUESTS_MAX
+    # Read limits per rolling window (rate_window_seconds); None: unlimited.
+    read_offers_per_minute: int | None = READ_OFFERS_PER_MINUTE
+    v3_read_requests_per_minute: int | None = V3_READ_REQUESTS_PER_MINUTE
+    # campaign id -> its seller warehouse id in read answers; absent: campaign id * 10.
+    warehouse_ids: Mapping[int, int] = field(default_factory=dict)
+    # Campaigns whose read answers also hold the Market's returns warehouse (other counts).
+    returns_warehouse_campaigns: frozenset[int] = frozenset()
+    returns_warehouse_id: int = RETURNS_WAREHOUSE_ID
     # Fault injection, each a probability 0..1 rolled per request on a seedable generator.
     error_500_rate: float = 0.0
     error_420_rate: float = 0.0
@@ -80,6 +95,11 @@ class SandboxConfig:
             "rate_limit_skus_per_minute": self.rate_limit_skus_per_minute,
             "rate_window_seconds": self.rate_window_seconds,
             "max_parallel_requests": self.max_parallel_requests,
+            "read_offers_per_minute": self.read_offers_per_minute,
+            "v3_read_requests_per_minute": self.v3_read_requests_per_minute,
+            "warehouse_ids": {str(k): v for k, v in sorted(self.warehouse_ids.items())},
+            "returns_warehouse_campaigns": sorted(self.returns_warehouse_campaigns),
+            "returns_warehouse_id": self.returns_warehouse_id,
             "error_500_rate": self.error_500_rate,
             "error_420_rate": self.error_420_rate,
             "drop_before_rate": self.drop_before_rate,
@@ -148,6 +168,15 @@ def _forced_status(raw: object) -> dict[int, int]:
     return result
 
 
+def _id_map(raw: object) -> dict[int, int]:
+    if not isinstance(raw, Mapping):
+        raise TypeError(f"an object campaign id -> warehouse id expected, got {raw!r}")
+    return {
+        int(key) if isinstance(key, str) and key.isdigit() else _int(key, 1): _int(value, 1)
+        for key, value in raw.items()
+    }
+
+
 def _rate(raw: object) -> float:
     return _number(raw, 0.0, 1.0)
 
@@ -173,6 +202,11 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "rate_limit_skus_per_minute": lambda raw: None if raw is None else _int(raw, 1),
     "rate_window_seconds": _positive,
     "max_parallel_requests": lambda raw: _int(raw, 1),
+    "read_offers_per_minute": lambda raw: None if raw is None else _int(raw, 1),
+    "v3_read_requests_per_minute": lambda raw: None if raw is None else _int(raw, 1),
+    "warehouse_ids": _id_map,
+    "returns_warehouse_campaigns": lambda raw: _campaigns(raw) or frozenset(),
+    "returns_warehouse_id": lambda raw: _int(raw, 1),
     "error_500_rate": _rate,
     "error_420_rate": _rate,
     "drop_before_rate": _rate,

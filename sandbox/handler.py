@@ -1,4 +1,4 @@
-"""HTTP side of the sandbox: the Market's stocks method and the `/_sandbox/*` control endpoints."""
+"""HTTP side of the sandbox: the Market's stocks methods and the `/_sandbox/*` control endpoints."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from domain.market_rules import BODY_BYTES_MAX
+from sandbox import stock_reads
 from sandbox.config import ConfigError
 from sandbox.rules import (
     ApiError,
@@ -26,6 +27,7 @@ from sandbox.rules import (
 from sandbox.state import SandboxState
 
 _STOCKS_PATH = re.compile(r"^/v2/campaigns/([^/]+)/offers/stocks/?$")
+_V3_READ_PATH = re.compile(r"^/v3/businesses/([^/]+)/offers/stocks/?$")
 # A body past this is not even read: the answer is 400 and the connection is closed.
 _READ_CAP = 16 * BODY_BYTES_MAX
 _REASONS = {420: "Method Failure"}  # http.server does not know the Market's 420
@@ -137,7 +139,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self._market_or_control("GET")
 
     def do_POST(self) -> None:
-        """Control endpoints (`/_sandbox/...`); the Market path answers 405."""
+        """Control endpoints (`/_sandbox/...`) and the read methods (sandbox.stock_reads)."""
         self._market_or_control("POST")
 
     def do_DELETE(self) -> None:
@@ -147,21 +149,33 @@ class SandboxHandler(BaseHTTPRequestHandler):
     def _market_or_control(self, method: str) -> None:
         """Routes to the control endpoints, the stocks method, or a 404/405 in the Market shape."""
         url = urlsplit(self.path)
+        from sandbox import accounts, v3  # they import this module
+
+        if accounts.dispatch(self, method, url) or v3.dispatch(self, method, url):
+            return
         if url.path.startswith("/_sandbox/"):
-            self._control(method, url.path, parse_qs(url.query))
+            if (method, url.path) in stock_reads.CONTROLS:  # drift, drop, lost updates, reads
+                stock_reads.control(self, method, url.path, parse_qs(url.query), self._read_body())
+            else:
+                self._control(method, url.path, parse_qs(url.query))
             return
         match = _STOCKS_PATH.match(url.path)
-        if match is None:
+        read = match or _V3_READ_PATH.match(url.path)
+        if read is not None and method == "POST":  # the read methods: sandbox.stock_reads
+            serve = stock_reads.serve_v2_read if match else stock_reads.serve_v3_read
+            serve(self, read.group(1), parse_qs(url.query))
+        elif match is not None and method == "PUT":
+            self._stocks(match.group(1))
+        elif read is None:
             self._read_body()
             error = ApiError("NOT_FOUND", f"No such method: {method} {url.path}")
             self._send(404, _errors(error), self.state.rate_headers(None))
-        elif method != "PUT":
-            self._read_body()
-            error = ApiError("METHOD_NOT_ALLOWED", f"{method} is not allowed here; use PUT")
-            headers = {"Allow": "PUT", **self.state.rate_headers(None)}
-            self._send(405, _errors(error), headers)
         else:
-            self._stocks(match.group(1))
+            self._read_body()
+            allowed = "PUT, POST" if match else "POST"
+            error = ApiError("METHOD_NOT_ALLOWED", f"{method} is not allowed here; use {allowed}")
+            headers = {"Allow": allowed, **self.state.rate_headers(None)}
+            self._send(405, _errors(error), headers)
 
     # --- the Market method ----------------------------------------------------------------
 
@@ -176,6 +190,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             "skus": 0,
             "skus_accepted": 0,
             "skus_refused": 0,
+            "skus_lost": 0,
             "bytes": 0,
             "parallel_limited": False,
             "rate_limited": False,
@@ -295,8 +310,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
             ]
         if errors and not config.partial_400:
             updates = []  # the whole request is refused: nothing is applied
+        if updates and state.take_lost_update(campaign):  # answered as usual, never applied
+            entry["skus_lost"], updates = len(updates), []
         entry["skus_accepted"] = state.apply(campaign, updates)
-        entry["skus_refused"] = len(skus) - entry["skus_accepted"]
+        entry["skus_refused"] = len(skus) - entry["skus_accepted"] - entry["skus_lost"]
         if faults.drop_after:
             entry["injected"] = "drop_after"
             raise _Drop

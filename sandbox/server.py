@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from types import FrameType, TracebackType
 from typing import Any
 
+from sandbox.accounts import load_accounts_file, parse_accounts
 from sandbox.config import SandboxConfig
 from sandbox.handler import SandboxHTTPServer
 from sandbox.state import SandboxState
@@ -29,9 +32,17 @@ class MarketSandbox:
         port: int = 0,
         *,
         verbose: bool = False,
+        accounts: Mapping[str, Any] | None = None,
+        read_limits: Mapping[str, Any] | None = None,
+        v3: Mapping[str, Any] | None = None,
         **settings: Any,
     ) -> None:
         self._state = SandboxState(SandboxConfig().updated(settings))
+        # accounts: the JSON of sandbox/accounts.py; read_limits: ReadLimits; v3: V3Settings.
+        if accounts is not None:
+            self._state.accounts.replace(parse_accounts(accounts))
+        self._state.accounts.configure(read_limits or {})
+        self._state.v3.configure(v3 or {})
         self._address = (host, port)
         self._verbose = verbose
         self._server: SandboxHTTPServer | None = None
@@ -125,11 +136,59 @@ class MarketSandbox:
         """Clears stock, rate windows, the request log and counters; settings stay."""
         self._state.reset()
 
+    def drift(self, campaign_id: int, counts: dict[str, int]) -> int:
+        """Sets counts behind the client's back (as `POST /_sandbox/drift`); returns how many."""
+        return self._state.set_skus(campaign_id, counts, datetime.now(UTC))
+
+    def drop(self, campaign_id: int, skus: list[str]) -> int:
+        """Forgets SKUs of a campaign (as `POST /_sandbox/drop`); returns how many it held."""
+        return self._state.drop_skus(campaign_id, skus)
+
+    def lose_updates(self, campaign_id: int, count: int = 0, rate: float = 0.0) -> None:
+        """The next `count` PUTs, then a `rate` of them, answer 200 and apply nothing."""
+        self._state.lose_updates(campaign_id, count, rate)
+
+    def read_stats(self) -> dict[str, Any]:
+        """Counters of the read methods (same JSON as `GET /_sandbox/reads`)."""
+        return self._state.reads.stats()
+
+    # --- accounts and the v3 method (sandbox/accounts.py, sandbox/v3.py) ------------------------
+
+    def set_accounts(self, accounts: Mapping[str, Any], *, add: bool = False) -> dict[str, Any]:
+        """Replaces the accounts (or adds businesses, `add=True`); returns the book in force."""
+        book = parse_accounts(accounts)
+        if add:
+            return self._state.accounts.add(book).as_json()
+        self._state.accounts.replace(book)
+        return book.as_json()
+
+    def configure_read_limits(self, **changes: Any) -> dict[str, Any]:
+        """Partial update of the read methods' limits (same as `POST /_sandbox/accounts/limits`)."""
+        return self._state.accounts.configure(changes).as_json()
+
+    def configure_v3(self, **changes: Any) -> dict[str, Any]:
+        """Partial update of the v3 limits (same as `POST /_sandbox/v3/config`)."""
+        return self._state.v3.configure(changes).as_json()
+
+    def v3_state(
+        self, business_id: int | None = None, warehouse_id: int | None = None
+    ) -> dict[str, Any]:
+        """v3 stock as `GET /_sandbox/v3/state` gives it (see sandbox/v3.py)."""
+        return self._state.v3.state_json(business_id, warehouse_id)
+
+    def v3_requests(self, business_id: int | None = None, since: int = 0) -> list[dict[str, Any]]:
+        """The v3 request log, oldest first."""
+        return self._state.v3.requests(business_id, since)
+
+    def v3_stats(self) -> dict[str, Any]:
+        """Exact v3 counters per business (same JSON as `GET /_sandbox/v3/stats`)."""
+        return self._state.v3.stats()
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stocksync sandbox",
-        description="A local server that behaves like the Market's PUT offers/stocks method.",
+        description="A local server that behaves like the Market's offers/stocks methods.",
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0: any free one)")
@@ -155,6 +214,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, help="seed of the fault-injection generator")
     parser.add_argument("--latency-ms", type=float, help="added latency per request")
+    parser.add_argument(
+        "--accounts", metavar="FILE", help="JSON file of businesses, campaigns, warehouses, groups"
+    )
+    parser.add_argument(
+        "--v3-requests-per-minute", type=int, metavar="N", help="v3 requests per business (50)"
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return parser
 
@@ -189,7 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         sandbox = MarketSandbox(
-            args.host, args.port, verbose=args.verbose, **settings_from_args(args)
+            args.host,
+            args.port,
+            verbose=args.verbose,
+            accounts=load_accounts_file(args.accounts).as_json() if args.accounts else None,
+            v3=(
+                {"requests_per_minute": args.v3_requests_per_minute}
+                if args.v3_requests_per_minute is not None
+                else None
+            ),
+            **settings_from_args(args),
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -209,8 +283,15 @@ def main(argv: list[str] | None = None) -> int:
         with sandbox:
             print(f"Market sandbox listening on {sandbox.url}", flush=True)
             print(
-                f"  PUT {sandbox.url}/v2/campaigns/{{campaignId}}/offers/stocks; "
-                f"control: {sandbox.url}/_sandbox/{{state,requests,stats,config,reset}}",
+                f"  PUT and POST {sandbox.url}/v2/campaigns/{{campaignId}}/offers/stocks, "
+                f"POST {sandbox.url}/v3/businesses/{{businessId}}/offers/stocks; "
+                f"control: {sandbox.url}/_sandbox/{{state,requests,stats,config,reset,reads,…}}",
+                flush=True,
+            )
+            print(
+                f"  POST {sandbox.url}/v3/businesses/{{businessId}}/offers/stocks/update; "
+                "GET /v2/campaigns; POST /v2|v3/businesses/{businessId}/warehouses; "
+                "control: /_sandbox/accounts, /_sandbox/v3/{state,requests,stats,config}",
                 flush=True,
             )
             while not stop.wait(0.5):

@@ -6,6 +6,7 @@ sleeping or validating, so the lock is not what limits throughput.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import threading
@@ -15,10 +16,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandbox.config import SandboxConfig
+from sandbox.read_rules import read_limit
+from sandbox.read_store import ReadBook
 from sandbox.rules import StockUpdate
+
+if TYPE_CHECKING:
+    from sandbox.accounts import AccountsState
+    from sandbox.v3 import V3Store
 
 # X-RateLimit-Resource-Limit when the limit is switched off: an integer every client can parse
 # that no sane client will ever run down.
@@ -93,6 +100,8 @@ def _campaign_stats() -> dict[str, Any]:
         "skus_accepted": 0,
         "skus_refused": 0,
         "stale_overwrites": 0,
+        "skus_lost": 0,
+        "lost_requests": 0,
         "max_parallel_seen": 0,
         "max_skus_accepted_in_window": 0,
     }
@@ -111,6 +120,12 @@ class SandboxState:
         self._admitted: dict[int, int] = defaultdict(int)
         self._seq = 0
         self._clear()
+        # Accounts, read methods and the v3 method keep their own state (they import this module).
+        from sandbox.accounts import AccountsState
+        from sandbox.v3 import V3Store
+
+        self.accounts: AccountsState = AccountsState()
+        self.v3: V3Store = V3Store(config.request_log_max)
 
     def _clear(self) -> None:
         # campaign -> sku -> (count, updatedAt, accepted_at); tuples keep a million SKUs small.
@@ -124,11 +139,23 @@ class SandboxState:
             "skus_accepted": 0,
             "skus_refused": 0,
             "stale_overwrites": 0,
+            "skus_lost": 0,
+            "lost_requests": 0,
             "parallel_limited": 0,
             "rate_limited": 0,
             "injected": defaultdict(int),
         }
         self._campaigns: dict[int, dict[str, Any]] = defaultdict(_campaign_stats)
+        # Sorted SKUs of a campaign for paged reads; dropped whenever a SKU comes or goes.
+        self._sorted: dict[int, list[str]] = {}
+        # Read windows: "v2" offers returned per campaign, "v3" requests per business.
+        self._read_rate: dict[str, dict[int, RollingWindow]] = {
+            "v2": defaultdict(RollingWindow),
+            "v3": defaultdict(RollingWindow),
+        }
+        # campaign -> [PUTs still to lose, probability of losing one after those]
+        self._lost: dict[int, list[float]] = {}
+        self.reads = ReadBook(self._config.request_log_max)
 
     @property
     def config(self) -> SandboxConfig:
@@ -143,6 +170,7 @@ class SandboxState:
                 self._rng = random.Random(new.seed)  # noqa: S311
             if new.request_log_max != self._config.request_log_max:
                 self._log = deque(self._log, maxlen=new.request_log_max)
+                self.reads.resize(new.request_log_max)
             self._config = new
             return new
 
@@ -150,6 +178,8 @@ class SandboxState:
         """Forgets stock, rate windows, the request log and the counters; settings stay."""
         with self._lock:
             self._clear()
+        self.accounts.reset()
+        self.v3.reset()
 
     def begin(self, campaign: int) -> bool:
         """Counts a request in flight; True when it is within the parallel limit (admitted)."""
@@ -186,34 +216,53 @@ class SandboxState:
 
     def reserve(self, campaign: int, skus: int) -> Reservation:
         """Counts `skus` against the campaign's window if they fit; else says when they would."""
-        now = time.monotonic()
         with self._lock:
-            limit, window = (
-                self._config.rate_limit_skus_per_minute,
-                self._config.rate_window_seconds,
-            )
-            rate = self._rate[campaign]
-            rate.purge(now, window)
-            if limit is not None and rate.total + skus > limit:
-                until = rate.time_until_free(now, window, rate.total + skus - limit)
-                return Reservation(ok=False, until=until)
-            rate.add(now, skus)
-            return Reservation(ok=True, until=now)
+            limit = self._config.rate_limit_skus_per_minute
+            return self._reserve_in(self._rate[campaign], skus, limit)
 
     def rate_headers(self, campaign: int | None, until: float | None = None) -> dict[str, str]:
         """X-RateLimit-Resource-* of the campaign's window; `until` overrides -Until."""
-        now = time.monotonic()
         with self._lock:
-            limit, window = (
-                self._config.rate_limit_skus_per_minute,
-                self._config.rate_window_seconds,
-            )
             rate = self._rate.get(campaign) if campaign is not None else None
-            used = 0
-            oldest = now + window
-            if rate is not None:
-                rate.purge(now, window)
-                used, oldest = rate.total, rate.oldest_leaves(now, window)
+            limit = self._config.rate_limit_skus_per_minute
+            return self._headers_of(rate, limit, until)
+
+    def reserve_read(self, method: str, key: int, amount: int) -> Reservation:
+        """`reserve` on a read window: "v2" offers per campaign, "v3" requests per business."""
+        with self._lock:
+            window = self._read_rate[method][key]
+            reservation = self._reserve_in(window, amount, read_limit(self._config, method))
+            if reservation.ok:
+                self.reads.peak(method, key, window.total)
+            return reservation
+
+    def read_headers(
+        self, method: str, key: int | None, until: float | None = None
+    ) -> dict[str, str]:
+        """X-RateLimit-Resource-* of a read window (see `reserve_read`)."""
+        with self._lock:
+            window = self._read_rate[method].get(key) if key is not None else None
+            return self._headers_of(window, read_limit(self._config, method), until)
+
+    def _reserve_in(self, rate: RollingWindow, amount: int, limit: int | None) -> Reservation:
+        """The rolling-window rule shared by every limited resource; the caller holds the lock."""
+        now, window = time.monotonic(), self._config.rate_window_seconds
+        rate.purge(now, window)
+        if limit is not None and rate.total + amount > limit:
+            until = rate.time_until_free(now, window, rate.total + amount - limit)
+            return Reservation(ok=False, until=until)
+        rate.add(now, amount)
+        return Reservation(ok=True, until=now)
+
+    def _headers_of(
+        self, rate: RollingWindow | None, limit: int | None, until: float | None
+    ) -> dict[str, str]:
+        """The three X-RateLimit-Resource-* headers of a window; the caller holds the lock."""
+        now, window = time.monotonic(), self._config.rate_window_seconds
+        used, oldest = 0, now + window
+        if rate is not None:
+            rate.purge(now, window)
+            used, oldest = rate.total, rate.oldest_leaves(now, window)
         shown_limit = UNLIMITED_HEADER_VALUE if limit is None else limit
         return {
             "X-RateLimit-Resource-Limit": str(shown_limit),
@@ -233,7 +282,9 @@ class SandboxState:
             for update in updates:
                 updated_at = update.updated_at or now_utc
                 previous = stock.get(update.sku)
-                if previous is not None and updated_at < previous[1]:
+                if previous is None:
+                    self._sorted.pop(campaign, None)
+                elif updated_at < previous[1]:
                     stale += 1
                 stock[update.sku] = (update.count, updated_at, now_utc)
                 applied += 1
@@ -262,6 +313,9 @@ class SandboxState:
             totals["requests"] += 1
             totals["requests_by_status"][status] += 1
             totals["skus_refused"] += entry["skus_refused"]
+            lost = entry.get("skus_lost", 0)
+            totals["skus_lost"] += lost
+            totals["lost_requests"] += bool(lost)
             totals["parallel_limited"] += entry["parallel_limited"]
             totals["rate_limited"] += entry["rate_limited"]
             if entry["injected"]:
@@ -271,6 +325,92 @@ class SandboxState:
                 stats["requests"] += 1
                 stats["requests_by_status"][status] += 1
                 stats["skus_refused"] += entry["skus_refused"]
+                stats["skus_lost"] += lost
+                stats["lost_requests"] += bool(lost)
+
+    def record_read(self, entry: dict[str, Any]) -> None:
+        """Logs and counts one read request, numbered in the same sequence as the PUTs."""
+        with self._lock:
+            self._seq += 1
+            entry["seq"] = self._seq
+        self.reads.record(entry)
+
+    # --- hooks of the read methods and their controls (sandbox.stock_reads) ---------------
+
+    def read_offers(self, campaign: int, skus: Sequence[str]) -> list[tuple[str, int, datetime]]:
+        """(sku, count, updatedAt) of the asked SKUs the campaign holds, in the order asked."""
+        with self._lock:
+            stock = self._stock.get(campaign, {})
+            found = ((sku, stock.get(sku)) for sku in skus)
+            return [(sku, v[0], v[1]) for sku, v in found if v is not None]
+
+    def read_page(
+        self, campaign: int, after: str | None, limit: int
+    ) -> tuple[list[tuple[str, int, datetime]], bool]:
+        """Up to `limit` offers in SKU order after `after`, and whether more follow."""
+        with self._lock:
+            stock = self._stock.get(campaign, {})
+            keys = self._sorted.get(campaign)
+            if keys is None:
+                keys = self._sorted[campaign] = sorted(stock)
+            start = 0 if after is None else bisect.bisect_right(keys, after)
+            page = keys[start : start + limit]
+            offers = [(sku, stock[sku][0], stock[sku][1]) for sku in page]
+            return offers, start + limit < len(keys)
+
+    def set_skus(self, campaign: int, counts: Mapping[str, int], updated_at: datetime) -> int:
+        """Writes counts behind the client's back (drift); returns how many SKUs were written."""
+        now_utc = datetime.now(UTC)
+        with self._lock:
+            stock = self._stock[campaign]
+            if not counts.keys() <= stock.keys():
+                self._sorted.pop(campaign, None)
+            for sku, count in counts.items():
+                stock[sku] = (count, updated_at, now_utc)
+            return len(counts)
+
+    def drop_skus(self, campaign: int, skus: Sequence[str]) -> int:
+        """Forgets SKUs of a campaign, as if the Market had lost them; returns how many it had."""
+        with self._lock:
+            stock = self._stock.get(campaign, {})
+            dropped = sum(stock.pop(sku, None) is not None for sku in skus)
+            if dropped:
+                self._sorted.pop(campaign, None)
+            return dropped
+
+    def lose_updates(self, campaign: int, count: int, rate: float) -> None:
+        """The next `count` applicable PUTs of the campaign, then a `rate` of them, are lost."""
+        with self._lock:
+            if count or rate:
+                self._lost[campaign] = [float(count), rate]
+            else:
+                self._lost.pop(campaign, None)
+
+    def take_lost_update(self, campaign: int) -> bool:
+        """True when this PUT is to answer as usual without applying anything (a lost update)."""
+        with self._lock:
+            lost = self._lost.get(campaign)
+            if lost is None:
+                return False
+            if lost[0] >= 1:
+                lost[0] -= 1
+                return True
+            # The seeded generator, so a test that loses a fraction of PUTs can repeat its run.
+            return lost[1] > 0 and self._rng.random() < lost[1]
+
+    def lost_updates(self) -> dict[str, Any]:
+        """The lost-update modes in force and the PUTs and SKUs lost so far, per campaign."""
+        with self._lock:
+            campaigns = set(self._lost) | {c for c, v in self._campaigns.items() if v["skus_lost"]}
+            return {
+                str(c): {
+                    "count": int(self._lost.get(c, [0, 0.0])[0]),
+                    "rate": self._lost.get(c, [0, 0.0])[1],
+                    "lost_requests": self._campaigns[c]["lost_requests"],
+                    "skus_lost": self._campaigns[c]["skus_lost"],
+                }
+                for c in sorted(campaigns)
+            }
 
     def stock(self, campaign: int | None = None) -> dict[str, Any]:
         """Accepted stock as JSON: {campaign: {sku: entry}}, or {sku: entry} of one campaign."""
@@ -301,7 +441,10 @@ class SandboxState:
             result["in_flight"] = {str(k): v for k, v in sorted(self._in_flight.items()) if v}
             result["requests_logged"] = len(self._log)
             result["campaigns"] = {str(k): _plain(v) for k, v in sorted(self._campaigns.items())}
-            return result
+        # The v3 methods' one per-business counter (reads and updates) lives in the v3 store.
+        result["business_in_flight"] = self.v3.stats()["in_flight"]
+        result["reads"] = self.reads.stats()
+        return result
 
 
 def _stock_json(value: tuple[int, datetime, datetime]) -> dict[str, Any]:

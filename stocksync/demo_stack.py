@@ -25,13 +25,19 @@ from types import TracebackType
 from sqlalchemy import text
 
 from sandbox.server import MarketSandbox
-from stocksync.database import upgrade_to_head
+from stocksync.migrations_runner import upgrade_to_head
+from stocksync.processes import (
+    ProcessExited,
+    clean_env,
+    stop_process_group,
+    wait_for_log_line,
+    with_project_on_path,
+)
 from worker.database import make_engine
 
 DRAIN_INTERVAL_SECONDS = 1.0
 WORKER_READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -193,9 +199,8 @@ class DemoServices:
 
     def worker_env(self) -> dict[str, str]:
         """This environment without any STOCKSYNC_* variable, plus the demo's settings."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_")}
         (api_key,) = self.sandbox.config.api_keys
-        env.update(
+        env = clean_env(
             STOCKSYNC_DATA_DIR=str(self.data_dir),
             STOCKSYNC_DATABASE_URL=self.database_url,
             STOCKSYNC_MARKET_BASE_URL=self.sandbox.url,
@@ -209,10 +214,7 @@ class DemoServices:
         env["NO_PROXY"] = env["no_proxy"] = no_proxy
         # The worker runs in the data directory (no stray .env is read there): it must still
         # import this very project, installed or not.
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])
-        )
-        return env
+        return with_project_on_path(env)
 
     def _start_worker(self) -> None:
         command = [
@@ -246,35 +248,25 @@ class DemoServices:
 
     def _wait_until_ready(self, log_offset: int) -> None:
         assert self.worker is not None
-        deadline = time.monotonic() + WORKER_READY_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if self.worker.poll() is not None:
-                raise DemoError(f"the worker exited early:\n{self.worker_log_tail()}")
-            with self.worker_log.open("rb") as log:
-                log.seek(log_offset)
-                if b" ready." in log.read():
-                    return
-            time.sleep(0.1)
-        raise DemoError(
-            f"the worker was not ready after {WORKER_READY_TIMEOUT_SECONDS:g}s:\n"
-            f"{self.worker_log_tail()}"
-        )
+        timeout = WORKER_READY_TIMEOUT_SECONDS
+        try:
+            wait_for_log_line(self.worker, self.worker_log, log_offset, timeout)
+        except ProcessExited:
+            raise DemoError(f"the worker exited early:\n{self.worker_log_tail()}") from None
+        except TimeoutError:
+            raise DemoError(
+                f"the worker was not ready after {WORKER_READY_TIMEOUT_SECONDS:g}s:\n"
+                f"{self.worker_log_tail()}"
+            ) from None
 
     def _stop_worker(self) -> None:
         worker = self.worker
         if worker is None:
             return
-        if worker.poll() is None:
-            # To the main process only: Celery's warm shutdown stops its pool and beat itself.
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                self._say("  the worker did not stop in time: killing it")
-        # Whatever of its process group is left (pool children, beat) goes too.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
+        # To the main process only: Celery's warm shutdown stops its pool and beat itself;
+        # whatever of its process group is left (pool children, beat) is killed afterwards.
+        if not stop_process_group(worker, STOP_TIMEOUT_SECONDS, whole_group=False):
+            self._say("  the worker did not stop in time: killed it")
         self._say(f"  stopped the worker and beat (exit code {worker.returncode})")
 
     def worker_log_tail(self, lines: int = 40) -> str:

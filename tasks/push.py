@@ -1,8 +1,8 @@
 """`stocks.push`: send one claimed batch to the Market and record what the Market said.
 
-200 acknowledges the versions sent. 400 isolates the refused SKUs (named in the answer, else by
-halving the batch) and parks them; the rest still goes. 401/403/404 park the campaign. 420 and
-5xx retry with Celery for short waits; a longer wait releases the claim to a later drain.
+What to do with each answer is `domain.push_decision.decide`; this task carries it out. A wait
+for the limiter (a 420's -Until, a full window) up to SHORT_WAIT_SECONDS is slept here; a longer
+one releases the claim to a later drain. 5xx and no answer retry through Celery with backoff.
 """
 
 from __future__ import annotations
@@ -10,19 +10,18 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, assert_never
 
 from celery import Task
 
-from domain.backoff import backoff_seconds
 from domain.market_payload import PendingStock, stocks_body
-from domain.market_rules import answer_kind, skus_named
+from domain.push_decision import PushOutcome, decide
+from worker import runtime
 from worker.app import app
-from worker.claims import Claim, Outbox
+from worker.claims import Claim, Claims
 from worker.logs import log_event
 from worker.market_client import MarketAnswer
 from worker.rate_limiter import Permit
-from worker.runtime import market_client, outbox
 from worker.settings import get_settings
 
 log = logging.getLogger("stocksync.push")
@@ -39,13 +38,13 @@ def enqueue(claims: list[Claim]) -> None:
 
 
 def _send(
-    box: Outbox, campaign_id: int, claim_id: str, batch: list[PendingStock], attempt: int
+    box: Claims, campaign_id: int, claim_id: str, batch: list[PendingStock], attempt: int
 ) -> MarketAnswer | float | None:
     """One request through the limiter: the answer, the seconds to wait when that is long, or
     None when the claim's lease ran out: its keys may be another push's by now, and the values
     read before could overwrite a newer value at the Market."""
     while True:
-        decision = box.limiter.acquire(campaign_id, len(batch))
+        decision = runtime.limiter().acquire(campaign_id, len(batch))
         if isinstance(decision, Permit):
             break
         if decision.seconds > SHORT_WAIT_SECONDS:
@@ -56,11 +55,11 @@ def _send(
     # The lease must outlast the request (connect and read timeouts): no other push may take
     # these keys while this request can still arrive.
     if not box.renew(claim_id, at_least=2 * get_settings().market_timeout_seconds + 5):
-        box.limiter.cancel(decision)
+        runtime.limiter().cancel(decision)
         return None
     started = time.monotonic()
-    answer = market_client().put_stocks(campaign_id, stocks_body(batch, datetime.now(UTC)))
-    box.limiter.finish(decision, answer)
+    answer = runtime.market_client().put_stocks(campaign_id, stocks_body(batch, datetime.now(UTC)))
+    runtime.limiter().finish(decision, answer)
     log_event(
         log,
         logging.INFO,
@@ -74,28 +73,11 @@ def _send(
     return answer
 
 
-def _split_refused(
-    box: Outbox, campaign_id: int, claim_id: str, batch: list[PendingStock], answer: MarketAnswer
-) -> list[list[PendingStock]]:
-    """Parks the SKUs a 400 names; what is left is sent again, halved when none was named."""
-    named = skus_named([e.message for e in answer.errors], {s.sku for s in batch})
-    if len(batch) == 1 and not named:
-        named = {batch[0].sku: answer.reason()}
-    if named:
-        box.park_skus(
-            campaign_id, claim_id, [(s, f"400: {named[s.sku]}") for s in batch if s.sku in named]
-        )
-        rest = [s for s in batch if s.sku not in named]
-        return [rest] if rest else []
-    half = len(batch) // 2
-    return [batch[:half], batch[half:]]
-
-
 @app.task(name="stocks.push", bind=True, acks_late=True, reject_on_worker_lost=True)
 def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, Any]:
     """Delivers the claim's keys at their current values; never drops one."""
     settings = get_settings()
-    box = outbox()
+    box = runtime.claims()
     if not box.renew(claim_id):
         return {"outcome": "lease lost", "skus": skus}
     work = [box.read(campaign_id, claim_id)]
@@ -110,39 +92,55 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
         if isinstance(answer, float):
             box.release(campaign_id, claim_id)
             return {"outcome": f"released: wait {answer:.1f}s", "delivered": delivered}
-        kind = answer_kind(answer.status)
-        if kind == "ok":
-            box.acknowledge(campaign_id, claim_id, batch)
-            delivered += len(batch)
-        elif kind == "refused":
-            work.extend(_split_refused(box, campaign_id, claim_id, batch, answer))
-        elif kind == "rate_limited":
-            work.append(batch)  # the limiter now holds the campaign until -Until
-        elif kind == "parked":
-            box.park_campaign(campaign_id, answer.reason(), settings.probe_interval_seconds)
-            box.release(campaign_id, claim_id)
-            log_event(
-                log,
-                logging.WARNING,
-                "campaign_parked",
-                campaign=campaign_id,
-                reason=answer.reason(),
-            )
-            return {"outcome": "campaign parked", "delivered": delivered}
-        elif kind == "retry" and self.request.retries < settings.push_max_retries:
-            box.renew(claim_id)
-            raise self.retry(countdown=backoff_seconds(self.request.retries))
-        else:
-            box.release(campaign_id, claim_id)
-            box.degrade(campaign_id, answer.reason())
-            log_event(
-                log,
-                logging.WARNING,
-                "campaign_degraded",
-                campaign=campaign_id,
-                reason=answer.reason(),
-            )
-            return {"outcome": "released after retries", "delivered": delivered}
+        decision = decide(
+            answer.status,
+            [e.message for e in answer.errors],
+            [s.sku for s in batch],
+            attempt=self.request.retries,
+            max_retries=settings.push_max_retries,
+            reason=answer.reason(),
+        )
+        match decision.kind:
+            case PushOutcome.ACKNOWLEDGE:
+                box.acknowledge(campaign_id, claim_id, batch)
+                delivered += len(batch)
+            case PushOutcome.ISOLATE | PushOutcome.WAIT:
+                # On WAIT the limiter now holds the campaign until -Until; the batch goes again.
+                by_sku = {s.sku: s for s in batch}
+                if decision.hold:
+                    box.hold_skus(
+                        campaign_id, claim_id, [(by_sku[sku], why) for sku, why in decision.hold]
+                    )
+                work.extend([by_sku[sku] for sku in group] for group in decision.resend)
+            case PushOutcome.PARK_CAMPAIGN:
+                runtime.campaign_health().park(
+                    campaign_id, decision.reason, settings.probe_interval_seconds
+                )
+                box.release(campaign_id, claim_id)
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "campaign_parked",
+                    campaign=campaign_id,
+                    reason=decision.reason,
+                )
+                return {"outcome": "campaign parked", "delivered": delivered}
+            case PushOutcome.RETRY:
+                box.renew(claim_id)
+                raise self.retry(countdown=decision.countdown)
+            case PushOutcome.GIVE_UP:
+                box.release(campaign_id, claim_id)
+                runtime.campaign_health().degrade(campaign_id, decision.reason)
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "campaign_degraded",
+                    campaign=campaign_id,
+                    reason=decision.reason,
+                )
+                return {"outcome": "released after retries", "delivered": delivered}
+            case _ as unreachable:
+                assert_never(unreachable)
     box.release(campaign_id, claim_id)
     enqueue(box.claim(campaign_id, settings.probe_interval_seconds))
     return {"outcome": "done", "delivered": delivered}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -14,10 +13,10 @@ from celery.exceptions import Reject
 from sqlalchemy.exc import DBAPIError
 
 from domain.changes import UnreadableMessage, parse_message, task_id_problem
+from worker import runtime
 from worker.app import app
-from worker.database import get_engine, is_transient
-from worker.logs import log_event
-from worker.outbox import (
+from worker.database import paused_while_down
+from worker.ingest import (
     campaign_of,
     count_redelivery,
     first_seen,
@@ -25,6 +24,7 @@ from worker.outbox import (
     store_message,
     store_unreadable,
 )
+from worker.logs import log_event
 from worker.settings import get_settings
 
 log = logging.getLogger("stocksync.submit")
@@ -35,17 +35,13 @@ T = TypeVar("T")
 # Only deaths count: a delivery sent back after a transient database error takes its count back.
 MAX_DELIVERIES = 5
 
-# While PostgreSQL is unreachable, or fails with an error that may pass (read-only, lock or
-# statement timeout, deadlock), the message goes back to the broker after this pause, so that
-# nothing is acknowledged before it is committed and the worker does not spin.
-DATABASE_DOWN_PAUSE_SECONDS = 2.0
 # Characters kept of an error's text in a stored reason.
 ERROR_TEXT_KEPT = 500
 
 
 @app.task(name="stocks.submit", bind=True, acks_late=True, reject_on_worker_lost=True)
 def submit(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
-    """Applies the valid changes of a message exactly once; refused ones are stored with reasons.
+    """Applies a message's valid changes exactly once; rejected ones are stored with reasons.
 
     Acknowledged only once its changes are committed or it is stored as unreadable: an error that
     may pass sends it back to the broker, any other one stores it as unreadable with the reason.
@@ -95,7 +91,7 @@ def _stored_task_id(task_id: object) -> str:
 def _submit(
     self: Task, task_id: str, raw: dict[str, Any], args: Any, kwargs: Any
 ) -> dict[str, int]:
-    engine = get_engine()
+    engine = runtime.engine()
     if (self.request.delivery_info or {}).get("redelivered"):
         deliveries = _with_database(lambda: count_redelivery(engine, task_id), task_id)
         if deliveries > MAX_DELIVERIES:
@@ -146,15 +142,12 @@ def _with_database(work: Callable[[], T], task_id: str | None = None) -> T:
     try:
         return work()
     except DBAPIError as exc:
-        if is_transient(exc):
-            sqlstate = getattr(exc.orig, "sqlstate", None) or "none"
-            log_event(log, logging.WARNING, "database_unavailable", sqlstate=sqlstate)
+        if paused_while_down(exc, log):
             # Pooled sessions may sit on a server turned read-only (a demoted primary): drop them
             # all, so the next delivery connects afresh (to a read-write server only).
-            get_engine().dispose()
+            runtime.engine().dispose()
             if task_id is not None:
                 _forgive(task_id)
-            time.sleep(DATABASE_DOWN_PAUSE_SECONDS)
             raise Reject(reason="database unavailable", requeue=True) from None
         raise
 
@@ -163,18 +156,18 @@ def _forgive(task_id: str) -> None:
     # Best effort: with PostgreSQL down this fails too and the delivery counts, but then the
     # redelivery's own count mostly fails as well and sends it back uncounted.
     try:
-        forgive_redelivery(get_engine(), task_id)
+        forgive_redelivery(runtime.engine(), task_id)
     except DBAPIError:
-        get_engine().dispose()
+        runtime.engine().dispose()
 
 
 def _keep_unreadable(task_id: object, raw: Any, reason: str) -> None:
     stored_id = _stored_task_id(task_id)
     log_event(log, logging.WARNING, "unreadable_message", task=stored_id, reason=reason)
     try:
-        _with_database(lambda: store_unreadable(get_engine(), stored_id, raw, reason))
+        _with_database(lambda: store_unreadable(runtime.engine(), stored_id, raw, reason))
     except Reject:
         raise
     except Exception as exc:  # the raw content itself cannot be stored: keep the reason
         note = {"note": f"raw content not storable ({_error_text(exc)})"}
-        _with_database(lambda: store_unreadable(get_engine(), stored_id, note, reason))
+        _with_database(lambda: store_unreadable(runtime.engine(), stored_id, note, reason))

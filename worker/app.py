@@ -6,10 +6,12 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
 from kombu import Exchange, Queue
 
 from worker.database import database_url
+from worker.embedded_broker import ALIAS as BROKER_ALIAS
+from worker.embedded_broker import embedded_url
 from worker.logs import apply_to
 from worker.settings import Settings, get_settings
 
@@ -25,8 +27,16 @@ def _queue(name: str) -> Queue:
 
 
 def broker_url(settings: Settings) -> str:
-    """RabbitMQ when configured, else kombu's SQLAlchemy transport on the service's database."""
-    return settings.broker_url or "sqla+" + database_url(settings)
+    """RabbitMQ when configured, else kombu's SQLAlchemy transport on the service's database.
+
+    A `sqla+postgresql…` broker is consumed through worker/embedded_broker.py (same tables, so
+    producers keep `sqla+`): kombu's own consumer loses a killed worker's fetched messages.
+    """
+    return embedded_url(settings.broker_url or "sqla+" + database_url(settings))
+
+
+# How often `stocks.housekeeping` runs: expired claims and the request ledger, and the retention.
+HOUSEKEEPING_INTERVAL_SECONDS = 300.0
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -45,14 +55,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # With late acks every prefetched message is one more a crash hands back: keep it to one.
         "worker_prefetch_multiplier": 1,
-        # Celery's consumer, storing every message it refuses (worker/refused_messages.py).
-        "worker_consumer": "worker.refused_messages:RecordingConsumer",
+        # Celery's consumer, storing every message it drops (worker/unreadable_messages.py).
+        "worker_consumer": "worker.unreadable_messages:RecordingConsumer",
         "task_queues": [_queue(CHANGES_QUEUE), _queue(PUSH_QUEUE), _queue(DRAIN_QUEUE)],
         "task_default_queue": CHANGES_QUEUE,
         "task_routes": {
             "stocks.submit": {"queue": CHANGES_QUEUE},
             "stocks.push": {"queue": PUSH_QUEUE},
             "stocks.drain": {"queue": DRAIN_QUEUE},
+            "stocks.housekeeping": {"queue": DRAIN_QUEUE},
             "stocks.prune": {"queue": DRAIN_QUEUE},
         },
         "beat_schedule": {
@@ -62,21 +73,25 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 # A drain not started by the next tick is useless: the next one does its work.
                 "options": {"expires": max(1.0, settings.drain_interval_seconds * 2)},
             },
-            "prune-history": {
-                "task": "stocks.prune",
-                "schedule": 3600.0,
-                "options": {"expires": 3000.0},
+            "housekeeping": {
+                "task": "stocks.housekeeping",
+                "schedule": HOUSEKEEPING_INTERVAL_SECONDS,
+                "options": {"expires": HOUSEKEEPING_INTERVAL_SECONDS},
             },
         },
         "task_send_sent_event": True,
         "worker_send_task_events": True,
         # kombu's SQLAlchemy transport hands its options to create_engine(), which refuses
         # unknown ones: it keeps its own one-second polling.
-        "broker_transport_options": {} if broker.startswith("sqla+") else {"polling_interval": 0.2},
+        "broker_transport_options": {}
+        if broker.startswith(("sqla+", "sqlalchemy+", f"{BROKER_ALIAS}+"))
+        else {"polling_interval": 0.2},
     }
 
 
-app = Celery("stocksync", include=["tasks.submit", "tasks.drain", "tasks.push"])
+app = Celery(
+    "stocksync", include=["tasks.submit", "tasks.drain", "tasks.push", "tasks.housekeeping"]
+)
 app.add_defaults(lambda: celery_config(get_settings()))
 
 
@@ -85,3 +100,18 @@ app.add_defaults(lambda: celery_config(get_settings()))
 def _configure_log_lines(logger: logging.Logger, **_: Any) -> None:
     """The worker's and beat's handlers: secrets masked, JSON lines when configured."""
     apply_to(logger, get_settings())
+
+
+@worker_init.connect
+def _route_campaigns(**_: Any) -> None:
+    """Before the worker consumes anything: the stored routing follows the configured warehouse
+    groups, the keys carried over (worker/routes.py)."""
+    from worker.database import make_engine
+    from worker.routes import route_at_start
+
+    settings = get_settings()
+    engine = make_engine(database_url(settings))
+    try:
+        route_at_start(engine, settings)
+    finally:
+        engine.dispose()

@@ -1,9 +1,11 @@
-"""The drain's side of the outbox: claiming pending keys in batches, acknowledging, parking.
+"""Claims on pending keys: claiming them in batches, renewing, reading, acknowledging, holding.
 
 A claim is a `push_claim` row with a lease plus one `claimed_key` row per key. The primary key of
 `claimed_key` lets one claim hold a key at a time, so overlapping drains never take the same key;
 a key whose claim's lease ran out (its worker died) is taken over by the next claim. The
-outbox rows are not written to claim them, and planners of one campaign take turns on its row.
+outbox rows are not written to claim them, and planners of one campaign take turns on its row
+(`worker.campaign_health.lock`). A SKU the Market rejected with a 400 is *held* at its version
+(columns `parked_version`, `parked_reason`) until a newer change arrives.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy import Connection, Engine, text
 from domain.batching import pack
 from domain.market_payload import PendingStock
 from domain.market_rules import SKUS_PER_REQUEST_MAX
+from worker import campaign_health
 from worker.rate_limiter import RateLimiter
 
 # Every campaign that has a pending key, by a skip scan of the pending index: its cost grows with
@@ -62,7 +65,7 @@ _NOT_CLAIMED = """
                                 AND p.lease_until > clock_timestamp()))
 """
 
-# Pending keys, oldest change first; a SKU parked at its current version waits for a change.
+# Pending keys, oldest change first; a SKU held at its current version waits for a change.
 _CLAIM = text(f"""
     WITH picked AS (
         SELECT s.group_id, s.sku, s.changed_at FROM stock s
@@ -73,7 +76,7 @@ _CLAIM = text(f"""
         LIMIT :n
     ),
     {_TAKE}
-""")
+""")  # noqa: S608 - built from the constant fragments above; every value is a bound parameter
 
 # Keys acknowledged longer ago than the refresh age, oldest first: the Market wants stock at least
 # once a day and refuses an updatedAt older than a day.
@@ -87,7 +90,7 @@ _CLAIM_REFRESH = text(f"""
         LIMIT :n
     ),
     {_TAKE}
-""")
+""")  # noqa: S608 - built from the constant fragments above; every value is a bound parameter
 
 # The claims must walk the pending index in order and stop after a batch. Right after a bulk load,
 # before autovacuum has analyzed `stock`, the planner otherwise picks a bitmap scan of every
@@ -95,8 +98,6 @@ _CLAIM_REFRESH = text(f"""
 _ORDERED_SCANS_ONLY = text("""
     SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)
 """)
-
-_KNOWN_CAMPAIGNS = text("SELECT campaign_id FROM campaign ORDER BY campaign_id")
 
 _MOVE_TO_CLAIM = text("""
     UPDATE claimed_key SET claim_id = :new
@@ -146,7 +147,7 @@ _ACK = text("""
     WHERE s.ctid = locked.row_id
 """)
 
-_PARK_SKUS = text("""
+_HOLD_SKUS = text("""
     UPDATE stock s SET parked_version = n.version, parked_reason = n.reason
     FROM unnest(CAST(:skus AS text[]), CAST(:versions AS bigint[]), CAST(:reasons AS text[]))
          AS n(sku, version, reason)
@@ -155,42 +156,6 @@ _PARK_SKUS = text("""
 
 _RELEASE = text("DELETE FROM claimed_key WHERE claim_id = :claim")
 _DROP_CLAIM = text("DELETE FROM push_claim WHERE claim_id = :claim")
-
-_CAMPAIGN_WORKS = text("""
-    UPDATE campaign SET last_push_at = clock_timestamp(), degraded_reason = NULL,
-        degraded_at = NULL, parked_reason = NULL, parked_at = NULL, probe_at = NULL
-    WHERE campaign_id = :c
-""")
-
-_PARK_CAMPAIGN = text("""
-    UPDATE campaign SET parked_reason = :reason,
-        parked_at = COALESCE(parked_at, clock_timestamp()),
-        probe_at = clock_timestamp() + make_interval(secs => :probe)
-    WHERE campaign_id = :c
-""")
-
-_DEGRADE = text("""
-    UPDATE campaign SET degraded_reason = :reason,
-        degraded_at = COALESCE(degraded_at, clock_timestamp())
-    WHERE campaign_id = :c
-""")
-
-_PROBE_DUE = text("""
-    UPDATE campaign SET probe_at = clock_timestamp() + make_interval(secs => :probe)
-    WHERE campaign_id = :c AND parked_reason IS NOT NULL AND probe_at <= clock_timestamp()
-    RETURNING campaign_id
-""")
-
-_PRUNE_CLAIMS = text("""
-    DELETE FROM push_claim WHERE lease_until < clock_timestamp() - interval '10 minutes'
-""")
-_PRUNE_CLAIMED_KEYS = text("""
-    DELETE FROM claimed_key k
-    WHERE NOT EXISTS (SELECT 1 FROM push_claim p WHERE p.claim_id = k.claim_id)
-""")
-_PRUNE_REQUESTS = text("""
-    DELETE FROM market_request WHERE started_at < clock_timestamp() - interval '2 hours'
-""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,15 +167,15 @@ class Claim:
     skus: int
 
 
-class Outbox:
-    """Claims, acknowledgements and parking on the `stock` table, for one campaign at a time."""
+class Claims:
+    """Claims, acknowledgements and held SKUs on the `stock` table, for one campaign at a time."""
 
     def __init__(
         self,
         engine: Engine,
         limiter: RateLimiter,
         lease_seconds: float,
-        refresh_after_seconds: float = 20 * 3600,
+        refresh_after_seconds: float,
     ) -> None:
         self.engine = engine
         self.limiter = limiter
@@ -221,7 +186,7 @@ class Outbox:
         """Campaigns with pending keys, and every campaign sent to before (for refreshes)."""
         with self.engine.connect() as conn:
             pending = {row[0] for row in conn.execute(_PENDING_CAMPAIGNS)}
-            known = {row[0] for row in conn.execute(_KNOWN_CAMPAIGNS)}
+            known = set(campaign_health.known_campaigns(conn))
         return sorted(pending | known)
 
     def claim(self, campaign_id: int, probe_interval: float) -> list[Claim]:
@@ -235,7 +200,7 @@ class Outbox:
             if use.blocked_until is not None and use.blocked_until > use.now:
                 return []
             if use.parked_reason is not None:
-                due = conn.execute(_PROBE_DUE, {"c": campaign_id, "probe": probe_interval}).first()
+                due = campaign_health.probe_due(conn, campaign_id, probe_interval)
                 return self._claim_batches(conn, campaign_id, 1, 1)[0] if due else []
             claims, claimed_skus = conn.execute(_OUTSTANDING, {"c": campaign_id}).one()
             budget = self.limiter.limit - use.skus_in_window - int(claimed_skus)
@@ -317,21 +282,21 @@ class Outbox:
                     "vals": [s.value for s in sent],
                 },
             )
-            conn.execute(_CAMPAIGN_WORKS, {"c": campaign_id})
+            campaign_health.works_again(conn, campaign_id)
 
-    def park_skus(
-        self, campaign_id: int, claim_id: str, refused: Sequence[tuple[PendingStock, str]]
+    def hold_skus(
+        self, campaign_id: int, claim_id: str, rejected: Sequence[tuple[PendingStock, str]]
     ) -> None:
-        """SKUs the Market refused (400): set aside at this version, with the Market's reason."""
+        """SKUs the Market rejected (400): held at this version, with the Market's reason."""
         with self.engine.begin() as conn:
             conn.execute(
-                _PARK_SKUS,
+                _HOLD_SKUS,
                 {
                     "c": campaign_id,
                     "claim": claim_id,
-                    "skus": [s.sku for s, _ in refused],
-                    "versions": [s.version for s, _ in refused],
-                    "reasons": [reason for _, reason in refused],
+                    "skus": [s.sku for s, _ in rejected],
+                    "versions": [s.version for s, _ in rejected],
+                    "reasons": [reason for _, reason in rejected],
                 },
             )
 
@@ -340,20 +305,3 @@ class Outbox:
         with self.engine.begin() as conn:
             conn.execute(_RELEASE, {"c": campaign_id, "claim": claim_id})
             conn.execute(_DROP_CLAIM, {"claim": claim_id})
-
-    def park_campaign(self, campaign_id: int, reason: str, probe_interval: float) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                _PARK_CAMPAIGN, {"c": campaign_id, "reason": reason, "probe": probe_interval}
-            )
-
-    def degrade(self, campaign_id: int, reason: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(_DEGRADE, {"c": campaign_id, "reason": reason})
-
-    def prune(self) -> None:
-        """Forgets long-expired claims and request history older than two hours."""
-        with self.engine.begin() as conn:
-            conn.execute(_PRUNE_CLAIMS)
-            conn.execute(_PRUNE_CLAIMED_KEYS)
-            conn.execute(_PRUNE_REQUESTS)

@@ -1,15 +1,22 @@
-"""The PostgreSQL edge: the engine of this process, built once per process (Celery forks)."""
+"""The PostgreSQL edge: the URL, how an engine is built, what a lost connection means."""
 
 from __future__ import annotations
 
-import os
-from functools import lru_cache
+import logging
+import time
+from typing import Any
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from worker.settings import Settings, get_settings
+from worker.logs import log_event
+from worker.settings import Settings
+
+# While PostgreSQL is unreachable, or fails with an error that may pass (read-only, lock or
+# statement timeout, deadlock), a message goes back to the broker after this pause, so that
+# nothing is acknowledged before it is committed and the worker does not spin.
+DATABASE_DOWN_PAUSE_SECONDS = 2.0
 
 
 def database_url(settings: Settings) -> str:
@@ -55,11 +62,12 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=5, max_overflow=5, connect_args=connect_args(url))
 
 
-@lru_cache(maxsize=4)
-def _engine_for(pid: int, url: str) -> Engine:
-    return make_engine(url)
-
-
-def get_engine() -> Engine:
-    """This process's engine; a forked child builds its own rather than share sockets."""
-    return _engine_for(os.getpid(), database_url(get_settings()))
+def paused_while_down(exc: DBAPIError, log: logging.Logger, **fields: Any) -> bool:
+    """True, after logging `database_unavailable` and a pause, when `exc` may pass by itself
+    (`is_transient`: the caller then hands its message back); False for any other error."""
+    if not is_transient(exc):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None) or "none"
+    log_event(log, logging.WARNING, "database_unavailable", sqlstate=sqlstate, **fields)
+    time.sleep(DATABASE_DOWN_PAUSE_SECONDS)
+    return True

@@ -34,10 +34,6 @@ class MarketAnswer:
     until: datetime | None = None
     failure: str | None = None
 
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
     def reason(self) -> str:
         """A short human reason: status and the Market's messages (never a header value)."""
         if self.failure:
@@ -87,7 +83,7 @@ class MarketClient:
         base_url: str,
         api_key: SecretStr | None,
         oauth_token: SecretStr | None,
-        timeout_seconds: float = 10.0,
+        timeout_seconds: float,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = (timeout_seconds, timeout_seconds)
@@ -120,6 +116,3 @@ class MarketClient:
             remaining=_int_header(headers.get("X-RateLimit-Resource-Remaining")),
             until=http_date(headers.get("X-RateLimit-Resource-Until")),
         )
-
-    def close(self) -> None:
-        self.session.close()

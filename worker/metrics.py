@@ -22,7 +22,7 @@ _PER_CAMPAIGN = [
         "Age of the oldest pending change",
         "oldest_pending_age_seconds",
     ),
-    ("parked_skus", "SKUs the Market refused (400), set aside until they change", "parked_skus"),
+    ("parked_skus", "SKUs the Market rejected (400), held until they change", "parked_skus"),
     (
         "skus_pushed_last_hour",
         "SKUs acknowledged by the Market in the last hour",
@@ -35,7 +35,7 @@ _PER_CAMPAIGN = [
         "5xx answers, timeouts and broken connections in the last hour (each retried)",
         "failed_last_hour",
     ),
-    ("rejected_changes", "Changes refused at ingest (stored with their reasons)", "rejected"),
+    ("rejected_changes", "Changes rejected at ingest (stored with their reasons)", "rejected"),
     ("rate_window_skus", "SKUs counted in the rolling 60-second window now", "skus_in_rate_window"),
 ]
 

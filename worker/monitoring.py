@@ -11,10 +11,10 @@ from datetime import datetime
 
 from sqlalchemy import Engine, text
 
-from worker.outbox import UNREADABLE_POSITION
+from worker.ingest import UNREADABLE_POSITION
 from worker.settings import Settings
 
-# A "campaign" here is a stock key's group: the campaign the Market is sent to. Refusals are
+# A "campaign" here is a stock key's group: the campaign the Market is sent to. Rejected changes are
 # counted under the group of the campaign they name.
 _CAMPAIGN_FIGURES = text("""
     WITH grouping AS (
@@ -45,7 +45,7 @@ _CAMPAIGN_FIGURES = text("""
         WHERE started_at > clock_timestamp() - interval '1 hour'
         GROUP BY campaign_id
     ),
-    refusals AS (
+    rejected_changes AS (
         SELECT COALESCE(grouping.group_id, r.campaign_id) AS campaign_id, count(*) AS rejected
         FROM rejected AS r
         LEFT JOIN grouping ON grouping.campaign_id = r.campaign_id
@@ -54,7 +54,7 @@ _CAMPAIGN_FIGURES = text("""
     ),
     campaigns AS (
         SELECT campaign_id FROM pending UNION SELECT campaign_id FROM requests
-        UNION SELECT campaign_id FROM refusals UNION SELECT campaign_id FROM campaign
+        UNION SELECT campaign_id FROM rejected_changes UNION SELECT campaign_id FROM campaign
     )
     SELECT campaigns.campaign_id,
            COALESCE(p.pending_keys, 0) AS pending_keys,
@@ -71,7 +71,7 @@ _CAMPAIGN_FIGURES = text("""
     FROM campaigns
     LEFT JOIN pending p USING (campaign_id)
     LEFT JOIN requests q USING (campaign_id)
-    LEFT JOIN refusals r USING (campaign_id)
+    LEFT JOIN rejected_changes r USING (campaign_id)
     LEFT JOIN campaign c USING (campaign_id)
     ORDER BY campaigns.campaign_id
 """)
@@ -114,7 +114,7 @@ class CampaignFigures:
 
 @dataclass(frozen=True, slots=True)
 class Figures:
-    """Every campaign's figures, requests by status, and refusals that name no campaign."""
+    """Every campaign's figures, requests by status, and rejected changes that name no campaign."""
 
     campaigns: list[CampaignFigures]
     requests_by_status: dict[tuple[int, int], int]

@@ -1,4 +1,4 @@
-"""Operator commands' side of the database: listing refusals, resyncing keys, importing snapshots.
+"""Operator commands' side of the database: listing what was rejected, resyncs, snapshot imports.
 
 Every statement is set-based. Statements that bump keys lock them in key order (as the ingest
 does), so they cannot deadlock with a concurrent `stocks.submit` on the same keys.
@@ -15,18 +15,18 @@ from sqlalchemy import Engine, text
 
 from domain.changes import Rejection
 from domain.snapshot import SnapshotLine, split_lines
-from worker.outbox import UNREADABLE_POSITION, store_message
+from worker.ingest import UNREADABLE_POSITION, store_message
 
 RESYNC_CHUNK_KEYS = 10_000
 IMPORT_CHUNK_LINES = 1_000
 REJECTIONS_KEPT = 10
 
-# Refused changes, unreadable messages and parked SKUs, newest first, in one statement. Each arm
-# is cut to the limit on its own (by the `received_at` index for refusals) before they are merged.
-# A parked SKU's time is when its refused value was set: the moment of parking is not recorded.
-# A SKU counts as parked while its parked version is still its current one (a newer value, or a
-# resync, makes it eligible to be sent again).
-_LIST_REFUSALS = text("""
+# Rejected changes, unreadable messages and held SKUs, newest first, in one statement. Each arm
+# is cut to the limit on its own (by the `received_at` index for `rejected`) before they are
+# merged. A held SKU's time is when its value was set: the moment it was held is not recorded.
+# A SKU counts as held while its held (`parked_version`) version is still its current one (a
+# newer value, or a resync, makes it eligible to be sent again).
+_LIST_REJECTED = text("""
     (SELECT r.received_at AS at,
             CASE WHEN r.position = :unreadable THEN 'unreadable' ELSE 'rejected' END AS kind,
             r.campaign_id, r.task_id, r.position, CAST(NULL AS text) AS sku, r.reason, r.raw
@@ -81,11 +81,11 @@ _RESYNC_LISTED_KEYS = text("""
 
 
 @dataclass(frozen=True, slots=True)
-class Refusal:
-    """One line of `stocksync rejected`: a refused change, an unreadable message or a parked SKU."""
+class RejectedEntry:
+    """One line of `stocksync rejected`: a rejected change, an unreadable message or a held SKU."""
 
-    # `campaign_id` is a refusal's own campaign, a parked SKU's group; `task_id`/`position`
-    # locate a refusal, `sku` a parked SKU; `raw` is the stored JSON text.
+    # `campaign_id` is a rejected change's own campaign, a held SKU's group; `task_id`/`position`
+    # locate a change or message, `sku` a held SKU; `raw` is the stored JSON text.
 
     kind: str
     at: datetime
@@ -97,15 +97,16 @@ class Refusal:
     raw: str | None
 
 
-def list_refusals(
+def list_rejected(
     engine: Engine,
     *,
     campaigns: Sequence[int] | None,
     group_id: int | None,
     since: datetime | None,
     limit: int,
-) -> list[Refusal]:
-    """The newest `limit` refusals and parked SKUs (of `campaigns`/`group_id` when given)."""
+) -> list[RejectedEntry]:
+    """The newest `limit` rejected changes, unreadable messages and held SKUs (of `campaigns`/
+    `group_id` when given)."""
     params = {
         "unreadable": UNREADABLE_POSITION,
         "since": since,
@@ -114,9 +115,9 @@ def list_refusals(
         "n": limit,
     }
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
-        rows = conn.execute(_LIST_REFUSALS, params).all()
+        rows = conn.execute(_LIST_REJECTED, params).all()
     return [
-        Refusal(
+        RejectedEntry(
             kind=row.kind,
             at=row.at,
             campaign_id=row.campaign_id,
@@ -153,7 +154,7 @@ def resync_skus(engine: Engine, group_id: int, skus: Sequence[str]) -> list[str]
 
 @dataclass(slots=True)
 class ImportReport:
-    """What an import did: lines newly applied, already applied, refused (the first few kept)."""
+    """What an import did: lines newly applied, already applied, rejected (the first few kept)."""
 
     lines: int = 0
     applied: int = 0
@@ -181,7 +182,7 @@ def import_snapshot(
 ) -> ImportReport:
     """Stores the lines as changes, a transaction per chunk; on_chunk(report, offset) after each."""
     # Each chunk is a message of its own to `store_message`, with the import id as its task id:
-    # lines applied before are duplicates, refusals already kept are not kept twice.
+    # lines applied before are duplicates, rejected lines already kept are not kept twice.
     report = ImportReport()
     for chunk in _chunks(lines, chunk_lines):
         accepted, rejected = split_lines(

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, Engine, text
 
 from domain.rate_window import seconds_until_room
+from worker import campaign_health
 from worker.market_client import MarketAnswer
 
 WINDOW_SECONDS = 60.0
@@ -35,15 +36,6 @@ DEFAULT_BLOCK = timedelta(seconds=60)
 LONGEST_BLOCK = timedelta(hours=1)
 # While all parallel slots are taken, ask again after this long.
 PARALLEL_WAIT_SECONDS = 0.05
-
-_ENSURE_CAMPAIGN = text(
-    "INSERT INTO campaign (campaign_id) VALUES (:c) ON CONFLICT (campaign_id) DO NOTHING"
-)
-
-_LOCK_CAMPAIGN = text("""
-    SELECT blocked_until, parked_reason, clock_timestamp() FROM campaign
-    WHERE campaign_id = :c FOR UPDATE
-""")
 
 _WINDOW = text("""
     SELECT skus,
@@ -81,11 +73,6 @@ _CANCEL = text("DELETE FROM market_request WHERE id = :id AND finished_at IS NUL
 _CORRECT = text("""
     INSERT INTO market_request (campaign_id, skus, started_at, finished_at, correction)
     VALUES (:c, :skus, clock_timestamp(), clock_timestamp(), true)
-""")
-
-_BLOCK = text("""
-    UPDATE campaign SET blocked_until = GREATEST(COALESCE(blocked_until, :until), :until)
-    WHERE campaign_id = :c
 """)
 
 
@@ -134,8 +121,7 @@ class RateLimiter:
 
     def usage(self, conn: Connection, campaign_id: int) -> Usage:
         """Locks the campaign's row (callers serialize on it) and reads its use of the limit."""
-        conn.execute(_ENSURE_CAMPAIGN, {"c": campaign_id})
-        blocked_until, parked_reason, now = conn.execute(_LOCK_CAMPAIGN, {"c": campaign_id}).one()
+        campaign = campaign_health.lock(conn, campaign_id)
         rows = conn.execute(
             _WINDOW,
             {
@@ -148,9 +134,9 @@ class RateLimiter:
             skus_in_window=sum(r.skus for r in rows),
             in_flight=sum(1 for r in rows if r.in_flight),
             window=[(r.skus, r.leaves_at) for r in rows],
-            now=now,
-            blocked_until=blocked_until,
-            parked_reason=parked_reason,
+            now=campaign.now,
+            blocked_until=campaign.blocked_until,
+            parked_reason=campaign.parked_reason,
         )
 
     def acquire(self, campaign_id: int, skus: int) -> Permit | Wait:
@@ -197,4 +183,4 @@ class RateLimiter:
                             given = given.replace(tzinfo=UTC)
                         until = given + UNTIL_MARGIN
                     until = min(until, use.now + LONGEST_BLOCK)
-                    conn.execute(_BLOCK, {"c": permit.campaign_id, "until": until})
+                    campaign_health.block_until(conn, permit.campaign_id, until)

@@ -1,48 +1,112 @@
-"""This process's edges, built once from the settings: outbox, rate limiter, Market client."""
+"""This process's resources, built once from the settings: the one cache of the worker.
+
+The engine, the rate limiter, the claims, campaign health and the Market client are built on
+first use and kept in `_resources`. Celery's prefork pool forks children from the main process:
+a child must not share the parent's sockets, so the cache belongs to the process that built it
+and a forked child, seeing another pid, builds its own (`_once`, the one place that checks).
+"""
 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
-from worker.claims import Outbox
-from worker.database import get_engine
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.pool import NullPool
+
+from worker.campaign_health import CampaignHealth
+from worker.claims import Claims
+from worker.database import connect_args, database_url, make_engine
 from worker.market_client import MarketClient
 from worker.rate_limiter import RateLimiter
 from worker.settings import get_settings
 
+T = TypeVar("T")
 
-@lru_cache(maxsize=2)
-def _outbox(pid: int) -> Outbox:
+
+@dataclass
+class _Resources:
+    """What one process has built so far, by name."""
+
+    pid: int
+    built: dict[str, object] = field(default_factory=dict)
+
+
+_resources = _Resources(pid=os.getpid())
+
+
+def _once(name: str, build: Callable[[], T]) -> T:
+    """This process's `name`, built on first use; a forked child starts with none of its
+    parent's."""
+    global _resources  # noqa: PLW0603 - the one per-process cache, replaced after a fork
+    if _resources.pid != os.getpid():
+        _resources = _Resources(pid=os.getpid())
+    if name not in _resources.built:
+        _resources.built[name] = build()
+    return cast(T, _resources.built[name])
+
+
+def engine() -> Engine:
+    """This process's engine (a small pool) for the configured database."""
+    url = database_url(get_settings())
+    return _once(f"engine {url}", lambda: make_engine(url))
+
+
+def consumer_engine() -> Engine:
+    """The engine of Celery's consumer, which runs in the main process and forks the pool's
+    children: it keeps no pooled connection a child could inherit. Unreadable messages are rare;
+    a connection each is cheap."""
+    url = database_url(get_settings())
+    return _once(
+        "consumer_engine",
+        lambda: create_engine(
+            url, poolclass=NullPool, connect_args={"connect_timeout": 5, **connect_args(url)}
+        ),
+    )
+
+
+def limiter() -> RateLimiter:
+    """The rate limiter every push of this process asks before a request."""
     settings = get_settings()
-    limiter = RateLimiter(
-        get_engine(),
-        settings.rate_limit_skus_per_minute,
-        settings.max_parallel_requests_per_campaign,
-        # A connect plus a read timeout, and a margin: past it no answer can come any more.
-        request_deadline_seconds=2 * settings.market_timeout_seconds + 5,
-    )
-    return Outbox(
-        get_engine(), limiter, settings.claim_lease_seconds, settings.refresh_hours * 3600
+    return _once(
+        "limiter",
+        lambda: RateLimiter(
+            engine(),
+            settings.rate_limit_skus_per_minute,
+            settings.max_parallel_requests_per_campaign,
+            # A connect plus a read timeout, and a margin: past it no answer can come any more.
+            request_deadline_seconds=2 * settings.market_timeout_seconds + 5,
+        ),
     )
 
 
-@lru_cache(maxsize=2)
-def _market_client(pid: int) -> MarketClient:
+def claims() -> Claims:
+    """The drain's and the pushes' claims on pending keys."""
     settings = get_settings()
-    return MarketClient(
-        settings.market_base_url,
-        settings.market_api_key,
-        settings.market_oauth_token,
-        settings.market_timeout_seconds,
+    return _once(
+        "claims",
+        lambda: Claims(
+            engine(), limiter(), settings.claim_lease_seconds, settings.refresh_hours * 3600
+        ),
     )
 
 
-def outbox() -> Outbox:
-    """The outbox (with its rate limiter) of this process."""
-    return _outbox(os.getpid())
+def campaign_health() -> CampaignHealth:
+    """Parking and degrading campaigns."""
+    return _once("campaign_health", lambda: CampaignHealth(engine()))
 
 
 def market_client() -> MarketClient:
     """The Market client of this process; a forked child opens its own connections."""
-    return _market_client(os.getpid())
+    settings = get_settings()
+    return _once(
+        "market_client",
+        lambda: MarketClient(
+            settings.market_base_url,
+            settings.market_api_key,
+            settings.market_oauth_token,
+            settings.market_timeout_seconds,
+        ),
+    )

@@ -70,7 +70,7 @@ stock = Table(
     Column("acked_version", BigInteger, nullable=False, server_default="0"),
     Column("acked_value", BigInteger),
     Column("acked_at", DateTime(timezone=True)),
-    # A SKU the Market refused with a 400: parked at that version until the value changes.
+    # A SKU the Market rejected with a 400: held at that version until the value changes.
     Column("parked_version", BigInteger),
     Column("parked_reason", Text),
     PrimaryKeyConstraint("group_id", "sku", name="stock_pkey"),
@@ -88,7 +88,7 @@ stock = Table(
     ),
 )
 
-# Everything refused: single changes (position ≥ 0) and whole unreadable messages (position -1).
+# Everything rejected: single changes (position ≥ 0) and whole unreadable messages (position -1).
 rejected = Table(
     "rejected",
     metadata,
@@ -177,4 +177,15 @@ redelivery = Table(
         nullable=False,
         server_default=text("clock_timestamp()"),
     ),
+)
+
+# The routing the keys were last stored under: each grouped campaign to its group's key (the
+# group's first, sending campaign). A campaign without a row routes to itself. Written at worker
+# start (worker/routes.py), which carries the keys over when the configured groups changed.
+campaign_route = Table(
+    "campaign_route",
+    metadata,
+    Column("campaign_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("group_id", BigInteger, nullable=False),
+    Column("routed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

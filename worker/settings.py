@@ -6,11 +6,21 @@ import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from platformdirs import user_data_dir
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MARKET_BASE_URL = "https://api.partner.market.yandex.ru"
@@ -18,6 +28,15 @@ DEFAULT_MARKET_BASE_URL = "https://api.partner.market.yandex.ru"
 
 class SettingsError(ValueError):
     """A configuration value is wrong; the message names the variable and the rule."""
+
+
+class V3Target(BaseModel):
+    """Where a v3 campaign's stock goes: its business and its partner warehouse."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    business_id: StrictInt = Field(ge=1)
+    warehouse_id: StrictInt = Field(ge=1)
 
 
 class Settings(BaseSettings):
@@ -28,12 +47,16 @@ class Settings(BaseSettings):
     )
 
     database_url: str | None = None
+    _group_index: dict[int, int] = PrivateAttr(default_factory=dict)
     data_dir: Path = Field(default_factory=lambda: Path(user_data_dir("stocksync")))
     broker_url: str | None = None
     market_base_url: str = DEFAULT_MARKET_BASE_URL
     market_api_key: SecretStr | None = None
     market_oauth_token: SecretStr | None = None
     warehouse_groups: list[list[int]] = Field(default_factory=list)
+    # Campaigns sent by the v3 method (CONTRACT 3a): campaign id -> business and warehouse.
+    v3_campaigns: dict[int, V3Target] = Field(default_factory=dict)
+    v3_requests_per_minute: int = Field(default=50, ge=1)
     rate_limit_skus_per_minute: int = Field(default=100_000, ge=1)
     max_parallel_requests_per_campaign: int = Field(default=2, ge=1, le=4)
     drain_interval_seconds: float = Field(default=2.0, gt=0)
@@ -46,7 +69,7 @@ class Settings(BaseSettings):
     # How often a parked campaign (401/403/404) is probed with one SKU to see if it works again.
     probe_interval_seconds: float = Field(default=60.0, gt=0)
     market_timeout_seconds: float = Field(default=10.0, gt=0)
-    # Change-log rows and refusals older than this are pruned (see worker/retention.py).
+    # Change-log rows and rejected changes older than this are pruned (see worker/housekeeping.py).
     retention_days: float = Field(default=7.0, ge=0)
 
     @field_validator("database_url")
@@ -81,11 +104,33 @@ class Settings(BaseSettings):
                 seen[campaign] = number
         return groups
 
+    @field_validator("v3_campaigns")
+    @classmethod
+    def _v3_campaign_ids_positive(cls, campaigns: dict[int, V3Target]) -> dict[int, V3Target]:
+        for campaign in campaigns:
+            if campaign < 1:
+                raise ValueError(f"campaign id {campaign} must be ≥ 1")
+        return campaigns
+
+    @model_validator(mode="after")
+    def _grouped_campaigns_go_by_v2(self) -> Settings:
+        grouped = {c for group in self.warehouse_groups for c in group}
+        both = sorted(grouped & self.v3_campaigns.keys())
+        if both:
+            raise ValueError(
+                f"STOCKSYNC_V3_CAMPAIGNS and STOCKSYNC_WAREHOUSE_GROUPS: campaign(s) "
+                f"{', '.join(map(str, both))} are in a warehouse group and in v3; "
+                "a campaign in a warehouse group always goes by v2"
+            )
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Indexes the warehouse groups once: every campaign to its group's first campaign."""
+        self._group_index = {c: group[0] for group in self.warehouse_groups for c in group}
+
     def group_of(self, campaign_id: int) -> int:
         """The key's group: the first campaign of the campaign's warehouse group, else itself."""
-        return _group_index(tuple(tuple(g) for g in self.warehouse_groups)).get(
-            campaign_id, campaign_id
-        )
+        return self._group_index.get(campaign_id, campaign_id)
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -99,14 +144,12 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-@lru_cache(maxsize=8)
-def _group_index(groups: tuple[tuple[int, ...], ...]) -> dict[int, int]:
-    return {campaign: group[0] for group in groups for campaign in group}
-
-
 def _explain(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
+        if not error["loc"]:  # a check across variables names them itself
+            lines.append(error["msg"].removeprefix("Value error, "))
+            continue
         field = str(error["loc"][0]) if error["loc"] else "settings"
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"STOCKSYNC_{field.upper()}: {message}")

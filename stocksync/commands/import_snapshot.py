@@ -21,7 +21,7 @@ from domain.snapshot import (
     import_id,
     read_snapshot,
 )
-from stocksync.database import resolve_database_url
+from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
 from worker.operations import ImportReport, import_snapshot
 from worker.settings import load_settings
@@ -38,9 +38,9 @@ same campaign applies nothing twice, and an interrupted import can simply be run
 default occurred_at, the import's start time, is not part of that identity; an identical
 recount taken later must be given its own --at to apply again.
 
-Refused lines are kept like producers' refusals (task id = the import id, position = the line
-number, see `stocksync rejected`). Exit 0 when every line was applied or already applied,
-1 when some lines were refused (the others are applied), 2 when the file cannot be read.
+Rejected lines are kept like producers' rejected changes (task id = the import id, position =
+the line number, see `stocksync rejected`). Exit 0 when every line was applied or already applied,
+1 when some lines were rejected (the others are applied), 2 when the file cannot be read.
 """
 REJECTIONS_SHOWN = 10
 RESUME = "the chunks committed so far stay applied: run the same command again for the rest"
@@ -188,7 +188,7 @@ def _explain(exc: BaseException, file: str) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Applies the file; 0 when every line is applied (now or before), 1 when some were refused."""
+    """Applies the file; 0 when every line is applied (now or before), 1 when some were rejected."""
     settings = load_settings()
     started = datetime.now(UTC)
     try:

@@ -9,7 +9,7 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from stocksync.database import resolve_database_url
+from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
 from worker.metrics import StockFigures
 from worker.settings import load_settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from stocksync.database import resolve_database_url, upgrade_to_head
+from stocksync.migrations_runner import resolve_database_url, upgrade_to_head
 from worker.settings import load_settings
 
 HELP = "apply the database migrations (alembic upgrade head)"

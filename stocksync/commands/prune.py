@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from stocksync.database import resolve_database_url
+from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
-from worker.retention import prune
+from worker.housekeeping import prune
 from worker.settings import load_settings
 
-HELP = "prune the change log and refusals older than STOCKSYNC_RETENTION_DAYS (beat does it hourly)"
+HELP = "prune the change log and rejected changes past STOCKSYNC_RETENTION_DAYS (beat: every 5 min)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""`stocksync rejected [--campaign N] [--since T] [--limit N] [--json]`: refusals, newest first."""
+"""`stocksync rejected [--campaign N] [--since T] [--limit N] [--json]`: newest first."""
 
 from __future__ import annotations
 
@@ -9,24 +9,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from domain.since import SINCE_HELP, parse_since
-from stocksync.database import resolve_database_url
+from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
-from worker.operations import Refusal, list_refusals
+from worker.operations import RejectedEntry, list_rejected
 from worker.settings import Settings, load_settings
 
-HELP = "list rejected changes, unreadable messages and parked SKUs with their reasons"
+HELP = "list rejected changes, unreadable messages and held SKUs with their reasons"
 DEFAULT_LIMIT = 50
 RAW_CHARS = 80
 COLUMNS = ("at (UTC)", "kind", "campaign", "where", "reason", "raw")
 EPILOG = """\
-kinds: "rejected" a change refused by validation (where = task id #position in its message; for
+kinds: "rejected" a change that breaks a rule (where = task id #position in its message; for
 `stocksync import`, the import id and the file's line), "unreadable" a whole message that could
-not be read (where = task id), "parked" a SKU the Market refused with a 400, set aside until its
-value changes or `stocksync resync` (where = its SKU; its time is when the refused value was
-set: the moment of parking is not recorded).
---campaign N covers N's whole warehouse group: refusals naming any campaign of the group and
-the group's parked SKUs; unreadable messages and refusals without a valid campaign are then
-left out.
+not be read (where = task id), "parked" a SKU the Market rejected with a 400, held until its
+value changes or `stocksync resync` (where = its SKU; its time is when its value was set: the
+moment it was held is not recorded).
+--campaign N covers N's whole warehouse group: rejected changes naming any campaign of the
+group and the group's held SKUs; unreadable messages and changes without a valid campaign are
+then left out.
 """
 
 
@@ -60,7 +60,7 @@ def _group_members(settings: Settings, campaign_id: int) -> tuple[int, list[int]
 
 
 def run(args: argparse.Namespace) -> int:
-    """Prints the newest refusals and parked SKUs; 0, or 2 when --since cannot be read."""
+    """Prints the newest entries; 0, or 2 when --since cannot be read."""
     settings = load_settings()
     since = None
     if args.since is not None:
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         group_id, campaigns = _group_members(settings, args.campaign)
     engine = make_engine(resolve_database_url(settings))
     try:
-        rows = list_refusals(
+        rows = list_rejected(
             engine, campaigns=campaigns, group_id=group_id, since=since, limit=args.limit + 1
         )
     finally:
@@ -88,17 +88,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def as_json(refusal: Refusal) -> dict[str, Any]:
+def as_json(entry: RejectedEntry) -> dict[str, Any]:
     """One line as JSON-ready data; `at` in ISO 8601, `raw` the stored JSON text."""
     return {
-        "kind": refusal.kind,
-        "at": refusal.at.isoformat(),
-        "campaign_id": refusal.campaign_id,
-        "task_id": refusal.task_id,
-        "position": refusal.position,
-        "sku": refusal.sku,
-        "reason": refusal.reason,
-        "raw": refusal.raw,
+        "kind": entry.kind,
+        "at": entry.at.isoformat(),
+        "campaign_id": entry.campaign_id,
+        "task_id": entry.task_id,
+        "position": entry.position,
+        "sku": entry.sku,
+        "reason": entry.reason,
+        "raw": entry.raw,
     }
 
 
@@ -110,28 +110,28 @@ def _cell(text: str, limit: int | None = None) -> str:
     return flat
 
 
-def _where(refusal: Refusal) -> str:
-    if refusal.kind == "parked":
-        return f"sku {refusal.sku}"
-    if refusal.kind == "unreadable":
-        return str(refusal.task_id)
-    if str(refusal.task_id).startswith("import:"):
-        return f"{refusal.task_id} line {refusal.position}"
-    return f"{refusal.task_id} #{refusal.position}"
+def _where(entry: RejectedEntry) -> str:
+    if entry.kind == "parked":
+        return f"sku {entry.sku}"
+    if entry.kind == "unreadable":
+        return str(entry.task_id)
+    if str(entry.task_id).startswith("import:"):
+        return f"{entry.task_id} line {entry.position}"
+    return f"{entry.task_id} #{entry.position}"
 
 
-def _row(refusal: Refusal) -> tuple[str, ...]:
+def _row(entry: RejectedEntry) -> tuple[str, ...]:
     return (
-        refusal.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        refusal.kind,
-        "-" if refusal.campaign_id is None else str(refusal.campaign_id),
-        _cell(_where(refusal)),
-        _cell(refusal.reason),
-        "-" if refusal.raw is None else _cell(refusal.raw, RAW_CHARS),
+        entry.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        entry.kind,
+        "-" if entry.campaign_id is None else str(entry.campaign_id),
+        _cell(_where(entry)),
+        _cell(entry.reason),
+        "-" if entry.raw is None else _cell(entry.raw, RAW_CHARS),
     )
 
 
-def render_table(rows: list[Refusal], more: bool, limit: int) -> str:
+def render_table(rows: list[RejectedEntry], more: bool, limit: int) -> str:
     """The lines as an aligned text table, with a note when older ones were left out."""
     if not rows:
         return "nothing rejected, unreadable or parked"

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from stocksync.database import resolve_database_url
+from stocksync.migrations_runner import resolve_database_url
 from worker.app import CHANGES_QUEUE, app
 from worker.database import make_engine
 from worker.settings import load_settings

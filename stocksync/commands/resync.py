@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from domain.market_rules import normalize_sku
-from stocksync.database import resolve_database_url
+from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
 from worker.operations import resync_group, resync_skus
 from worker.settings import load_settings

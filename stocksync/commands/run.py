@@ -8,7 +8,7 @@ import os
 import signal
 from types import FrameType
 
-from stocksync.database import resolve_database_url, upgrade_to_head
+from stocksync.migrations_runner import resolve_database_url, upgrade_to_head
 from worker.settings import get_settings, load_settings
 
 HELP = "migrate, then run a worker with embedded beat (embedded PostgreSQL when unconfigured)"

@@ -7,8 +7,8 @@ import json
 import sys
 from datetime import UTC
 
-from stocksync.database import resolve_database_url
-from stocksync.status import StatusReport, read_status
+from stocksync.migrations_runner import resolve_database_url
+from stocksync.status_report import StatusReport, read_status
 from worker.database import make_engine
 from worker.monitoring import CampaignFigures
 from worker.settings import load_settings

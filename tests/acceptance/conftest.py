@@ -11,17 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests import services
+from tests.services import clean_env
+
+__all__ = ["clean_env"]
 
 STOCKSYNC = Path(sys.executable).with_name("stocksync")
 
 RunStocksync = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def clean_env(**variables: str) -> dict[str, str]:
-    """This process's environment without any STOCKSYNC_* variable, plus `variables`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_")}
-    env.update(variables)
-    return env
 
 
 @pytest.fixture

@@ -229,21 +229,18 @@ def test_status_exits_2_when_a_campaign_is_parked(
 
 
 def test_metrics_endpoint_serves_the_figures(database_url: str, engine: Engine) -> None:
-    import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
     import urllib.request
 
+    from tests import services
+
     with engine.begin() as conn:
         conn.execute(text(_KNOWN_STATE))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC_")}
-    env["STOCKSYNC_DATABASE_URL"] = database_url
+    port = services.free_port()
+    env = services.clean_env(STOCKSYNC_DATABASE_URL=database_url)
     proc = subprocess.Popen(
         [sys.executable, "-m", "stocksync", "metrics", "--port", str(port)],
         env=env,

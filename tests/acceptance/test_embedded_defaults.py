@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import psycopg
 import pytest
 
 from tests.acceptance.conftest import STOCKSYNC, clean_env
+from tests.services import kill_process_group, wait_for
 
 CLOSED_LOCAL_PORT = "http://127.0.0.1:9"
 READY_TIMEOUT = 120.0
@@ -96,19 +96,19 @@ def _wait_for(
     log: Path,
 ) -> None:
     """Polls `predicate` until true; fails at once if `run` exits, else after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
+
+    def ready() -> bool:
         if run.poll() is not None:
             raise AssertionError(
                 f"`stocksync run` exited ({run.returncode}) before {what}:\n"
                 + log.read_text(errors="replace")[-4000:]
             )
-        time.sleep(0.2)
-    raise AssertionError(
-        f"timed out waiting for {what}:\n{log.read_text(errors='replace')[-4000:]}"
-    )
+        return predicate()
+
+    try:
+        wait_for(what, ready, timeout, interval=0.2)
+    except TimeoutError as timed_out:
+        raise AssertionError(f"{timed_out}:\n{log.read_text(errors='replace')[-4000:]}") from None
 
 
 def _stock_value(url: str) -> int | None:
@@ -181,8 +181,7 @@ def test_run_on_embedded_defaults_stores_a_change_and_stops_cleanly(home: Path) 
         exit_code = run.wait(timeout=STOP_TIMEOUT)
     finally:
         if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait(timeout=30)
+            kill_process_group(run)
 
     assert exit_code == 0, log.read_text(errors="replace")[-4000:]
     assert "Warm shutdown" in log.read_text(errors="replace")

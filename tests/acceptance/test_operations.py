@@ -19,7 +19,7 @@ from sqlalchemy import Engine, text
 
 from domain.changes import Change
 from tests.acceptance.conftest import STOCKSYNC, RunStocksync, clean_env
-from worker.outbox import store_message
+from worker.ingest import store_message
 
 GROUPS = "[[1001, 1002]]"
 

@@ -4,17 +4,15 @@ from RabbitMQ itself, and a real worker per test."""
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from kombu import Connection, Exchange, Producer, Queue
 from sqlalchemy import Engine, text
 
-from tests.services import WorkerProcess, service_env
+from tests.services import running_worker, wait_for
+
+__all__ = ["running_worker", "wait_for"]
 
 CHANGES_QUEUE = "stocks.changes"
 
@@ -78,14 +76,6 @@ def queue_counts(rabbit_url: str, queue: str = CHANGES_QUEUE) -> tuple[int, int]
     raise AssertionError(f"no queue {queue} in {listing!r}")
 
 
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
 def scalar(engine: Engine, sql: str, **params: Any) -> Any:
     with engine.connect() as conn:
         return conn.execute(text(sql), params).scalar_one()
@@ -96,15 +86,3 @@ def unreadable_rows(engine: Engine) -> dict[str, tuple[str, str]]:
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT task_id, reason, raw FROM rejected WHERE position = -1"))
         return {task_id: (reason, raw) for task_id, reason, raw in rows}
-
-
-@contextmanager
-def running_worker(
-    database_url: str, rabbit_url: str, log_path: Path, **env: str
-) -> Iterator[WorkerProcess]:
-    """A real `celery -A worker worker` on the test's database and vhost."""
-    worker = WorkerProcess(service_env(database_url, rabbit_url, **env), log_path).start()
-    try:
-        yield worker
-    finally:
-        worker.stop()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,8 +13,9 @@ from sqlalchemy import Engine, text
 
 from domain.changes import Change
 from sandbox.server import MarketSandbox
-from tests.services import WorkerProcess, service_env
-from worker.outbox import store_message
+from tests import services
+from tests.services import WorkerProcess
+from worker.ingest import store_message
 
 SECRET_KEY = "sk-test-4f1d9c7e-never-in-logs"
 
@@ -47,15 +47,6 @@ def put_changes(
     store_message(engine, uuid4().hex, accepted, [], group_of)
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def pending_keys(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(
@@ -74,19 +65,15 @@ def counts_at(sandbox: MarketSandbox, campaign: int) -> dict[str, int]:
 def running_worker(
     database_url: str, broker_url: str, sandbox: MarketSandbox, log_path: Path, **settings: str
 ) -> Iterator[WorkerProcess]:
-    env = service_env(
+    """A worker with embedded beat pushing to `sandbox`; `settings` are STOCKSYNC_* by suffix."""
+    with services.running_worker(
         database_url,
         broker_url,
+        log_path,
+        beat=True,
         STOCKSYNC_MARKET_BASE_URL=sandbox.url,
         STOCKSYNC_MARKET_API_KEY=SECRET_KEY,
         STOCKSYNC_DRAIN_INTERVAL_SECONDS="0.5",
         **{f"STOCKSYNC_{k.upper()}": v for k, v in settings.items()},
-    )
-    worker = WorkerProcess(
-        env, log_path, extra_args=("-B", "-s", str(log_path.with_suffix(".beat")))
-    )
-    worker.start()
-    try:
+    ) as worker:
         yield worker
-    finally:
-        worker.stop()

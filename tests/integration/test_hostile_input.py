@@ -32,7 +32,7 @@ from domain.market_rules import COUNT_MAX, DELTA_MAX_ABS
 from domain.stock_value import LoggedChange, value_of
 from tests.integration.broker_support import CHANGES_QUEUE, running_worker, wait_for
 from tests.services import WorkerProcess
-from worker.outbox import idempotency_key, raw_text
+from worker.ingest import idempotency_key, raw_text
 
 pytestmark = pytest.mark.slow
 

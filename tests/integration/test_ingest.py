@@ -1,4 +1,4 @@
-"""Ingest into real PostgreSQL through `worker.outbox.store_message` (CONTRACT.md section 2):
+"""Ingest into real PostgreSQL through `worker.ingest.store_message` (CONTRACT.md section 2):
 the stored value follows the formula whatever the arrival order, exactly once, keys as specified."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy import Engine, text
 
 from domain.changes import parse_message
 from domain.stock_value import LoggedChange, value_of
-from worker.outbox import StoreResult, store_message, store_unreadable
+from worker.ingest import StoreResult, store_message, store_unreadable
 from worker.settings import Settings
 
 NOW = datetime.now(UTC).replace(microsecond=0)

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, text
 
 from domain.changes import Change
-from worker.outbox import store_message
-from worker.retention import prune
+from worker.housekeeping import housekeeping, prune
+from worker.ingest import store_message
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -91,3 +91,38 @@ def test_a_fractional_retention_in_days_is_honoured(engine: Engine) -> None:
         conn.execute(text("UPDATE change_log SET received_at = now() - interval '7 hours'"))
     assert prune(engine, 0.5).changes == 0  # 12 hours: kept
     assert prune(engine, 0.25).changes == 1  # 6 hours: the delta before the count goes
+
+
+def test_housekeeping_forgets_expired_claims_and_old_requests_and_keeps_live_ones(
+    engine: Engine,
+) -> None:
+    # Given a claim whose lease ran out an hour ago, a live claim, and requests 3 h and 1 min old
+    with engine.begin() as conn:
+        conn.execute(
+            text("""
+            INSERT INTO push_claim (claim_id, campaign_id, skus, lease_until) VALUES
+                ('dead', 7, 1, now() - interval '1 hour'), ('live', 7, 1, now() + interval '1 min')
+        """)
+        )
+        conn.execute(
+            text("""
+            INSERT INTO claimed_key (group_id, sku, claim_id)
+            VALUES (7, 'A', 'dead'), (7, 'B', 'live')
+        """)
+        )
+        conn.execute(
+            text("""
+            INSERT INTO market_request (campaign_id, skus, started_at, finished_at, status) VALUES
+                (7, 1, now() - interval '3 hours', now() - interval '3 hours', 200),
+                (7, 2, now() - interval '1 minute', now() - interval '1 minute', 200)
+        """)
+        )
+    # When one housekeeping pass runs
+    pruned = housekeeping(engine, retention_days=7)
+    # Then only the expired claim, its key and the old request are gone
+    with engine.connect() as conn:
+        claims = {c for (c,) in conn.execute(text("SELECT claim_id FROM push_claim"))}
+        keys = {k for (k,) in conn.execute(text("SELECT sku FROM claimed_key"))}
+        requests = [s for (s,) in conn.execute(text("SELECT skus FROM market_request"))]
+    assert (claims, keys, requests) == ({"live"}, {"B"}, [2])
+    assert (pruned.changes, pruned.rejected) == (0, 0)

@@ -5,7 +5,6 @@ look like SQL are only data (CONTRACT.md sections 3 and 4)."""
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from sandbox.server import MarketSandbox
 from sandbox.state import SandboxState
 from tests.integration.broker_support import CHANGES_QUEUE, wait_for
 from tests.integration.drain_support import SECRET_KEY, counts_at, pending_keys, running_worker
-from tests.services import ROOT, WorkerProcess, service_env
+from tests.services import ROOT, WorkerProcess, free_port, service_env
 from worker.market_client import MarketClient
 from worker.settings import Settings, load_settings
 
@@ -43,12 +42,6 @@ def stocks_body() -> bytes:
     return json.dumps(
         {"skus": [{"sku": "A", "items": [{"count": 1, "updatedAt": updated_at}]}]}
     ).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -232,7 +225,7 @@ def market_client(base_url: str) -> MarketClient:
 
 
 def test_verification_is_always_on_and_has_no_setting() -> None:
-    assert MarketClient("https://example.invalid", SecretStr("k"), None).session.verify is True
+    assert MarketClient("https://example.invalid", SecretStr("k"), None, 10).session.verify is True
     assert not [
         name
         for name in Settings.model_fields

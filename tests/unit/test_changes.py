@@ -5,7 +5,7 @@ Every refusal must say which field broke which rule; the valid changes of a mess
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,21 +17,8 @@ from domain.changes import (
     read_changes,
     validate_change,
 )
-
-NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-
-
-def change(**fields: Any) -> dict[str, Any]:
-    """A valid change object, with `fields` overriding or (as `None`-free) added."""
-    base: dict[str, Any] = {"campaign_id": 1001, "sku": "A-100", "delta": -2}
-    base.update(fields)
-    return base
-
-
-def without(name: str, **fields: Any) -> dict[str, Any]:
-    raw = change(**fields)
-    del raw[name]
-    return raw
+from tests.unit import change_examples as ex
+from tests.unit.change_examples import NOW, change, without
 
 
 def accepted(raw: Any) -> Change:
@@ -50,18 +37,8 @@ def refused(raw: Any) -> str:
 
 
 def test_the_contract_example_changes_are_accepted() -> None:
-    first = accepted(
-        {
-            "campaign_id": 1001,
-            "sku": "A-100",
-            "delta": -2,
-            "event_id": "order-77:line-1",
-            "occurred_at": "2026-11-28T10:00:00+03:00",
-        }
-    )
-    second = accepted(
-        {"campaign_id": 1001, "sku": "0557722", "count": 40, "event_id": "inventory:0557722"}
-    )
+    first = accepted(ex.CONTRACT_DELTA)
+    second = accepted(ex.CONTRACT_COUNT)
     assert (first.campaign_id, first.sku, first.delta, first.count) == (1001, "A-100", -2, None)
     assert first.event_id == "order-77:line-1"
     assert first.occurred_at == datetime(2026, 11, 28, 7, 0, tzinfo=UTC)
@@ -72,30 +49,30 @@ def test_the_contract_example_changes_are_accepted() -> None:
 
 
 def test_campaign_id_is_required() -> None:
-    assert refused(without("campaign_id")) == "campaign_id: is required"
+    assert refused(ex.NO_CAMPAIGN_ID) == "campaign_id: is required"
 
 
-@pytest.mark.parametrize("value", [True, False, 1001.0, "1001", None, [1001]], ids=repr)
+@pytest.mark.parametrize("value", ex.CAMPAIGN_ID_NOT_INTEGER, ids=repr)
 def test_campaign_id_must_be_an_integer_not_bool_float_or_numeric_string(value: Any) -> None:
     reason = refused(change(campaign_id=value))
     assert reason.startswith("campaign_id: ")
     assert "must be an integer" in reason
 
 
-@pytest.mark.parametrize("value", [0, -1, -1001])
+@pytest.mark.parametrize("value", ex.CAMPAIGN_ID_BELOW_ONE)
 def test_campaign_id_below_one_is_refused(value: int) -> None:
     assert refused(change(campaign_id=value)) == "campaign_id: must be ≥ 1"
 
 
 def test_campaign_id_one_is_the_smallest_accepted() -> None:
-    assert accepted(change(campaign_id=1)).campaign_id == 1
+    assert accepted(ex.CAMPAIGN_ID_SMALLEST).campaign_id == 1
 
 
 def test_campaign_id_too_large_for_64_bits_is_refused_not_crashing_the_store() -> None:
     # Given a campaign id PostgreSQL's bigint cannot hold
     # Then it is refused here, naming the field, instead of failing the whole message later
-    assert accepted(change(campaign_id=2**63 - 1)).campaign_id == 2**63 - 1
-    reason = refused(change(campaign_id=2**63))
+    assert accepted(ex.CAMPAIGN_ID_LARGEST).campaign_id == 2**63 - 1
+    reason = refused(ex.CAMPAIGN_ID_BEYOND_64_BITS)
     assert reason.startswith("campaign_id: must be at most")
 
 
@@ -103,17 +80,17 @@ def test_campaign_id_too_large_for_64_bits_is_refused_not_crashing_the_store() -
 
 
 def test_sku_is_required() -> None:
-    assert refused(without("sku")) == "sku: is required"
+    assert refused(ex.NO_SKU) == "sku: is required"
 
 
-@pytest.mark.parametrize("value", [557722, 1.5, True, None, ["A"]], ids=repr)
+@pytest.mark.parametrize("value", ex.SKU_NOT_STRING, ids=repr)
 def test_sku_must_be_a_string(value: Any) -> None:
     assert refused(change(sku=value)) == "sku: must be a string"
 
 
 @pytest.mark.parametrize(
     ("raw", "normalized"),
-    [(" SKU123 ", "SKU123"), ("\tA B\n", "A B"), ("0557722", "0557722"), ("abc", "abc")],
+    ex.SKU_TRIMMED,
 )
 def test_sku_is_trimmed_and_otherwise_kept_exactly(raw: str, normalized: str) -> None:
     assert accepted(change(sku=raw)).sku == normalized
@@ -124,12 +101,12 @@ def test_sku_leading_zeros_and_case_are_kept() -> None:
     assert accepted(change(sku="Abc")).sku != accepted(change(sku="abc")).sku
 
 
-@pytest.mark.parametrize("value", ["", " ", "   \t  ", "\n"], ids=repr)
+@pytest.mark.parametrize("value", ex.SKU_EMPTY_OR_WHITESPACE, ids=repr)
 def test_sku_empty_or_whitespace_only_is_refused(value: str) -> None:
     assert refused(change(sku=value)) == "sku: must not be empty or only whitespace"
 
 
-@pytest.mark.parametrize("value", ["A\x00B", "A\x01B", "A\nB", "A\x1bB", "A\x7fB"], ids=repr)
+@pytest.mark.parametrize("value", ex.SKU_CONTROL_CHARACTERS, ids=repr)
 def test_sku_with_control_characters_breaks_the_market_pattern(value: str) -> None:
     reason = refused(change(sku=value))
     assert reason.startswith("sku: must match the Market pattern ")
@@ -137,27 +114,27 @@ def test_sku_with_control_characters_breaks_the_market_pattern(value: str) -> No
 
 
 def test_sku_with_a_tab_inside_matches_the_market_pattern() -> None:
-    assert accepted(change(sku="A\tB")).sku == "A\tB"
+    assert accepted(change(sku=ex.SKU_TAB_INSIDE)).sku == "A\tB"
 
 
 def test_sku_of_255_characters_after_trimming_is_accepted() -> None:
     sku = "x" * 255
-    assert accepted(change(sku=f"  {sku}  ")).sku == sku
+    assert accepted(change(sku=ex.SKU_255_PADDED)).sku == sku
 
 
 def test_sku_longer_than_255_characters_after_trimming_is_refused() -> None:
-    reason = refused(change(sku="y" * 256))
+    reason = refused(change(sku=ex.SKU_256))
     assert reason == "sku: must be at most 255 characters after trimming"
 
 
 def test_sku_unicode_characters_count_as_characters_not_bytes() -> None:
     sku = "ё" * 255  # 510 bytes in UTF-8, 255 characters
-    assert accepted(change(sku=sku)).sku == sku
+    assert accepted(change(sku=ex.SKU_255_CYRILLIC)).sku == sku
 
 
 def test_sku_with_a_lone_surrogate_is_refused_as_not_text() -> None:
     # JSON may carry "\ud800"; such a string cannot be stored or sent as UTF-8
-    reason = refused(change(sku="A\ud800"))
+    reason = refused(change(sku=ex.SKU_LONE_SURROGATE))
     assert reason.startswith("sku: ")
     assert "Unicode" in reason
 
@@ -165,50 +142,50 @@ def test_sku_with_a_lone_surrogate_is_refused_as_not_text() -> None:
 # --- delta and count ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [2_000_000_000, -2_000_000_000, 0, 1, -1])
+@pytest.mark.parametrize("value", ex.DELTA_WITHIN)
 def test_delta_within_two_billion_either_way_is_accepted(value: int) -> None:
     assert accepted(change(delta=value)).delta == value
 
 
-@pytest.mark.parametrize("value", [2_000_000_001, -2_000_000_001, 2**70])
+@pytest.mark.parametrize("value", ex.DELTA_BEYOND)
 def test_delta_beyond_two_billion_is_refused(value: int) -> None:
     assert refused(change(delta=value)) == "delta: |delta| must be ≤ 2,000,000,000"
 
 
-@pytest.mark.parametrize("value", [True, -2.0, "-2", "1e3"], ids=repr)
+@pytest.mark.parametrize("value", ex.DELTA_NOT_INTEGER, ids=repr)
 def test_delta_must_be_an_integer_not_bool_float_or_numeric_string(value: Any) -> None:
     reason = refused(change(delta=value))
     assert reason.startswith("delta: must be an integer")
 
 
-@pytest.mark.parametrize("value", [0, 1, 2_000_000_000])
+@pytest.mark.parametrize("value", ex.COUNT_WITHIN)
 def test_count_from_zero_to_two_billion_is_accepted(value: int) -> None:
     result = accepted(without("delta", count=value))
     assert (result.count, result.delta) == (value, None)
 
 
-@pytest.mark.parametrize("value", [-1, 2_000_000_001])
+@pytest.mark.parametrize("value", ex.COUNT_OUTSIDE)
 def test_count_outside_zero_to_two_billion_is_refused(value: int) -> None:
     assert refused(without("delta", count=value)) == "count: must be between 0 and 2,000,000,000"
 
 
-@pytest.mark.parametrize("value", [False, 40.0, "40"], ids=repr)
+@pytest.mark.parametrize("value", ex.COUNT_NOT_INTEGER, ids=repr)
 def test_count_must_be_an_integer_not_bool_float_or_numeric_string(value: Any) -> None:
     assert refused(without("delta", count=value)).startswith("count: must be an integer")
 
 
 def test_delta_and_count_together_are_refused() -> None:
-    reason = refused(change(delta=1, count=5))
+    reason = refused(ex.DELTA_AND_COUNT)
     assert reason == "delta/count: exactly one of delta and count is required"
 
 
 def test_neither_delta_nor_count_is_refused() -> None:
-    reason = refused(without("delta"))
+    reason = refused(ex.NEITHER_DELTA_NOR_COUNT)
     assert reason == "delta/count: exactly one of delta and count is required"
 
 
 def test_explicit_null_delta_with_a_count_is_accepted() -> None:
-    assert accepted(change(delta=None, count=3)).count == 3
+    assert accepted(ex.NULL_DELTA_WITH_COUNT).count == 3
 
 
 # --- event_id -------------------------------------------------------------------------------
@@ -218,23 +195,23 @@ def test_event_id_is_optional() -> None:
     assert accepted(change()).event_id is None
 
 
-@pytest.mark.parametrize("length", [1, 255])
+@pytest.mark.parametrize("length", ex.EVENT_ID_LENGTHS_ACCEPTED)
 def test_event_id_of_1_to_255_characters_is_accepted(length: int) -> None:
     assert accepted(change(event_id="e" * length)).event_id == "e" * length
 
 
-@pytest.mark.parametrize("length", [0, 256])
+@pytest.mark.parametrize("length", ex.EVENT_ID_LENGTHS_REFUSED)
 def test_event_id_outside_1_to_255_characters_is_refused(length: int) -> None:
     assert refused(change(event_id="e" * length)) == "event_id: must be 1 to 255 characters"
 
 
-@pytest.mark.parametrize("value", [77, 7.5, True, ["x"]], ids=repr)
+@pytest.mark.parametrize("value", ex.EVENT_ID_NOT_STRING, ids=repr)
 def test_event_id_must_be_a_string(value: Any) -> None:
     assert refused(change(event_id=value)) == "event_id: must be a string"
 
 
 def test_event_id_is_kept_exactly_not_trimmed() -> None:
-    assert accepted(change(event_id=" e-1 ")).event_id == " e-1 "
+    assert accepted(change(event_id=ex.EVENT_ID_WITH_SPACES)).event_id == " e-1 "
 
 
 # --- occurred_at ----------------------------------------------------------------------------
@@ -246,12 +223,7 @@ def test_occurred_at_defaults_to_when_the_service_received_it() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "instant"),
-    [
-        ("2026-11-28T10:00:00Z", datetime(2026, 11, 28, 10, 0, tzinfo=UTC)),
-        ("2026-11-28T10:00:00+03:00", datetime(2026, 11, 28, 7, 0, tzinfo=UTC)),
-        ("2026-11-27T10:00:00.250-05:30", datetime(2026, 11, 27, 15, 30, 0, 250_000, tzinfo=UTC)),
-        ("2020-01-01T00:00:00+00:00", datetime(2020, 1, 1, tzinfo=UTC)),
-    ],
+    ex.OCCURRED_AT_INSTANTS,
 )
 def test_occurred_at_with_an_offset_is_read_as_an_instant(raw: str, instant: datetime) -> None:
     result = accepted(change(occurred_at=raw))
@@ -259,15 +231,13 @@ def test_occurred_at_with_an_offset_is_read_as_an_instant(raw: str, instant: dat
     assert result.occurred_at.utcoffset() is not None
 
 
-@pytest.mark.parametrize(
-    "raw", ["2026-11-28T10:00:00", "2026-11-28", "2026-11-28 10:00", "yesterday", "", "10:00Z"]
-)
+@pytest.mark.parametrize("raw", ex.OCCURRED_AT_NOT_DATE_TIME_WITH_OFFSET)
 def test_occurred_at_without_an_offset_or_not_a_date_time_is_refused(raw: str) -> None:
     reason = refused(change(occurred_at=raw))
     assert reason == "occurred_at: must be an ISO 8601 date-time with a UTC offset (Z or +03:00)"
 
 
-@pytest.mark.parametrize("offset", ["+03:00:30", "+03:00:30.500000", "-00:00:01"])
+@pytest.mark.parametrize("offset", ex.OCCURRED_AT_SECONDS_IN_OFFSET)
 def test_occurred_at_with_seconds_in_its_offset_is_refused(offset: str) -> None:
     # ISO 8601 offsets are hours and minutes; Python reads more, PostgreSQL would fail the message
     reason = refused(change(occurred_at=f"2026-11-28T10:00:00{offset}"))
@@ -275,23 +245,23 @@ def test_occurred_at_with_seconds_in_its_offset_is_refused(offset: str) -> None:
 
 
 def test_occurred_at_must_be_a_string() -> None:
-    assert refused(change(occurred_at=1764320000)) == "occurred_at: must be a string"
+    assert refused(change(occurred_at=ex.OCCURRED_AT_NOT_STRING)) == "occurred_at: must be a string"
 
 
 def test_occurred_at_up_to_five_minutes_ahead_is_accepted() -> None:
-    ahead = NOW + timedelta(minutes=5)
+    ahead = ex.OCCURRED_AT_FIVE_MINUTES_AHEAD
     assert accepted(change(occurred_at=ahead.isoformat())).occurred_at == ahead
 
 
 def test_occurred_at_more_than_five_minutes_ahead_is_refused() -> None:
-    ahead = (NOW + timedelta(minutes=5, seconds=1)).astimezone(timezone(timedelta(hours=3)))
+    ahead = ex.OCCURRED_AT_TOO_FAR_AHEAD
     reason = refused(change(occurred_at=ahead.isoformat()))
     assert reason == "occurred_at: must not be more than 5 minutes ahead of the service's clock"
 
 
 def test_occurred_at_before_year_one_in_utc_is_refused_not_crashing_the_store() -> None:
     # "0001-01-01T00:00:00+01:00" is an instant of year 0 in UTC, which no datetime can hold
-    reason = refused(change(occurred_at="0001-01-01T00:00:00+01:00"))
+    reason = refused(change(occurred_at=ex.OCCURRED_AT_BEFORE_YEAR_ONE))
     assert reason.startswith("occurred_at: ")
 
 
@@ -299,23 +269,23 @@ def test_occurred_at_before_year_one_in_utc_is_refused_not_crashing_the_store() 
 
 
 def test_unknown_field_is_refused_naming_it() -> None:
-    assert refused(change(colour="red")) == "colour: is not a known field"
+    assert refused(ex.UNKNOWN_FIELD) == "colour: is not a known field"
 
 
 def test_unknown_field_with_a_nul_in_its_name_gives_a_printable_reason() -> None:
-    reason = refused(change(**{"bad\x00name": 1}))
+    reason = refused(ex.UNKNOWN_FIELD_WITH_NUL)
     assert "\x00" not in reason
     assert reason.endswith(": is not a known field")
     assert "bad" in reason
 
 
-@pytest.mark.parametrize("raw", [None, 5, "A-100", ["A-100", 1]], ids=repr)
+@pytest.mark.parametrize("raw", ex.NOT_AN_OBJECT, ids=repr)
 def test_a_change_that_is_not_an_object_is_refused(raw: Any) -> None:
     assert refused(raw) == "change: must be an object"
 
 
 def test_every_broken_rule_of_a_change_is_named() -> None:
-    reason = refused({"campaign_id": 0, "sku": 5, "delta": 1, "extra": True})
+    reason = refused(ex.SEVERAL_BROKEN_RULES)
     assert reason.split("; ") == [
         "campaign_id: must be ≥ 1",
         "sku: must be a string",
@@ -324,7 +294,7 @@ def test_every_broken_rule_of_a_change_is_named() -> None:
 
 
 def test_cross_field_problems_are_all_named() -> None:
-    reason = refused(change(sku="  ", count=1, occurred_at="tomorrow"))
+    reason = refused(ex.SEVERAL_CROSS_FIELD_PROBLEMS)
     assert "sku: must not be empty or only whitespace" in reason
     assert "delta/count: exactly one of delta and count is required" in reason
     assert "occurred_at: must be an ISO 8601 date-time" in reason
@@ -333,7 +303,7 @@ def test_cross_field_problems_are_all_named() -> None:
 # --- messages -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("changes", [{"campaign_id": 1}, "[]", None, 5], ids=repr)
+@pytest.mark.parametrize("changes", ex.CHANGES_NOT_A_LIST, ids=repr)
 def test_changes_that_are_not_a_list_make_the_message_unreadable(changes: Any) -> None:
     with pytest.raises(UnreadableMessage, match=r"^changes: must be a list of change objects$"):
         parse_message((), {"changes": changes}, NOW)
@@ -376,13 +346,7 @@ def test_a_single_positional_list_is_read_as_the_changes() -> None:
 
 def test_mixed_valid_and_invalid_changes_keep_the_valid_ones_in_place() -> None:
     # Given a message whose second and fourth changes break rules
-    raws: list[Any] = [
-        change(sku="A", delta=1),
-        change(sku="B", delta=1.5),
-        without("delta", sku=" C ", count=7),
-        "not an object",
-        change(sku="D", delta=-4, event_id="e-4"),
-    ]
+    raws: list[Any] = ex.MIXED_CHANGES
     # When it is parsed
     parsed = parse_message((), {"changes": raws}, NOW)
     # Then the valid ones are kept with their positions, the others with raw content and reason

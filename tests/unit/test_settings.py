@@ -122,7 +122,7 @@ def test_group_of_a_campaign_in_no_group_is_the_campaign_itself(
 
 
 def test_readme_lists_every_setting_with_its_variable() -> None:
-    documented = set(re.findall(r"`(STOCKSYNC_[A-Z_]+)`", README.read_text(encoding="utf-8")))
+    documented = set(re.findall(r"`(STOCKSYNC_[A-Z0-9_]+)`", README.read_text(encoding="utf-8")))
     variables = {f"STOCKSYNC_{name.upper()}" for name in Settings.model_fields}
 
     assert variables - documented == set(), "add these to the README's configuration table"
@@ -145,3 +145,74 @@ def test_plain_http_to_another_host_is_refused(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv("STOCKSYNC_MARKET_BASE_URL", url)
     with pytest.raises(SettingsError, match=r"STOCKSYNC_MARKET_BASE_URL: .*http:// .*loopback"):
         load_settings()
+
+
+def test_v3_campaigns_are_read_as_campaign_to_business_and_warehouse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "STOCKSYNC_V3_CAMPAIGNS", '{"4001": {"business_id": 901, "warehouse_id": 7001}}'
+    )
+
+    settings = load_settings()
+
+    assert settings.v3_campaigns[4001].business_id == 901
+    assert settings.v3_campaigns[4001].warehouse_id == 7001
+    assert settings.v3_requests_per_minute == 50
+
+
+def test_v3_defaults_are_no_campaign_and_fifty_requests() -> None:
+    settings = load_settings()
+
+    assert settings.v3_campaigns == {}
+    assert settings.v3_requests_per_minute == 50
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '{"0": {"business_id": 901, "warehouse_id": 7001}}',
+        '{"x": {"business_id": 901, "warehouse_id": 7001}}',
+        '{"4001": {"business_id": 0, "warehouse_id": 7001}}',
+        '{"4001": {"business_id": 901, "warehouse_id": -1}}',
+        '{"4001": {"business_id": 901}}',
+        '{"4001": {"business_id": true, "warehouse_id": 7001}}',
+        '{"4001": {"business_id": 901, "warehouse_id": 7001, "extra": 1}}',
+        "[4001]",
+    ],
+)
+def test_bad_v3_campaigns_are_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    message = _refusal(monkeypatch, "STOCKSYNC_V3_CAMPAIGNS", value)
+
+    assert message.startswith("STOCKSYNC_V3_CAMPAIGNS")
+
+
+def test_malformed_v3_campaigns_json_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _refusal(monkeypatch, "STOCKSYNC_V3_CAMPAIGNS", '{"4001": ')
+
+    assert "STOCKSYNC_V3_CAMPAIGNS" in message
+    assert "JSON" in message
+
+
+def test_grouped_campaign_in_v3_is_refused_naming_both_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STOCKSYNC_WAREHOUSE_GROUPS", "[[4001, 4002]]")
+    message = _refusal(
+        monkeypatch,
+        "STOCKSYNC_V3_CAMPAIGNS",
+        '{"4002": {"business_id": 901, "warehouse_id": 7001}}',
+    )
+
+    assert "STOCKSYNC_V3_CAMPAIGNS" in message
+    assert "STOCKSYNC_WAREHOUSE_GROUPS" in message
+    assert "4002" in message
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_bad_v3_requests_per_minute_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    message = _refusal(monkeypatch, "STOCKSYNC_V3_REQUESTS_PER_MINUTE", value)
+
+    assert message.startswith("STOCKSYNC_V3_REQUESTS_PER_MINUTE")

@@ -1,17 +1,17 @@
 """Messages the worker cannot hand to a task are kept in `rejected` before they leave the queue.
 
-Celery refuses some messages on its own and only logs them: a content type other than JSON (a
+Celery drops some messages on its own and only logs them: a content type other than JSON (a
 pickle is never loaded), a body that does not decode, an unknown task name, a message that is no
-task at all. Others it does not even refuse: a JSON body of the wrong shape raises inside its
+task at all. Others it does not even drop: a JSON body of the wrong shape raises inside its
 consumer and stops the worker ("Unrecoverable error"), and the message, never acknowledged, then
 stops the next worker too; arguments of the wrong type fail in the pool before the task runs and
 are acknowledged as a failure, kept nowhere.
 
 `RecordingConsumer` (Celery's `worker_consumer` setting) closes both: each such message is stored
 as unreadable (position -1) with its raw body, as escaped text cut to 64 KiB, and a reason that
-names its content type; then it is refused as Celery refuses it (removed from the queue, not
+names its content type; then it is dropped as Celery drops it (removed from the queue, not
 redelivered). Nothing here decodes a body: only Celery's JSON-only decoder reads one. A body
-above 32 MiB is refused before anything decodes it, so one message's cost in memory is bounded.
+above 32 MiB is dropped before anything decodes it, so one message's cost in memory is bounded.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import os
-import time
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -29,43 +27,29 @@ from celery import Task
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 from kombu.message import Message
-from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import NullPool
 from vine import promise
 
-from worker.database import connect_args, database_url, is_transient
+from worker import runtime
+from worker.database import paused_while_down
+from worker.ingest import store_unreadable
 from worker.logs import log_event
-from worker.outbox import store_unreadable
-from worker.settings import get_settings
 
+# The logger and the `refused_message` event keep their names: runbooks and alerts read them.
 log = logging.getLogger("stocksync.refused")
 
-# The part of a refused body that is kept; `body_bytes` in the stored row gives the whole size.
+# The part of an unreadable body that is kept; `body_bytes` in the stored row gives the whole size.
 BODY_KEPT_BYTES = 64 * 1024
 # Characters kept of a header value or of an error's text.
 TEXT_KEPT = 1_000
-# While PostgreSQL is unreachable a refused message goes back to the queue after this pause, so
-# that it is not removed before it is stored and the consumer does not spin.
-DATABASE_DOWN_PAUSE_SECONDS = 2.0
 TASK_ID_MAX_LENGTH = 255
-# A body larger than this is refused before it is decoded: what one message may cost in memory
+# A body larger than this is dropped before it is decoded: what one message may cost in memory
 # stays bounded (the worker holds a body several times over while decoding and handing it to a
 # pool child). The largest valid message, 10,000 changes with 255-character non-ASCII SKUs and
 # event ids as \uXXXX escapes, is about 30 MB.
 MESSAGE_MAX_BYTES = 32 * 1024 * 1024
 
 TaskHandler = Callable[[Message], Any]
-
-
-@lru_cache(maxsize=2)
-def _engine(pid: int) -> Engine:
-    # The consumer runs in the worker's main process, which forks the pool's children: it keeps no
-    # pooled connection a child could inherit. Refusals are rare; a connection each is cheap.
-    url = database_url(get_settings())
-    return create_engine(
-        url, poolclass=NullPool, connect_args={"connect_timeout": 5, **connect_args(url)}
-    )
 
 
 def _printable(value: object, limit: int = TEXT_KEPT) -> str:
@@ -100,8 +84,8 @@ def content_type_of(message: Message) -> str:
     return f"'{_printable(content_type)}'" if content_type else "none"
 
 
-def refused_raw(message: Message) -> dict[str, Any]:
-    """What is kept of a refused message: its content type, task, id and body as escaped text."""
+def unreadable_raw(message: Message) -> dict[str, Any]:
+    """What is kept of an unreadable message: content type, task, id, body as escaped text."""
     body = _body_bytes(message)
     headers = _headers(message)
     return {
@@ -124,7 +108,7 @@ def _is_usable_task_id(task_id: object) -> bool:
     )
 
 
-def refused_task_id(message: Message) -> str:
+def unreadable_task_id(message: Message) -> str:
     """The message's task id when it has a usable one, else a digest of the message: the same
     message delivered again is stored once."""
     headers = _headers(message)
@@ -179,7 +163,7 @@ def arguments_problem(task: Task, args: list[Any], kwargs: dict[str, Any]) -> st
 
 
 class RecordingConsumer(Consumer):
-    """Celery's consumer; every message it refuses is first stored in `rejected`."""
+    """Celery's consumer; every message it drops is first stored in `rejected` as unreadable."""
 
     def create_task_handler(self, promise: Any = promise) -> TaskHandler:
         handle: TaskHandler = super().create_task_handler(promise)
@@ -188,7 +172,7 @@ class RecordingConsumer(Consumer):
         def on_task_received(message: Message) -> Any:
             size = len(_body_bytes(message))
             if size > MESSAGE_MAX_BYTES:
-                self._refuse(
+                self._drop_unreadable(
                     message,
                     f"message: the body is {size:,} bytes, more than the limit of "
                     f"{MESSAGE_MAX_BYTES:,}; send fewer changes per message",
@@ -196,7 +180,7 @@ class RecordingConsumer(Consumer):
                 return None
             problem = self._task_problem(message)
             if problem is not None:
-                self._refuse(message, problem)
+                self._drop_unreadable(message, problem)
                 return None
             try:
                 return handle(message)
@@ -204,10 +188,10 @@ class RecordingConsumer(Consumer):
                 raise
             except Exception as exc:
                 # Celery's handler raised before the message reached the pool (it catches what
-                # happens after): refuse it here rather than let it stop the worker.
+                # happens after): drop it here rather than let it stop the worker.
                 if message.acknowledged:
                     raise
-                self._refuse(
+                self._drop_unreadable(
                     message,
                     f"message: cannot be handed to its task ({type(exc).__name__}: "
                     f"{_printable(exc)})",
@@ -241,7 +225,7 @@ class RecordingConsumer(Consumer):
     def _task_problem(self, message: Message) -> str | None:
         """Why a message for a known task would fail before its task runs, where Celery lets it
         through. A body that does not decode, an unknown task, a message that is no task are
-        Celery's to refuse (and are kept by the handlers above)."""
+        Celery's to drop (and are kept by the handlers above)."""
         call = self._known_task_call(message)
         if call is None:
             return None
@@ -275,27 +259,25 @@ class RecordingConsumer(Consumer):
             return None
         return name, fields.get("id"), payload, protocol
 
-    def _refuse(self, message: Message, reason: str) -> None:
+    def _drop_unreadable(self, message: Message, reason: str) -> None:
         if self._kept(message, reason):
             message.reject_log_error(log, self.connection_errors)
 
     def _kept(self, message: Message, reason: str) -> bool:
-        """Stores the refusal. False when PostgreSQL is unreachable: the message then went back
-        to the queue and must not be refused."""
+        """Stores the unreadable message. False when PostgreSQL is unreachable: the message then
+        went back to the queue and must not be dropped."""
         reason = f"{reason} (content type {content_type_of(message)})"
-        task_id = refused_task_id(message)
+        task_id = unreadable_task_id(message)
         try:
-            store_unreadable(_engine(os.getpid()), task_id, refused_raw(message), reason)
+            store_unreadable(runtime.consumer_engine(), task_id, unreadable_raw(message), reason)
         except DBAPIError as exc:
-            if not is_transient(exc):
-                log.exception("refused message %s could not be stored", task_id)
+            if not paused_while_down(exc, log, task=task_id):
+                log.exception("unreadable message %s could not be stored", task_id)
                 return True
-            log_event(log, logging.WARNING, "database_unavailable", task=task_id)
-            time.sleep(DATABASE_DOWN_PAUSE_SECONDS)
             message.reject_log_error(log, self.connection_errors, requeue=True)
             return False
         except Exception:
-            log.exception("refused message %s could not be stored", task_id)
+            log.exception("unreadable message %s could not be stored", task_id)
             return True
         log_event(log, logging.WARNING, "refused_message", task=task_id, reason=reason)
         return True

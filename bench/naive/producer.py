@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
-from naive_workload import Change, paced
+
+from bench.naive.workload import Change, paced
 
 TRIES = 3
 

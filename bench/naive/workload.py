@@ -1,4 +1,5 @@
-"""bench/naive.py's workload: one seeded stream of stock changes, and what the Market must hold.
+"""The workload of `python -m bench.naive`: one seeded stream of stock changes, and what the
+Market must hold.
 
 The same stream feeds stocksync and the two naive ways. A change is due `at` seconds after the
 stream starts; its `occurred_at` is an offset from that start, materialized when it is sent, so

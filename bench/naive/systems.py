@@ -1,4 +1,4 @@
-"""The three systems of bench/naive.py, each run on a fresh sandbox with the same faults.
+"""The three systems of `python -m bench.naive`, each run on a fresh sandbox with the same faults.
 
 Every run: a fresh sandbox process (`python -m sandbox`, the real limit rule at the scaled rate,
 seeded faults), the stream sent on schedule by a producer thread, and a watch loop that stops
@@ -21,20 +21,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import drain
 import psycopg
 import requests
 from celery import Celery
-from naive_producer import NaiveProducer
-from naive_workload import Workload, paced, ticks
 
+from bench import ROOT
+from bench import drain_throughput as drain
+from bench.naive.producer import NaiveProducer
+from bench.naive.workload import Workload, paced, ticks
+from stocksync.processes import ProcessExited, stop_process_group, wait_for_log_line
 from tests import services
 
-ROOT = Path(__file__).resolve().parent.parent
 POLL_SECONDS = 0.5
 # The same flags as the stocksync worker of tests/services.py (log level, no gossip or mingle).
 NAIVE_WORKER = (
-    *(sys.executable, "-m", "celery", "-A", "bench.naive_tasks", "worker", "-l", "info"),
+    *(sys.executable, "-m", "celery", "-A", "bench.naive.tasks", "worker", "-l", "info"),
     *("--without-gossip", "--without-mingle"),
 )
 # Naive B's table, as its user would create it by hand; naive_progress is bench instrumentation.
@@ -236,8 +237,9 @@ def run_naive_a(workload: Workload, setup: Setup) -> dict[str, Any]:
 
 @contextmanager
 def naive_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`celery -A bench.naive_tasks worker`, default concurrency and acks, until ready."""
+    """`celery -A bench.naive.tasks worker`, default concurrency and acks, until ready."""
     with log.open("ab") as out:
+        offset = out.tell()
         proc = subprocess.Popen(
             [*NAIVE_WORKER, "-n", f"naive-{uuid.uuid4().hex[:8]}@%h"],
             cwd=ROOT,
@@ -246,21 +248,14 @@ def naive_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[by
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    try:
         try:
-            deadline = time.monotonic() + 60
-            while b" ready." not in log.read_bytes():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"naive worker did not start; see {log}")
-                time.sleep(0.1)
-            yield proc
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 15)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, 9)
-                    proc.wait(30)
+            wait_for_log_line(proc, log, offset, 60)
+        except (ProcessExited, TimeoutError):
+            raise RuntimeError(f"naive worker did not start; see {log}") from None
+        yield proc
+    finally:
+        stop_process_group(proc)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from worker.settings import Settings
 
 @dataclass(frozen=True, slots=True)
 class StatusReport:
-    """Every campaign's figures, plus refusals that belong to no campaign."""
+    """Every campaign's figures, plus rejected changes that belong to no campaign."""
 
     campaigns: list[CampaignFigures]
     unreadable_messages: int

@@ -1,4 +1,7 @@
-"""Keeping PostgreSQL small: the change log and refusals are pruned after the retention period.
+"""Keeping PostgreSQL small: everything `stocks.housekeeping` deletes, in one place.
+
+Long-expired claims and the rate limiter's request ledger older than two hours go every pass.
+The change log and rejected changes go after the retention period (`prune`).
 
 Only change-log rows the value formula can never need again are deleted: deltas at or before the
 key's current absolute count, and absolute counts strictly before it (a new count only ever wins
@@ -34,6 +37,17 @@ _PRUNE_REJECTED = text("""
         WHERE received_at < COALESCE(CAST(:now AS timestamptz), clock_timestamp())
               - make_interval(secs => :days * 86400) LIMIT :batch
     )
+""")
+
+_PRUNE_CLAIMS = text("""
+    DELETE FROM push_claim WHERE lease_until < clock_timestamp() - interval '10 minutes'
+""")
+_PRUNE_CLAIMED_KEYS = text("""
+    DELETE FROM claimed_key k
+    WHERE NOT EXISTS (SELECT 1 FROM push_claim p WHERE p.claim_id = k.claim_id)
+""")
+_PRUNE_REQUESTS = text("""
+    DELETE FROM market_request WHERE started_at < clock_timestamp() - interval '2 hours'
 """)
 
 # Delivery counts and first-seen times: kept for the retention period (at least a day), so a
@@ -72,3 +86,17 @@ def prune(
     with engine.begin() as conn:
         conn.execute(_PRUNE_REDELIVERIES, {"days": retention_days})
     return Pruned(**counts)
+
+
+def prune_claims_and_requests(engine: Engine) -> None:
+    """Forgets long-expired claims and request history older than two hours."""
+    with engine.begin() as conn:
+        conn.execute(_PRUNE_CLAIMS)
+        conn.execute(_PRUNE_CLAIMED_KEYS)
+        conn.execute(_PRUNE_REQUESTS)
+
+
+def housekeeping(engine: Engine, retention_days: float) -> Pruned:
+    """One pass of all housekeeping: claims and the request ledger, then the retention."""
+    prune_claims_and_requests(engine)
+    return prune(engine, retention_days)

@@ -1,4 +1,5 @@
-"""The chaos run's verdicts: what the producer sent against what PostgreSQL and the Market hold."""
+"""The chaos run's five checks: what the producer sent against what PostgreSQL and the Market
+hold."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos_producer import COUNT_MAX, Ledger, clamp
 from sqlalchemy import Engine, text
+
+from tests.smoke.producer import COUNT_MAX, Ledger, clamp
 
 Key = tuple[int, str]
 
@@ -213,13 +215,12 @@ def _keys_clamped(ledger: Ledger) -> str:
     return f"{len(values)} ({low} / {high})"
 
 
-def print_table(verdicts_: list[Verdict], figures_: dict[str, Any]) -> None:
+def format_table(verdicts_: list[Verdict], figures_: dict[str, Any]) -> str:
+    """The verdicts and figures as the report's table."""
     width = max(len(v.name) for v in verdicts_)
-    print("\n=== verdict", flush=True)
-    for v in verdicts_:
-        print(f"  {v.name:<{width}}  {'PASS' if v.ok else 'FAIL'}  {v.detail}")
-    print("\n=== figures")
+    lines = ["=== verdict"]
+    lines += [f"  {v.name:<{width}}  {'PASS' if v.ok else 'FAIL'}  {v.detail}" for v in verdicts_]
+    lines.append("=== figures")
     fig_width = max(len(k) for k in figures_)
-    for name, value in figures_.items():
-        print(f"  {name:<{fig_width}}  {value}")
-    print(flush=True)
+    lines += [f"  {name:<{fig_width}}  {value}" for name, value in figures_.items()]
+    return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Drain benchmarks: machinery without a limit, use of the limit, freshness, memory.
 
-Run: .venv/bin/python bench/drain.py [machinery|limit|freshness|memory|all] [--quick]
+Run: .venv/bin/python -m bench.drain_throughput [machinery|limit|freshness|memory|all] [--quick]
 Each run gets a fresh PostgreSQL database and RabbitMQ vhost; the sandbox runs in its own process
 (`python -m sandbox`) so that it does not share the benchmark's interpreter.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,19 +24,10 @@ from typing import Any
 import requests
 from sqlalchemy import Engine, text
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests import services  # noqa: E402
-from worker.database import make_engine  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from bench import RESULTS, ROOT
+from tests import services
+from tests.services import free_port, port_open, wait_for
+from worker.database import make_engine
 
 
 @contextmanager
@@ -51,12 +41,7 @@ def sandbox_process(*args: str) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                requests.get(url + "/_sandbox/stats", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.1)
+        wait_for("the sandbox", lambda: port_open(port), 30, 0.1)
         yield url
     finally:
         proc.terminate()

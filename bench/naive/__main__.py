@@ -1,6 +1,6 @@
 """Against the naive way: stocksync and two naive designs, same workload, same sandbox, same faults.
 
-Run: .venv/bin/python bench/naive.py [--quick] [--runs N] [--only SYSTEM ...] [--naive-a-threads N]
+Run: .venv/bin/python -m bench.naive [--quick] [--runs N] [--only SYSTEM ...] [--naive-a-threads N]
 
 Full: 15,000 changes due at 250/s (60 s) over 3,000 SKUs, stopped 60 s after the stream's end.
 --quick: the same rates for 20 s (5,000 changes over 1,000 SKUs), stopped 30 s after its end.
@@ -8,13 +8,13 @@ Opt-in system `naive-b-nolimit`: naive B without rate_limit. --grace lets the na
 
 - stocksync: a producer `send_task("stocks.submit")` every 0.1 s with the changes due, one
   worker with embedded beat (`celery -A worker worker -B`), fresh database and vhost.
-- naive-a: the producer PUTs each change itself (bench/naive_producer.py): 4 threads, one SKU per
+- naive-a: the producer PUTs each change itself (bench/naive/producer.py): 4 threads, one SKU per
   request, values kept in a dict, 3 tries on 5xx and broken connections, no rate limiting.
-- naive-b: a Celery task per change (bench/naive_tasks.py, `celery -A bench.naive_tasks worker`,
+- naive-b: a Celery task per change (bench/naive/tasks.py, `celery -A bench.naive.tasks worker`,
   default concurrency and early acks): a PostgreSQL upsert, one PUT, rate_limit = the Market's
   limit per minute, autoretry_for=RequestException, retry_backoff, max_retries=3.
 
-The workload (bench/naive_workload.py) is one seeded stream of deltas and counts, with duplicates
+The workload (bench/naive/workload.py) is one seeded stream of deltas and counts, with duplicates
 and late (out-of-order) changes, over K SKUs of 2 campaigns, due at a steady rate. Each system
 gets a fresh sandbox process with the real limit rule at a scaled rate (6,000 SKUs per campaign
 per rolling minute; stocksync's STOCKSYNC_RATE_LIMIT_SKUS_PER_MINUTE and naive B's rate_limit are
@@ -42,13 +42,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
+from bench import RESULTS
+from bench.naive.systems import Setup, run_naive_a, run_naive_b, run_stocksync
+from bench.naive.workload import Workload, generate
 
-from naive_systems import Setup, run_naive_a, run_naive_b, run_stocksync  # noqa: E402
-from naive_workload import Workload, generate  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
 SYSTEMS: dict[str, Callable[[Workload, Setup], dict[str, Any]]] = {
     "stocksync": run_stocksync,
     "naive-a": run_naive_a,
@@ -162,7 +159,9 @@ def table(summed: dict[str, Any], runs: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.naive", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="a 20 s stream: about 2.5 minutes")
     parser.add_argument("--runs", type=int, default=1, help="rounds of all systems (default 1)")
     parser.add_argument("--grace", type=float, help="seconds after the stream's end before a stop")

@@ -1,4 +1,4 @@
-"""Ingest into PostgreSQL: accepted changes into the change log and the outbox, refusals aside.
+"""Ingest into PostgreSQL: accepted changes into the change log and the outbox, rejected aside.
 
 One message is one transaction. Keys are locked in a fixed order before the change log is
 written, so concurrent messages for a key apply one after the other and each sees the other's
@@ -146,14 +146,8 @@ def idempotency_key(change: Change, task_id: str, index: int) -> str:
     return "e:" + change.event_id
 
 
-# What is kept of refused raw content: each string to its first 64 KiB (as the refused consumer
-# keeps of a body), the whole JSON text to its first 512 KiB.
-RAW_KEPT_CHARS = 64 * 1024
-RAW_TEXT_MAX_CHARS = 512 * 1024
-
-
-# What is kept of refused raw content: each string to its first 64 KiB (as the refused consumer
-# keeps of a body), the whole JSON text to its first 512 KiB.
+# What is kept of rejected and unreadable raw content: each string to its first 64 KiB (as the
+# unreadable-message consumer keeps of a body), the whole JSON text to its first 512 KiB.
 RAW_KEPT_CHARS = 64 * 1024
 RAW_TEXT_MAX_CHARS = 512 * 1024
 
@@ -202,7 +196,7 @@ _SHALLOW_REPR.maxlist = _SHALLOW_REPR.maxdict = 100
 
 
 def campaign_of(raw: Any) -> int | None:
-    """The campaign a raw change names, when it names a valid one (for listing refusals)."""
+    """The campaign a raw change names, when it names a valid one (for listing rejected changes)."""
     if isinstance(raw, dict):
         value = raw.get("campaign_id")
         if isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 2**63:
@@ -323,7 +317,7 @@ def store_message(
     rejected: Sequence[Rejection],
     group_of: Callable[[int], int],
 ) -> StoreResult:
-    """Commits one message: its new changes applied exactly once, its refusals kept."""
+    """Commits one message: its new changes applied exactly once, its rejected changes kept."""
     logged: list[Any] = []
     with engine.begin() as conn:
         _store_rejections(conn, task_id, rejected)

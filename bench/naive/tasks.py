@@ -1,6 +1,7 @@
 """Naive B, bench only: a plain Celery task per change, with only `rate_limit` and `autoretry_for`.
 
-Run by bench/naive.py as `celery -A bench.naive_tasks worker` (default concurrency and acks).
+Run by `python -m bench.naive` as `celery -A bench.naive.tasks worker` (default concurrency
+and acks).
 What a user writes from Celery's documentation: the task keeps the value in a simple PostgreSQL
 table (value = value + delta, or = count; `event_id` and `occurred_at` ignored) and PUTs that one
 SKU with `updatedAt` = now; `raise_for_status()` turns 5xx and 420 into errors that

@@ -1,0 +1,1 @@
+"""The naive designs stocksync is measured against: `python -m bench.naive` (BENCHMARKS.md)."""

@@ -1,0 +1,93 @@
+"""What a push does with one Market answer to one batch: a pure decision, carried out by the task.
+
+200 acknowledges the batch. 400 holds the SKUs the answer names (a lone SKU is held even when it is
+not named) and sends the rest again, or halves the batch when none is named. 420 sends the batch
+again once the limiter allows (the limiter holds the campaign until `-Until`). 401/403/404 park the
+campaign. 5xx, no answer and 3xx (a redirect is never followed, so it acknowledges nothing) retry
+with backoff until `max_retries`; after that, and for any other status, the claim is released and
+the campaign marked degraded.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from domain.backoff import backoff_seconds
+from domain.market_rules import answer_kind, skus_named
+
+
+class PushOutcome(StrEnum):
+    """The kind of step a push takes after one Market answer."""
+
+    ACKNOWLEDGE = "acknowledge"  # 2xx: the versions sent are delivered
+    ISOLATE = "isolate"  # 400: hold `hold`, send each group of `resend` again
+    WAIT = "wait"  # 420: send the same batch again when the limiter gives leave
+    PARK_CAMPAIGN = "park_campaign"  # 401/403/404: the campaign waits for a probe
+    RETRY = "retry"  # 5xx, 3xx or no answer: the task retries after `countdown`
+    GIVE_UP = "give_up"  # retries spent or an unexpected status: release and degrade
+
+
+@dataclass(frozen=True, slots=True)
+class PushDecision:
+    """One decision: its kind and what the task needs to carry it out (unused fields empty)."""
+
+    kind: PushOutcome
+    # (sku, reason) for each SKU to hold out of the batch, in the batch's order.
+    hold: tuple[tuple[str, str], ...] = ()
+    # Groups of SKUs to send again, each in the batch's order; the task sends the last group first.
+    resend: tuple[tuple[str, ...], ...] = ()
+    countdown: float = 0.0
+    reason: str = ""
+
+
+def halves(skus: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The batch cut in two at len // 2: together they hold every SKU once, in order."""
+    half = len(skus) // 2
+    return tuple(skus[:half]), tuple(skus[half:])
+
+
+def _isolate(messages: Sequence[str], skus: Sequence[str], reason: str) -> PushDecision:
+    named = skus_named(list(messages), set(skus))
+    if len(skus) == 1 and not named:
+        named = {skus[0]: reason}  # a lone SKU refused is the culprit, named or not
+    if not named:
+        return PushDecision(PushOutcome.ISOLATE, resend=halves(skus), reason=reason)
+    hold = tuple((sku, f"400: {named[sku]}") for sku in skus if sku in named)
+    rest = tuple(sku for sku in skus if sku not in named)
+    return PushDecision(
+        PushOutcome.ISOLATE, hold=hold, resend=(rest,) if rest else (), reason=reason
+    )
+
+
+def decide(
+    status: int,
+    messages: Sequence[str],
+    skus: Sequence[str],
+    *,
+    attempt: int,
+    max_retries: int,
+    reason: str,
+    rng: random.Random | None = None,
+) -> PushDecision:
+    """The step after the Market answered `status` (0 = no answer) to the non-empty batch `skus`.
+
+    `messages` are the error messages of the answer's body, `reason` its short human text, `attempt`
+    the 0-based retry count of this push; `rng` makes the retry countdown reproducible.
+    """
+    kind = answer_kind(status)
+    if kind == "ok":
+        return PushDecision(PushOutcome.ACKNOWLEDGE)
+    if kind == "refused":
+        return _isolate(messages, skus, reason)
+    if kind == "rate_limited":
+        return PushDecision(PushOutcome.WAIT, resend=(tuple(skus),), reason=reason)
+    if kind == "parked":
+        return PushDecision(PushOutcome.PARK_CAMPAIGN, reason=reason)
+    if kind == "retry" and attempt < max_retries:
+        return PushDecision(
+            PushOutcome.RETRY, countdown=backoff_seconds(attempt, rng=rng), reason=reason
+        )
+    return PushDecision(PushOutcome.GIVE_UP, reason=reason)

@@ -1,0 +1,161 @@
+"""The rate limiter against a real PostgreSQL, called directly (no worker, no Market)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, text
+
+from worker.market_client import MarketAnswer
+from worker.rate_limiter import Permit, RateLimiter, Wait
+
+CAMPAIGN = 41
+
+
+def _db_now(engine: Engine) -> datetime:
+    with engine.connect() as conn:
+        now: datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+        return now
+
+
+def _skus_in_window(limiter: RateLimiter) -> int:
+    with limiter.engine.begin() as conn:
+        return limiter.usage(conn, CAMPAIGN).skus_in_window
+
+
+def _permit(limiter: RateLimiter, skus: int) -> Permit:
+    decision = limiter.acquire(CAMPAIGN, skus)
+    assert isinstance(decision, Permit), decision
+    return decision
+
+
+def test_a_420_with_until_blocks_the_campaign_until_that_moment(engine: Engine) -> None:
+    # Given a request answered 420 with -Until two seconds ahead on the database's clock
+    limiter = RateLimiter(engine, skus_per_minute=1000, max_parallel=4)
+    permit = _permit(limiter, 10)
+    until = _db_now(engine) + timedelta(seconds=2)
+    limiter.finish(permit, MarketAnswer(420, until=until))
+    # When another request asks for leave at once
+    decision = limiter.acquire(CAMPAIGN, 1)
+    # Then it waits for the 420 until -Until, not longer
+    assert isinstance(decision, Wait)
+    assert decision.reason == "420"
+    assert 1.0 < decision.seconds <= 2.0
+    # And once -Until has passed, leave is given again
+    time.sleep(decision.seconds + 0.1)
+    assert isinstance(limiter.acquire(CAMPAIGN, 1), Permit)
+
+
+def test_a_420_without_until_blocks_a_minute_and_an_absurd_until_at_most_an_hour(
+    engine: Engine,
+) -> None:
+    limiter = RateLimiter(engine, skus_per_minute=1000, max_parallel=4)
+    limiter.finish(_permit(limiter, 1), MarketAnswer(420))
+    blocked = limiter.acquire(CAMPAIGN, 1)
+    assert isinstance(blocked, Wait)
+    assert 58 < blocked.seconds <= 60
+
+    far = _db_now(engine) + timedelta(days=3)
+    with engine.begin() as conn:  # the earlier block ends; the next 420 is the only one
+        conn.execute(text("UPDATE campaign SET blocked_until = NULL"))
+    limiter.finish(_permit(limiter, 1), MarketAnswer(420, until=far))
+    capped = limiter.acquire(CAMPAIGN, 1)
+    assert isinstance(capped, Wait)
+    assert 3590 < capped.seconds <= 3600
+
+
+def test_a_later_420_never_shortens_a_block(engine: Engine) -> None:
+    limiter = RateLimiter(engine, skus_per_minute=1000, max_parallel=4)
+    now = _db_now(engine)
+    first, second = _permit(limiter, 1), _permit(limiter, 1)
+    limiter.finish(first, MarketAnswer(420, until=now + timedelta(seconds=30)))
+    limiter.finish(second, MarketAnswer(420, until=now + timedelta(seconds=5)))
+    decision = limiter.acquire(CAMPAIGN, 1)
+    assert isinstance(decision, Wait)
+    assert decision.seconds > 20
+
+
+def test_the_markets_remaining_raises_the_local_count_but_never_lowers_it(engine: Engine) -> None:
+    # Given 10 SKUs sent, and the Market saying 60 of its 100 are used (other senders, say)
+    limiter = RateLimiter(engine, skus_per_minute=100, max_parallel=4)
+    limiter.finish(_permit(limiter, 10), MarketAnswer(200, limit=100, remaining=40))
+    # Then the window counts the Market's 60
+    assert _skus_in_window(limiter) == 60
+    # And 50 more SKUs must wait for the window, while 40 still fit
+    assert isinstance(limiter.acquire(CAMPAIGN, 50), Wait)
+    permit = _permit(limiter, 40)
+    # When the Market then reports fewer used than we counted, the count stays ours
+    limiter.finish(permit, MarketAnswer(200, limit=100, remaining=90))
+    assert _skus_in_window(limiter) == 100
+
+
+def test_a_5xx_gives_its_skus_back_to_the_window(engine: Engine) -> None:
+    limiter = RateLimiter(engine, skus_per_minute=100, max_parallel=4)
+    limiter.finish(_permit(limiter, 70), MarketAnswer(503))
+    assert _skus_in_window(limiter) == 0
+    # The whole limit is free again: the Market did not count the refused request
+    limiter.finish(_permit(limiter, 100), MarketAnswer(200))
+    assert _skus_in_window(limiter) == 100
+
+
+def test_a_request_without_answer_keeps_its_skus_counted(engine: Engine) -> None:
+    # A timeout may have reached the Market, so its SKUs stay in the window
+    limiter = RateLimiter(engine, skus_per_minute=100, max_parallel=4)
+    limiter.finish(_permit(limiter, 70), MarketAnswer(0, failure="timeout"))
+    assert _skus_in_window(limiter) == 70
+
+
+def test_a_full_window_waits_until_the_oldest_request_leaves_it(engine: Engine) -> None:
+    limiter = RateLimiter(engine, skus_per_minute=100, max_parallel=4)
+    limiter.finish(_permit(limiter, 60), MarketAnswer(200))
+    decision = limiter.acquire(CAMPAIGN, 50)
+    assert isinstance(decision, Wait)
+    assert decision.reason == "window"
+    assert 59 < decision.seconds <= 61  # 60 s after the request ended, plus the arrival margin
+
+
+def test_parallel_slots_are_taken_and_given_back(engine: Engine) -> None:
+    limiter = RateLimiter(engine, skus_per_minute=1000, max_parallel=2)
+    first, second = _permit(limiter, 1), _permit(limiter, 1)
+    full = limiter.acquire(CAMPAIGN, 1)
+    assert isinstance(full, Wait)
+    assert full.reason == "parallel"
+    limiter.finish(first, MarketAnswer(200))  # a finished request frees its slot
+    third = _permit(limiter, 1)
+    limiter.cancel(second)  # so does one never sent
+    limiter.cancel(third)
+    assert isinstance(limiter.acquire(CAMPAIGN, 1), Permit)
+
+
+def test_concurrent_askers_never_get_more_slots_than_allowed(engine: Engine) -> None:
+    # Given eight threads asking at once (each its own connection, as workers do)
+    limiter = RateLimiter(engine, skus_per_minute=1000, max_parallel=3)
+    start = threading.Barrier(8)
+    decisions: list[Permit | Wait] = []
+    lock = threading.Lock()
+
+    def ask() -> None:
+        start.wait()
+        decision = limiter.acquire(CAMPAIGN, 1)
+        with lock:
+            decisions.append(decision)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    # Then exactly three get leave; the campaign's row lock serializes them
+    assert len(decisions) == 8
+    assert sum(isinstance(d, Permit) for d in decisions) == 3
+    assert {d.reason for d in decisions if isinstance(d, Wait)} == {"parallel"}
+
+
+def test_campaigns_have_separate_limits(engine: Engine) -> None:
+    other = CAMPAIGN + 1
+    limiter = RateLimiter(engine, skus_per_minute=100, max_parallel=4)
+    limiter.finish(_permit(limiter, 100), MarketAnswer(420))
+    assert isinstance(limiter.acquire(CAMPAIGN, 1), Wait)
+    assert isinstance(limiter.acquire(other, 100), Permit)

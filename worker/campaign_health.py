@@ -1,0 +1,111 @@
+"""Campaign health, the one owner of the `campaign` table: 420 blocks, parking (401/403/404) with
+its probes, degrading after retries, and the campaign working again after a 200.
+
+Every planner and limiter of a campaign takes turns on its row (`lock`), so one decides at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, text
+
+_ENSURE = text(
+    "INSERT INTO campaign (campaign_id) VALUES (:c) ON CONFLICT (campaign_id) DO NOTHING"
+)
+
+_LOCK = text("""
+    SELECT blocked_until, parked_reason, clock_timestamp() AS now FROM campaign
+    WHERE campaign_id = :c FOR UPDATE
+""")
+
+_KNOWN = text("SELECT campaign_id FROM campaign ORDER BY campaign_id")
+
+_BLOCK = text("""
+    UPDATE campaign SET blocked_until = GREATEST(COALESCE(blocked_until, :until), :until)
+    WHERE campaign_id = :c
+""")
+
+_WORKS = text("""
+    UPDATE campaign SET last_push_at = clock_timestamp(), degraded_reason = NULL,
+        degraded_at = NULL, parked_reason = NULL, parked_at = NULL, probe_at = NULL
+    WHERE campaign_id = :c
+""")
+
+_PARK = text("""
+    UPDATE campaign SET parked_reason = :reason,
+        parked_at = COALESCE(parked_at, clock_timestamp()),
+        probe_at = clock_timestamp() + make_interval(secs => :probe)
+    WHERE campaign_id = :c
+""")
+
+_DEGRADE = text("""
+    UPDATE campaign SET degraded_reason = :reason,
+        degraded_at = COALESCE(degraded_at, clock_timestamp())
+    WHERE campaign_id = :c
+""")
+
+_PROBE_DUE = text("""
+    UPDATE campaign SET probe_at = clock_timestamp() + make_interval(secs => :probe)
+    WHERE campaign_id = :c AND parked_reason IS NOT NULL AND probe_at <= clock_timestamp()
+    RETURNING campaign_id
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignState:
+    """A campaign's row as locked, with the database's clock."""
+
+    blocked_until: datetime | None
+    parked_reason: str | None
+    now: datetime
+
+    @property
+    def blocked(self) -> bool:
+        """True while a 420's `-Until` has not passed."""
+        return self.blocked_until is not None and self.blocked_until > self.now
+
+
+def lock(conn: Connection, campaign_id: int) -> CampaignState:
+    """Creates the campaign's row when new and locks it until `conn`'s transaction ends."""
+    conn.execute(_ENSURE, {"c": campaign_id})
+    row = conn.execute(_LOCK, {"c": campaign_id}).one()
+    return CampaignState(row.blocked_until, row.parked_reason, row.now)
+
+
+def known_campaigns(conn: Connection) -> list[int]:
+    """Every campaign sent to before."""
+    return [row[0] for row in conn.execute(_KNOWN)]
+
+
+def block_until(conn: Connection, campaign_id: int, until: datetime) -> None:
+    """A 420: no request to the campaign before `until` (a later block is kept)."""
+    conn.execute(_BLOCK, {"c": campaign_id, "until": until})
+
+
+def works_again(conn: Connection, campaign_id: int) -> None:
+    """A 200: the campaign is neither parked nor degraded, and was pushed to now."""
+    conn.execute(_WORKS, {"c": campaign_id})
+
+
+def probe_due(conn: Connection, campaign_id: int, probe_interval: float) -> bool:
+    """True (and the next probe scheduled) when a parked campaign's probe is due."""
+    return conn.execute(_PROBE_DUE, {"c": campaign_id, "probe": probe_interval}).first() is not None
+
+
+class CampaignHealth:
+    """Parking and degrading a campaign, each in a transaction of its own."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def park(self, campaign_id: int, reason: str, probe_interval: float) -> None:
+        """401/403/404: nothing but a probe every `probe_interval` seconds goes to the campaign."""
+        with self.engine.begin() as conn:
+            conn.execute(_PARK, {"c": campaign_id, "reason": reason, "probe": probe_interval})
+
+    def degrade(self, campaign_id: int, reason: str) -> None:
+        """Retries ran out: the campaign is marked degraded until a 200."""
+        with self.engine.begin() as conn:
+            conn.execute(_DEGRADE, {"c": campaign_id, "reason": reason})

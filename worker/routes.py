@@ -1,0 +1,105 @@
+"""The stored routing of campaigns to group keys, brought in line with the configured warehouse
+groups at worker start: keys are carried over (domain/routing.py) in one transaction.
+
+Moved and copied keys are marked pending, so the first send after a change is the key's current
+value at its group's sending campaign. Every transfer is logged (`keys_moved`, `keys_copied`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from domain.routing import Carry, KeyTransfer, differ, plan, routes_of
+from worker.database import paused_while_down
+from worker.logs import log_event
+from worker.settings import Settings
+
+log = logging.getLogger("stocksync.routes")
+
+# Any constant shared by all stocksync processes: workers starting together route one at a time.
+ROUTE_LOCK_ID = 0x5370C6
+
+_LOCK = text("SELECT pg_advisory_xact_lock(:id)")
+_STORED = text("SELECT campaign_id, group_id FROM campaign_route ORDER BY campaign_id")
+_FORGET = text("DELETE FROM campaign_route")
+_STORE = text("""
+    INSERT INTO campaign_route (campaign_id, group_id)
+    SELECT * FROM unnest(CAST(:campaigns AS bigint[]), CAST(:groups AS bigint[]))
+""")
+
+# The change log follows the moved keys (the value formula sums a key's deltas by group); the
+# changes of a SKU the target already holds stay where they are, with the key that is dropped.
+_MOVE_CHANGES = text("""
+    UPDATE change_log c SET group_id = :target
+    WHERE c.group_id = :source
+      AND NOT EXISTS (SELECT 1 FROM stock t WHERE t.group_id = :target AND t.sku = c.sku)
+""")
+_DROP_CONTESTED = text("""
+    DELETE FROM stock s WHERE s.group_id = :source
+      AND EXISTS (SELECT 1 FROM stock t WHERE t.group_id = :target AND t.sku = s.sku)
+""")
+_MOVE_KEYS = text("""
+    UPDATE stock SET group_id = :target, version = version + 1, changed_at = now()
+    WHERE group_id = :source
+""")
+_COPY_KEYS = text("""
+    INSERT INTO stock (group_id, sku, abs_count, abs_at, abs_seq, delta_sum, last_occurred_at,
+                       version, changed_at)
+    SELECT :target, sku, abs_count, abs_at, abs_seq, delta_sum, last_occurred_at, 1, now()
+    FROM stock WHERE group_id = :source
+    ON CONFLICT (group_id, sku) DO NOTHING
+""")
+_FORGET_CLAIMS = text("DELETE FROM claimed_key WHERE group_id = :source")
+
+
+def _stored(conn: Connection) -> dict[int, int]:
+    return {int(c): int(g) for c, g in conn.execute(_STORED)}
+
+
+def _carry(conn: Connection, transfer: KeyTransfer) -> None:
+    params = {"source": transfer.source, "target": transfer.target}
+    if transfer.carry is Carry.COPY:
+        copied = conn.execute(_COPY_KEYS, params).rowcount
+        log_event(log, logging.WARNING, "keys_copied", keys=copied, **params)
+        return
+    conn.execute(_MOVE_CHANGES, params)
+    dropped = conn.execute(_DROP_CONTESTED, params).rowcount
+    moved = conn.execute(_MOVE_KEYS, params).rowcount
+    conn.execute(_FORGET_CLAIMS, params)
+    log_event(log, logging.WARNING, "keys_moved", keys=moved, dropped=dropped, **params)
+
+
+def apply_routes(engine: Engine, groups: list[list[int]]) -> list[KeyTransfer]:
+    """Stores the routing of `groups`, carrying the keys over from the stored one when they
+    differ; returns the transfers made. Nothing is written when the routing is unchanged."""
+    configured = routes_of(groups)
+    with engine.connect() as conn:  # the common case: unchanged, read only
+        if not differ(_stored(conn), configured):
+            return []
+    with engine.begin() as conn:
+        conn.execute(_LOCK, {"id": ROUTE_LOCK_ID})
+        stored = _stored(conn)
+        transfers = plan(stored, configured) if differ(stored, configured) else []
+        for transfer in transfers:
+            _carry(conn, transfer)
+        conn.execute(_FORGET)
+        if configured:
+            conn.execute(
+                _STORE, {"campaigns": list(configured), "groups": list(configured.values())}
+            )
+    log_event(log, logging.INFO, "routes_stored", campaigns=len(configured), moved=len(transfers))
+    return transfers
+
+
+def route_at_start(engine: Engine, settings: Settings) -> None:
+    """`apply_routes` for a starting worker, waiting while PostgreSQL is unreachable."""
+    while True:
+        try:
+            apply_routes(engine, settings.warehouse_groups)
+            return
+        except DBAPIError as exc:
+            if not paused_while_down(exc, log, step="routes"):
+                raise
