@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
+from celery.signals import after_setup_logger, after_setup_task_logger, beat_init, worker_init
 from kombu import Exchange, Queue
 
 from worker.database import database_url
@@ -35,6 +35,9 @@ def broker_url(settings: Settings) -> str:
     return embedded_url(settings.broker_url or "sqla+" + database_url(settings))
 
 
+# How often `stocks.check_routing` compares the routing settings with the Market: a check costs a
+# few of the read methods' 1,000 and 100 calls an hour.
+ROUTING_CHECK_INTERVAL_SECONDS = 3600.0
 # How often `stocks.housekeeping` runs: expired claims and the request ledger, and the retention.
 HOUSEKEEPING_INTERVAL_SECONDS = 300.0
 
@@ -65,6 +68,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "stocks.drain": {"queue": DRAIN_QUEUE},
             "stocks.housekeeping": {"queue": DRAIN_QUEUE},
             "stocks.prune": {"queue": DRAIN_QUEUE},
+            "stocks.check_routing": {"queue": DRAIN_QUEUE},
         },
         "beat_schedule": {
             "drain-outbox": {
@@ -72,6 +76,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.drain_interval_seconds,
                 # A drain not started by the next tick is useless: the next one does its work.
                 "options": {"expires": max(1.0, settings.drain_interval_seconds * 2)},
+            },
+            "check-routing": {
+                "task": "stocks.check_routing",
+                "schedule": ROUTING_CHECK_INTERVAL_SECONDS,
+                "options": {"expires": ROUTING_CHECK_INTERVAL_SECONDS},
             },
             "housekeeping": {
                 "task": "stocks.housekeeping",
@@ -90,7 +99,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 app = Celery(
-    "stocksync", include=["tasks.submit", "tasks.drain", "tasks.push", "tasks.housekeeping"]
+    "stocksync",
+    include=[
+        "tasks.submit",
+        "tasks.drain",
+        "tasks.push",
+        "tasks.housekeeping",
+        "tasks.routing_check",
+    ],
 )
 app.add_defaults(lambda: celery_config(get_settings()))
 
@@ -115,3 +131,14 @@ def _route_campaigns(**_: Any) -> None:
         route_at_start(engine, settings)
     finally:
         engine.dispose()
+
+
+@beat_init.connect
+def _check_routing_at_start(sender: Any, **_: Any) -> None:
+    """When beat starts: one routing check (skipped by the task when a fresh one is stored)."""
+    sender.app.send_task(
+        "stocks.check_routing",
+        kwargs={"at_start": True},
+        queue=DRAIN_QUEUE,
+        expires=ROUTING_CHECK_INTERVAL_SECONDS,
+    )

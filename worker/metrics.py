@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
 from worker.monitoring import read_figures
+from worker.routing_check import RoutingCheck, last_check
 from worker.settings import Settings
 
 _PER_CAMPAIGN = [
@@ -88,3 +89,24 @@ class StockFigures(Collector):
         )
         unreadable.add_metric([], float(figures.unreadable_messages))
         yield unreadable
+        yield from _routing_families(last_check(self.engine))
+
+
+def _routing_families(check: RoutingCheck | None) -> Iterator[Metric]:
+    """The last routing check: differences from the Market, and when it was made."""
+    mismatch = GaugeMetricFamily(
+        "stocksync_routing_mismatch",
+        "Differences between the routing settings and the Market at the last check "
+        "(-1: the Market could not be read)",
+    )
+    checked = GaugeMetricFamily(
+        "stocksync_routing_checked_timestamp_seconds",
+        "When the routing settings were last checked against the Market (0: never)",
+    )
+    if check is None:
+        checked.add_metric([], 0.0)
+    else:
+        mismatch.add_metric([], -1.0 if not check.readable else float(len(check.differences)))
+        checked.add_metric([], check.checked_at.timestamp())
+    yield mismatch
+    yield checked

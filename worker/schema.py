@@ -14,12 +14,14 @@ from sqlalchemy import (
     Integer,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
 
@@ -181,4 +183,19 @@ campaign_route = Table(
     Column("campaign_id", BigInteger, primary_key=True, autoincrement=False),
     Column("group_id", BigInteger, nullable=False),
     Column("routed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# The last routing check (worker/routing_check.py): one row, replaced by each check, read by
+# `stocksync status` and the metrics of any process.
+routing_check = Table(
+    "routing_check",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("checked_at", DateTime(timezone=True), nullable=False),
+    Column("readable", Boolean, nullable=False),
+    Column("differences", JSONB, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("calls", Integer, nullable=False),
+    Column("settings_fingerprint", Text, nullable=False),
+    CheckConstraint("id = 1", name="routing_check_one_row"),
 )

@@ -8,9 +8,10 @@ import argparse
 import json
 import sys
 
-from domain.discovery import Discovery, V3Route, discover, v3_json
-from worker.market_client import MarketClient, MarketReader, MarketReadError
-from worker.settings import Settings, load_settings
+from domain.discovery import Discovery, v3_json
+from worker.market_client import MarketReadError
+from worker.routing_check import read_discovery, reader_for
+from worker.settings import load_settings
 
 HELP = (
     "reads the key's campaigns and warehouses from the Market and prints "
@@ -27,26 +28,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--json",
         action="store_true",
         help='print {"warehouse_groups": […], "v3_campaigns": {…}, "differences": […]} instead',
-    )
-
-
-def discover_from_market(settings: Settings, reader: MarketReader) -> Discovery:
-    """Reads the cabinet through `reader` and compares it with `settings`; MarketReadError when
-    the Market gives no usable answer."""
-    campaigns, warehouses = reader.read_cabinet()
-    today_v3 = {c: V3Route(t.business_id, t.warehouse_id) for c, t in settings.v3_campaigns.items()}
-    return discover(campaigns, warehouses, settings.warehouse_groups, today_v3)
-
-
-def reader_for(settings: Settings) -> MarketReader:
-    """A reader on the configured Market and credentials."""
-    return MarketReader(
-        MarketClient(
-            settings.market_base_url,
-            settings.market_api_key,
-            settings.market_oauth_token,
-            settings.market_timeout_seconds,
-        )
     )
 
 
@@ -70,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     """Prints what the Market says; 0 when the settings match, 2 when not, 3 when unreadable."""
     settings = load_settings()
     try:
-        found = discover_from_market(settings, reader_for(settings))
+        found = read_discovery(settings, reader_for(settings))
     except MarketReadError as exc:
         print(f"stocksync: cannot read the Market: {exc}", file=sys.stderr)
         return UNREADABLE_EXIT_CODE
