@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, text
 from domain.batching import pack
 from domain.market_payload import PendingStock
 from domain.market_rules import SKUS_PER_REQUEST_MAX
-from worker import campaign_health
+from worker import campaign_health, counters
 from worker.rate_limiter import RateLimiter
 
 # Every campaign that has a pending key, by a skip scan of the pending index: its cost grows with
@@ -283,6 +283,7 @@ class Claims:
                 },
             )
             campaign_health.works_again(conn, campaign_id)
+            counters.add(conn, [((counters.SKUS_PUSHED, campaign_id, ""), len(sent))])
 
     def hold_skus(
         self, campaign_id: int, claim_id: str, rejected: Sequence[tuple[PendingStock, str]]

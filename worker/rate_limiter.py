@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine, text
 
 from domain.rate_window import seconds_until_room
-from worker import campaign_health
+from worker import campaign_health, counters
 from worker.market_client import MarketAnswer
 
 WINDOW_SECONDS = 60.0
@@ -53,6 +53,7 @@ _FINISH = text("""
     SET finished_at = clock_timestamp(), status = :status,
         skus = CASE WHEN :status >= 500 THEN 0 ELSE skus END
     WHERE id = :id
+    RETURNING EXTRACT(EPOCH FROM finished_at - started_at)
 """)
 
 _CANCEL = text("DELETE FROM market_request WHERE id = :id AND finished_at IS NULL")
@@ -139,9 +140,12 @@ class RateLimiter:
             conn.execute(_CANCEL, {"id": permit.request_id})
 
     def finish(self, permit: Permit, answer: MarketAnswer) -> None:
-        """Records the answer: 5xx SKUs given back, the Market's own count believed, 420 obeyed."""
+        """Records the answer: 5xx SKUs given back, the Market's own count believed, 420 obeyed;
+        the request counted by status and duration in the same transaction."""
         with self.engine.begin() as conn:
-            conn.execute(_FINISH, {"id": permit.request_id, "status": answer.status})
+            seconds = conn.execute(
+                _FINISH, {"id": permit.request_id, "status": answer.status}
+            ).scalar_one_or_none()
             if answer.status == 420 or (answer.limit is not None and answer.remaining is not None):
                 use = self.usage(conn, permit.campaign_id)
                 if answer.limit is not None and answer.remaining is not None:
@@ -155,3 +159,13 @@ class RateLimiter:
                     until = answer.until or use.now + DEFAULT_BLOCK
                     until = min(until, use.now + LONGEST_BLOCK)
                     campaign_health.block_until(conn, permit.campaign_id, until)
+            if seconds is not None:  # else the request was already cancelled: it never went
+                c = permit.campaign_id
+                counters.add(
+                    conn,
+                    [
+                        ((counters.MARKET_REQUESTS, c, str(answer.status)), 1),
+                        ((counters.MARKET_RATE_LIMITED, c, ""), int(answer.status == 420)),
+                        *counters.duration_increments(c, float(seconds)),
+                    ],
+                )

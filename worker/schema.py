@@ -9,6 +9,7 @@ from sqlalchemy import (
     Column,
     Computed,
     DateTime,
+    Float,
     Identity,
     Index,
     Integer,
@@ -198,4 +199,29 @@ routing_check = Table(
     Column("calls", Integer, nullable=False),
     Column("settings_fingerprint", Text, nullable=False),
     CheckConstraint("id = 1", name="routing_check_one_row"),
+)
+
+# The metrics' counters and histogram buckets: one row per (name, campaign, label), only ever
+# incremented, in the transaction that does the counted work (worker/counters.py). Campaign 0 and
+# label '' stand for "none". Pruning never touches it, so no counter falls.
+counter = Table(
+    "counter",
+    metadata,
+    Column("name", Text, nullable=False),
+    Column("campaign_id", BigInteger, nullable=False, server_default="0"),
+    Column("label", Text, nullable=False, server_default=""),
+    Column("value", Float(precision=53), nullable=False, server_default="0"),
+    PrimaryKeyConstraint("name", "campaign_id", "label", name="counter_pkey"),
+)
+
+# Each campaign's pending and held keys, as delta rows: the triggers of revision 0011 add one row
+# per statement on `stock` and campaign whose figures changed (insert-only: no two transactions
+# wait on one row); housekeeping folds them into one row per campaign; the scrape sums them.
+stock_tally = Table(
+    "stock_tally",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("group_id", BigInteger, nullable=False),
+    Column("pending", BigInteger, nullable=False),
+    Column("held", BigInteger, nullable=False),
 )
