@@ -3,9 +3,11 @@
 Run: .venv/bin/python -m bench.metrics_scrape [--quick] [--keys N] [--campaigns N]
 A fresh database gets N pending keys (1,000,000 by default) spread over the campaigns, a tenth of
 them held, and the counter rows of a busy day; the scrape (`worker.metrics.StockFigures`, the
-whole exposition) is timed right after the load (visibility map not yet set: the index-only
-scans still visit the heap) and after a VACUUM (what autovacuum leaves), next to the status
-command's full read (`worker.monitoring.read_figures`), which reads every pending key.
+whole exposition) is timed right after the load and after a VACUUM, next to the status command's
+full read (`worker.monitoring.read_figures`), which reads every pending key. Then what the tally
+triggers cost the writers: 500-change messages through `worker.ingest.store_message` and their
+acknowledgement (`Claims`), with the triggers on and off (ALTER TABLE ... DISABLE TRIGGER USER),
+alternating, on the same loaded table.
 """
 
 from __future__ import annotations
@@ -16,15 +18,20 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import Engine, text
 
 from bench import RESULTS
+from domain.changes import Change
 from tests import services
+from worker.claims import Claims
 from worker.database import make_engine
+from worker.ingest import store_message
 from worker.metrics import StockFigures
 from worker.monitoring import SCRAPE_TIMEOUT_MS, read_figures
+from worker.rate_limiter import RateLimiter
 from worker.settings import Settings
 
 _LOAD = text("""
@@ -72,6 +79,40 @@ def scrape(engine: Engine) -> Callable[[], object]:
     return lambda: generate_latest(registry)
 
 
+def write_cost(engine: Engine, rounds: int) -> dict[str, dict[str, float]]:
+    """Seconds per 500-change message and per 500-key acknowledgement, triggers on and off."""
+    box = Claims(engine, RateLimiter(engine, 10**9, 100), 60, 86400)
+    times: dict[str, dict[str, list[float]]] = {
+        mode: {"ingest": [], "acknowledge": []} for mode in ("on", "off")
+    }
+    for i in range(rounds):
+        for mode in ("on", "off") if i % 2 == 0 else ("off", "on"):
+            with engine.begin() as conn:
+                conn.execute(
+                    text(
+                        f"ALTER TABLE stock {'ENABLE' if mode == 'on' else 'DISABLE'} TRIGGER USER"
+                    )
+                )
+            campaign = 5000 + i * 2 + (mode == "on")
+            now = datetime.now(UTC)
+            batch = [(j, Change(campaign, f"W-{j}", None, j, None, now)) for j in range(500)]
+            started = time.perf_counter()
+            store_message(engine, uuid.uuid4().hex, batch, [], lambda c: c)
+            times[mode]["ingest"].append(time.perf_counter() - started)
+            (claim, *_) = box.claim(campaign, 60)
+            sent = box.read(campaign, claim.claim_id)
+            started = time.perf_counter()
+            box.acknowledge(campaign, claim.claim_id, sent)
+            times[mode]["acknowledge"].append(time.perf_counter() - started)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE stock ENABLE TRIGGER USER"))
+    return {
+        f"{what}_triggers_{mode}": summary(seconds)
+        for mode, by_what in times.items()
+        for what, seconds in by_what.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="5 scrapes each instead of 20")
@@ -102,6 +143,7 @@ def main() -> None:
         result["status_read_figures"] = summary(
             timed(lambda: read_figures(engine, Settings()), max(2, runs // 4))
         )
+        result["writes"] = write_cost(engine, 10 if args.quick else 40)
         print(json.dumps(result, indent=2), flush=True)
     finally:
         engine.dispose()
