@@ -209,6 +209,21 @@ def test_tallies_follow_every_write_to_the_outbox_and_survive_folding(engine: En
     assert _tallied(engine) == {}
 
 
+def test_tallies_follow_keys_carried_over_to_new_warehouse_groups(engine: Engine) -> None:
+    from worker.routes import apply_routes
+
+    put_changes(
+        engine, [{"campaign_id": c, "sku": s, "count": 1} for c in (1001, 2001) for s in "AB"]
+    )
+    apply_routes(engine, [[1001], [2001]])
+    apply_routes(engine, [[1001, 2001]])  # merged: 2001's keys move (or go) to 1001
+    assert _tallied(engine) == _truth(engine) == {1001: (2, 0)}
+
+    apply_routes(engine, [[1001]])  # 2001 leaves: its keys are copied back, pending
+
+    assert _tallied(engine) == _truth(engine) == {1001: (2, 0), 2001: (2, 0)}
+
+
 @pytest.fixture
 def sandbox() -> Iterator[MarketSandbox]:
     with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
