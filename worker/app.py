@@ -42,6 +42,21 @@ ROUTING_CHECK_INTERVAL_SECONDS = 3600.0
 HOUSEKEEPING_INTERVAL_SECONDS = 300.0
 
 
+def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
+    """Per task: the hard limit (the pool process is replaced) and a soft one 30 s before it for
+    the tasks that may simply stop (a push's keys wait for their lease, a drain is repeated).
+    `stocks.submit` gets no soft limit: it must never fail after taking its message."""
+    hard = settings.task_time_limit_seconds
+    soft = {"soft_time_limit": max(1.0, hard - 30), "time_limit": hard}
+    return {
+        "stocks.submit": {"time_limit": hard},
+        "stocks.push": soft,
+        "stocks.drain": soft,
+        "stocks.housekeeping": {"soft_time_limit": hard * 6 - 30, "time_limit": hard * 6},
+        "stocks.prune": {"soft_time_limit": hard * 6 - 30, "time_limit": hard * 6},
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings: JSON only, acknowledged after commit, a lost worker's message requeued."""
     broker = broker_url(settings)
@@ -56,6 +71,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A task past its hard time limit (its pool process replaced) hands its message back.
+        "task_acks_on_timeout": False,
+        "task_annotations": time_limits(settings),
         # With late acks every prefetched message is one more a crash hands back: keep it to one.
         "worker_prefetch_multiplier": 1,
         # Celery's consumer, storing every message it drops (worker/unreadable_messages.py).

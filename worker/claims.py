@@ -4,8 +4,9 @@ A claim is a `push_claim` row with a lease plus one `claimed_key` row per key. T
 `claimed_key` lets one claim hold a key at a time, so overlapping drains never take the same key;
 a key whose claim's lease ran out (its worker died) is taken over by the next claim. The
 outbox rows are not written to claim them, and planners of one campaign take turns on its row
-(`worker.campaign_health.lock`). A SKU the Market rejected with a 400 is *held* at its version
-(columns `parked_version`, `parked_reason`) until a newer change arrives.
+(`worker.campaign_health.lock`; a busy campaign is skipped until the next drain). A SKU the
+Market rejected with a 400 is *held* at its version (columns `parked_version`, `parked_reason`)
+until a newer change arrives.
 """
 
 from __future__ import annotations
@@ -196,7 +197,11 @@ class Claims:
         """
         with self.engine.begin() as conn:
             conn.execute(_ORDERED_SCANS_ONLY)
-            use = self.limiter.usage(conn, campaign_id)  # locks the campaign: one planner at once
+            # Locks the campaign: one planner at once. A busy one is skipped, not waited for: its
+            # holder may be frozen or cut off, and the other campaigns must go on.
+            use = self.limiter.try_usage(conn, campaign_id)
+            if use is None:
+                return []
             if use.blocked_until is not None and use.blocked_until > use.now:
                 return []
             if use.parked_reason is not None:

@@ -60,6 +60,10 @@ _FOLD_TALLIES = text("""
     GROUP BY group_id HAVING sum(pending) <> 0 OR sum(held) <> 0
 """)
 
+# Pruning batches of a large history may outlast the sessions' statement timeout; the task's own
+# time limit bounds them.
+_NO_STATEMENT_TIMEOUT = text("SELECT set_config('statement_timeout', '0', true)")
+
 _PRUNE_REDELIVERIES = text("""
     DELETE FROM redelivery WHERE last_at < clock_timestamp() - interval '1 day'
 """)
@@ -84,6 +88,7 @@ def prune(
     for name, statement in (("changes", _PRUNE_CHANGES), ("rejected", _PRUNE_REJECTED)):
         for _ in range(max_batches):
             with engine.begin() as conn:
+                conn.execute(_NO_STATEMENT_TIMEOUT)
                 deleted = conn.execute(
                     statement, {"days": retention_days, "batch": BATCH_ROWS, "now": now}
                 ).rowcount
@@ -98,6 +103,7 @@ def prune(
 def prune_claims_and_requests(engine: Engine) -> None:
     """Forgets long-expired claims and request history older than two hours; folds the tallies."""
     with engine.begin() as conn:
+        conn.execute(_NO_STATEMENT_TIMEOUT)
         conn.execute(_PRUNE_CLAIMS)
         conn.execute(_PRUNE_CLAIMED_KEYS)
         conn.execute(_PRUNE_REQUESTS)
