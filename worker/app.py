@@ -52,6 +52,7 @@ def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
         "stocks.submit": {"time_limit": hard},
         "stocks.push": soft,
         "stocks.drain": soft,
+        "stocks.check_routing": soft,
         "stocks.housekeeping": {"soft_time_limit": hard * 6 - 30, "time_limit": hard * 6},
         "stocks.prune": {"soft_time_limit": hard * 6 - 30, "time_limit": hard * 6},
     }
