@@ -121,6 +121,8 @@ campaign = Table(
     Column("degraded_reason", Text),
     Column("degraded_at", DateTime(timezone=True)),
     Column("last_push_at", DateTime(timezone=True)),
+    # When a planner last took the campaign's turn: a drain pass serves the longest-waiting first.
+    Column("drained_at", DateTime(timezone=True)),
 )
 
 # Every request to the Market: the rate limiter's ledger (SKUs in the rolling window, requests in
