@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
 
 from worker.monitoring import CampaignFigures, read_figures
+from worker.routing_check import RoutingCheck, last_check
 from worker.settings import Settings
 
 
@@ -18,6 +19,8 @@ class StatusReport:
     campaigns: list[CampaignFigures]
     unreadable_messages: int
     rejected_without_campaign: int
+    # The last routing check of the settings against the Market; None before the first.
+    routing: RoutingCheck | None = field(default=None)
 
     def too_old(self, max_age_seconds: float) -> list[CampaignFigures]:
         """Campaigns whose oldest pending change waits longer than `max_age_seconds`."""
@@ -44,6 +47,7 @@ class StatusReport:
             "campaigns": campaigns,
             "unreadable_messages": self.unreadable_messages,
             "rejected_without_campaign": self.rejected_without_campaign,
+            "routing": None if self.routing is None else self.routing.as_json(),
         }
 
 
@@ -51,5 +55,8 @@ def read_status(engine: Engine, settings: Settings) -> StatusReport:
     """Reads the report in one snapshot."""
     figures = read_figures(engine, settings)
     return StatusReport(
-        figures.campaigns, figures.unreadable_messages, figures.rejected_without_campaign
+        figures.campaigns,
+        figures.unreadable_messages,
+        figures.rejected_without_campaign,
+        last_check(engine),
     )

@@ -16,7 +16,7 @@ from celery import Task
 
 from domain.market_payload import PendingStock, stocks_body
 from domain.push_decision import PushOutcome, decide
-from worker import runtime
+from worker import counters, runtime
 from worker.app import app
 from worker.claims import Claim, Claims
 from worker.logs import log_event
@@ -35,6 +35,12 @@ def enqueue(claims: list[Claim]) -> None:
     """One push task per claimed batch."""
     for claim in claims:
         push.apply_async(args=(claim.campaign_id, claim.claim_id, claim.skus))
+
+
+def count_retry(campaign_id: int) -> None:
+    """Counts one Celery retry of a push (stocksync_push_retries_total)."""
+    with runtime.engine().begin() as conn:
+        counters.add(conn, [((counters.PUSH_RETRIES, campaign_id, ""), 1)])
 
 
 def _send(
@@ -127,6 +133,7 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
                 return {"outcome": "campaign parked", "delivered": delivered}
             case PushOutcome.RETRY:
                 box.renew(claim_id)
+                count_retry(campaign_id)
                 raise self.retry(countdown=decision.countdown)
             case PushOutcome.GIVE_UP:
                 box.release(campaign_id, claim_id)

@@ -20,6 +20,13 @@ _LOCK = text("""
     WHERE campaign_id = :c FOR UPDATE
 """)
 
+# A planner does not wait for a busy campaign (another planner, or a worker frozen or cut off
+# inside its transaction): it skips it, and the next drain tries again.
+_TRY_LOCK = text("""
+    SELECT blocked_until, parked_reason, clock_timestamp() AS now FROM campaign
+    WHERE campaign_id = :c FOR UPDATE SKIP LOCKED
+""")
+
 _KNOWN = text("SELECT campaign_id FROM campaign ORDER BY campaign_id")
 
 _BLOCK = text("""
@@ -27,10 +34,20 @@ _BLOCK = text("""
     WHERE campaign_id = :c
 """)
 
-_WORKS = text("""
-    UPDATE campaign SET last_push_at = clock_timestamp(), degraded_reason = NULL,
-        degraded_at = NULL, parked_reason = NULL, parked_at = NULL, probe_at = NULL
-    WHERE campaign_id = :c
+_WORKS_FIELDS = """
+    last_push_at = clock_timestamp(), degraded_reason = NULL,
+    degraded_at = NULL, parked_reason = NULL, parked_at = NULL, probe_at = NULL
+"""
+_WORKS = text(f"UPDATE campaign SET {_WORKS_FIELDS} WHERE campaign_id = :c")  # noqa: S608
+# The common 200 only moves `last_push_at`: it need not wait while a planner holds the row.
+_TRY_WORKS = text(f"""
+    UPDATE campaign SET {_WORKS_FIELDS}
+    WHERE campaign_id = (SELECT campaign_id FROM campaign WHERE campaign_id = :c
+                         FOR UPDATE SKIP LOCKED)
+""")  # noqa: S608 - a constant fragment; every value is a bound parameter
+_UNWELL = text("""
+    SELECT 1 FROM campaign
+    WHERE campaign_id = :c AND (parked_reason IS NOT NULL OR degraded_reason IS NOT NULL)
 """)
 
 _PARK = text("""
@@ -67,10 +84,15 @@ class CampaignState:
         return self.blocked_until is not None and self.blocked_until > self.now
 
 
-def lock(conn: Connection, campaign_id: int) -> CampaignState:
-    """Creates the campaign's row when new and locks it until `conn`'s transaction ends."""
+def lock(conn: Connection, campaign_id: int, wait: bool = True) -> CampaignState | None:
+    """Creates the campaign's row when new and locks it until `conn`'s transaction ends; with
+    `wait=False`, None (nothing locked) when another transaction holds it."""
     conn.execute(_ENSURE, {"c": campaign_id})
-    row = conn.execute(_LOCK, {"c": campaign_id}).one()
+    row = conn.execute(_LOCK if wait else _TRY_LOCK, {"c": campaign_id}).first()
+    if row is None:
+        if wait:
+            raise LookupError(f"campaign {campaign_id} has no row")
+        return None
     return CampaignState(row.blocked_until, row.parked_reason, row.now)
 
 
@@ -85,8 +107,12 @@ def block_until(conn: Connection, campaign_id: int, until: datetime) -> None:
 
 
 def works_again(conn: Connection, campaign_id: int) -> None:
-    """A 200: the campaign is neither parked nor degraded, and was pushed to now."""
-    conn.execute(_WORKS, {"c": campaign_id})
+    """A 200: the campaign is neither parked nor degraded, and was pushed to now. While its row
+    is busy only a parked or degraded campaign waits for it (`last_push_at` can be late)."""
+    if conn.execute(_TRY_WORKS, {"c": campaign_id}).rowcount:
+        return
+    if conn.execute(_UNWELL, {"c": campaign_id}).first() is not None:
+        conn.execute(_WORKS, {"c": campaign_id})
 
 
 def probe_due(conn: Connection, campaign_id: int, probe_interval: float) -> bool:

@@ -4,8 +4,9 @@ A claim is a `push_claim` row with a lease plus one `claimed_key` row per key. T
 `claimed_key` lets one claim hold a key at a time, so overlapping drains never take the same key;
 a key whose claim's lease ran out (its worker died) is taken over by the next claim. The
 outbox rows are not written to claim them, and planners of one campaign take turns on its row
-(`worker.campaign_health.lock`). A SKU the Market rejected with a 400 is *held* at its version
-(columns `parked_version`, `parked_reason`) until a newer change arrives.
+(`worker.campaign_health.lock`; a busy campaign is skipped until the next drain). A SKU the
+Market rejected with a 400 is *held* at its version (columns `parked_version`, `parked_reason`)
+until a newer change arrives.
 """
 
 from __future__ import annotations
@@ -19,22 +20,43 @@ from sqlalchemy import Connection, Engine, text
 from domain.batching import pack
 from domain.market_payload import PendingStock
 from domain.market_rules import SKUS_PER_REQUEST_MAX
-from worker import campaign_health
+from worker import campaign_health, counters
 from worker.rate_limiter import RateLimiter
 
-# Every campaign that has a pending key, by a skip scan of the pending index: its cost grows with
-# the number of campaigns, not of keys.
-_PENDING_CAMPAIGNS = text("""
-    WITH RECURSIVE g AS (
+# The campaigns with work, least recently drained first: every campaign with a pending key (a skip
+# scan of the pending index) and every campaign whose oldest acknowledgement is due for its
+# refresh (a skip scan of the refresh index, reading one entry per campaign: its oldest `acked_at`).
+# Its cost grows with the number of campaigns by one index probe each; no idle campaign is claimed
+# for.
+_CAMPAIGNS_WITH_WORK = text("""
+    WITH RECURSIVE pending AS (
         (SELECT group_id FROM stock WHERE version > acked_version ORDER BY group_id LIMIT 1)
         UNION ALL
         SELECT (SELECT s.group_id FROM stock s
-                WHERE s.version > s.acked_version AND s.group_id > g.group_id
+                WHERE s.version > s.acked_version AND s.group_id > p.group_id
                 ORDER BY s.group_id LIMIT 1)
-        FROM g WHERE g.group_id IS NOT NULL
+        FROM pending p WHERE p.group_id IS NOT NULL
+    ),
+    acked AS (
+        (SELECT group_id, acked_at FROM stock WHERE version = acked_version
+         ORDER BY group_id, acked_at LIMIT 1)
+        UNION ALL
+        SELECT n.group_id, n.acked_at FROM acked a,
+            LATERAL (SELECT s.group_id, s.acked_at FROM stock s
+                     WHERE s.version = s.acked_version AND s.group_id > a.group_id
+                     ORDER BY s.group_id, s.acked_at LIMIT 1) n
+    ),
+    work AS (
+        SELECT group_id FROM pending WHERE group_id IS NOT NULL
+        UNION
+        SELECT group_id FROM acked
+        WHERE acked_at < clock_timestamp() - make_interval(secs => :refresh_after)
     )
-    SELECT group_id FROM g WHERE group_id IS NOT NULL
+    SELECT w.group_id FROM work w LEFT JOIN campaign c ON c.campaign_id = w.group_id
+    ORDER BY c.drained_at NULLS FIRST, w.group_id
 """)
+
+_DRAINED = text("UPDATE campaign SET drained_at = clock_timestamp() WHERE campaign_id = :c")
 
 _OUTSTANDING = text("""
     SELECT count(*), COALESCE(sum(skus), 0) FROM push_claim
@@ -42,7 +64,9 @@ _OUTSTANDING = text("""
 """)
 
 # Claims the keys `picked` selects: a key held by a live claim is skipped, one whose lease ran out
-# is taken over. Returns the keys actually taken, in the order picked.
+# is taken over. Returns the keys actually taken (unordered: a sort here would be planned under
+# `enable_sort = off` at a disabled node's cost, 10^10, and that cost makes PostgreSQL JIT-compile
+# the statement; the caller orders the few rows).
 _TAKE = """
     taken AS (
         INSERT INTO claimed_key (group_id, sku, claim_id)
@@ -54,7 +78,6 @@ _TAKE = """
         RETURNING sku
     )
     SELECT picked.sku, picked.changed_at FROM picked JOIN taken USING (sku)
-    ORDER BY picked.changed_at
 """
 
 _NOT_CLAIMED = """
@@ -94,7 +117,9 @@ _CLAIM_REFRESH = text(f"""
 
 # The claims must walk the pending index in order and stop after a batch. Right after a bulk load,
 # before autovacuum has analyzed `stock`, the planner otherwise picks a bitmap scan of every
-# pending row and a sort (measured: seconds per claim at 5 M rows instead of milliseconds).
+# pending row and a sort (measured: seconds per claim at 5 M rows instead of milliseconds). No
+# claim statement may contain a node these switches disable: its cost would pass `jit_above_cost`
+# (tests/integration/test_drain_cost.py checks the plans).
 _ORDERED_SCANS_ONLY = text("""
     SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)
 """)
@@ -183,20 +208,28 @@ class Claims:
         self.refresh_after_seconds = refresh_after_seconds
 
     def campaigns_to_drain(self) -> list[int]:
-        """Campaigns with pending keys, and every campaign sent to before (for refreshes)."""
+        """Campaigns with pending keys or a refresh due, least recently drained first."""
         with self.engine.connect() as conn:
-            pending = {row[0] for row in conn.execute(_PENDING_CAMPAIGNS)}
-            known = set(campaign_health.known_campaigns(conn))
-        return sorted(pending | known)
+            rows = conn.execute(_CAMPAIGNS_WITH_WORK, {"refresh_after": self.refresh_after_seconds})
+            return [row[0] for row in rows]
 
-    def claim(self, campaign_id: int, probe_interval: float) -> list[Claim]:
-        """Claims the next batches of a campaign, within its rate budget and parallel slots.
+    def claim(
+        self, campaign_id: int, probe_interval: float, max_batches: int | None = None
+    ) -> list[Claim]:
+        """Claims the next batches (at most `max_batches`) of a campaign, within its rate budget
+        and parallel slots.
 
         A parked campaign gets one single-SKU probe when its probe is due; a blocked one nothing.
         """
         with self.engine.begin() as conn:
             conn.execute(_ORDERED_SCANS_ONLY)
-            use = self.limiter.usage(conn, campaign_id)  # locks the campaign: one planner at once
+            # Locks the campaign: one planner at once. A busy one is skipped, not waited for: its
+            # holder may be frozen or cut off, and the other campaigns must go on.
+            use = self.limiter.try_usage(conn, campaign_id)
+            if use is None:
+                return []
+            # Its turn: the next drain pass serves the campaigns waiting longer first.
+            conn.execute(_DRAINED, {"c": campaign_id})
             if use.blocked_until is not None and use.blocked_until > use.now:
                 return []
             if use.parked_reason is not None:
@@ -206,6 +239,8 @@ class Claims:
             budget = self.limiter.limit - use.skus_in_window - int(claimed_skus)
             # One batch more than may be in flight, so a finished request is followed at once.
             slots = self.limiter.max_parallel + 1 - int(claims)
+            if max_batches is not None:
+                slots = min(slots, max_batches)
             fresh, exhausted = self._claim_batches(conn, campaign_id, budget, slots)
             budget -= sum(c.skus for c in fresh)
             if not exhausted or budget <= 0 or slots <= len(fresh):
@@ -283,6 +318,7 @@ class Claims:
                 },
             )
             campaign_health.works_again(conn, campaign_id)
+            counters.add(conn, [((counters.SKUS_PUSHED, campaign_id, ""), len(sent))])
 
     def hold_skus(
         self, campaign_id: int, claim_id: str, rejected: Sequence[tuple[PendingStock, str]]

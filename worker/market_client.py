@@ -1,4 +1,5 @@
-"""The Market HTTP edge: `PUT /v2/campaigns/{id}/offers/stocks`, answers parsed, secrets kept out.
+"""The Market HTTP edge: `PUT /v2/campaigns/{id}/offers/stocks` and the discovery reads, answers
+parsed, secrets kept out.
 
 The credential lives only in the session's headers; nothing here logs headers, and exceptions are
 rebuilt from the URL path and the exception's class so no header can leak through them.
@@ -13,6 +14,8 @@ from datetime import UTC, datetime
 
 import requests
 from pydantic import SecretStr
+
+from domain.discovery import MarketCampaign, MarketWarehouse
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +119,165 @@ class MarketClient:
             remaining=_int_header(headers.get("X-RateLimit-Resource-Remaining")),
             until=http_date(headers.get("X-RateLimit-Resource-Until")),
         )
+
+
+class MarketReadError(Exception):
+    """A Market read that gave no usable answer; the message says which call and why (no
+    header, no secret)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# The Market's page sizes: getCampaigns ≤ 100, getPagedWarehouses ≤ 30 with ≤ 25 campaignIds.
+CAMPAIGNS_PAGE = 100
+WAREHOUSES_PAGE = 30
+CAMPAIGN_IDS_PER_CALL = 25
+# A guard against a Market (or a proxy) that keeps handing out the same page token.
+MAX_PAGES = 1000
+
+
+def _field(item: object, *path: str) -> object:
+    for name in path:
+        item = item.get(name) if isinstance(item, dict) else None
+    return item
+
+
+def _int_field(item: object, where: str, *path: str) -> int:
+    value = _field(item, *path)
+    if type(value) is not int:
+        raise MarketReadError(f"{where}: {'.'.join(path)} is not an integer: {value!r}")
+    return value
+
+
+class MarketReader:
+    """The Market's read methods for discovery: campaigns, and warehouses with their groups."""
+
+    def __init__(self, client: MarketClient) -> None:
+        self.client = client
+        # Calls made by this reader, by path template: the routing check's cost.
+        self.calls: dict[str, int] = {}
+
+    def _call(
+        self, method: str, path: str, template: str, params: dict[str, str], body: object
+    ) -> dict[str, object]:
+        client = self.client
+        self.calls[template] = self.calls.get(template, 0) + 1
+        try:
+            response = client.session.request(
+                method,
+                client.base_url + path,
+                params=params,
+                data=None if body is None else json.dumps(body),
+                timeout=client.timeout,
+            )
+        except (requests.RequestException, OSError) as exc:
+            raise MarketReadError(f"{type(exc).__name__} on {method} {path}") from None
+        if not response.ok:
+            answer = MarketAnswer(status=response.status_code, errors=_errors(response.content))
+            raise MarketReadError(f"{method} {path}: {answer.reason()}", response.status_code)
+        try:
+            parsed = response.json()
+        except ValueError:
+            raise MarketReadError(f"{method} {path}: the answer is not JSON") from None
+        if not isinstance(parsed, dict):
+            raise MarketReadError(f"{method} {path}: the answer is not a JSON object")
+        return parsed
+
+    def _pages(
+        self,
+        *,
+        method: str,
+        path: str,
+        template: str,
+        limit: int,
+        body: object,
+        items: tuple[str, ...],
+    ) -> list[object]:
+        """Every item of a paged read, following `paging.nextPageToken`."""
+        found: list[object] = []
+        token: str | None = None
+        for _ in range(MAX_PAGES):
+            params = {"limit": str(limit)}
+            if token:
+                params["pageToken"] = token
+            answer = self._call(method, path, template, params, body)
+            chunk = _field(answer, *items)
+            if not isinstance(chunk, list):
+                raise MarketReadError(f"{method} {path}: {'.'.join(items)} is not a list")
+            found.extend(chunk)
+            paging_at = (*items[:-1], "paging")
+            next_token = _field(answer, *paging_at, "nextPageToken")
+            if not isinstance(next_token, str) or not next_token or next_token == token:
+                return found
+            token = next_token
+        raise MarketReadError(f"{method} {path}: more than {MAX_PAGES} pages")
+
+    def campaigns(self) -> list[MarketCampaign]:
+        """Every campaign of the key (`GET /v2/campaigns`, pages of 100)."""
+        path = "/v2/campaigns"
+        raw = self._pages(
+            method="GET",
+            path=path,
+            template=path,
+            limit=CAMPAIGNS_PAGE,
+            body=None,
+            items=("campaigns",),
+        )
+        campaigns = []
+        for i, item in enumerate(raw):
+            where = f"GET {path}: campaigns[{i}]"
+            campaigns.append(
+                MarketCampaign(
+                    id=_int_field(item, where, "id"),
+                    business_id=_int_field(item, where, "business", "id"),
+                    placement_type=str(_field(item, "placementType") or ""),
+                    api_availability=str(_field(item, "apiAvailability") or "AVAILABLE"),
+                )
+            )
+        return campaigns
+
+    def warehouses(self, business_id: int, campaign_ids: list[int]) -> list[MarketWarehouse]:
+        """The warehouses of these campaigns of a business (`POST /v2/businesses/{id}/warehouses`,
+        25 campaign ids a call, pages of 30), each with its group when it is in one."""
+        path = f"/v2/businesses/{business_id}/warehouses"
+        template = "/v2/businesses/{businessId}/warehouses"
+        found: list[MarketWarehouse] = []
+        for start in range(0, len(campaign_ids), CAMPAIGN_IDS_PER_CALL):
+            body = {"campaignIds": campaign_ids[start : start + CAMPAIGN_IDS_PER_CALL]}
+            items = ("result", "warehouses")
+            raw = self._pages(
+                method="POST",
+                path=path,
+                template=template,
+                limit=WAREHOUSES_PAGE,
+                body=body,
+                items=items,
+            )
+            for i, item in enumerate(raw):
+                where = f"POST {path}: warehouses[{i}]"
+                group = _field(item, "groupInfo")
+                group_id = _int_field(group, where, "id") if group is not None else None
+                name = _field(group, "name")
+                found.append(
+                    MarketWarehouse(
+                        id=_int_field(item, where, "id"),
+                        campaign_id=_int_field(item, where, "campaignId"),
+                        group_id=group_id,
+                        group_name=name if isinstance(name, str) else None,
+                    )
+                )
+        return found
+
+    def read_cabinet(self) -> tuple[list[MarketCampaign], list[MarketWarehouse]]:
+        """The key's campaigns and all their warehouses: 1 call per 100 campaigns, then per
+        business 1 call per 25 campaigns (more only past 30 warehouses)."""
+        campaigns = self.campaigns()
+        by_business: dict[int, list[int]] = {}
+        for c in campaigns:
+            by_business.setdefault(c.business_id, []).append(c.id)
+        warehouses = [
+            w for business, ids in by_business.items() for w in self.warehouses(business, ids)
+        ]
+        return campaigns, warehouses

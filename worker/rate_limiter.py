@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
 from domain.rate_window import seconds_until_room
-from worker import campaign_health
+from worker import campaign_health, counters
+from worker.database import is_lock_timeout
 from worker.market_client import MarketAnswer
 
 WINDOW_SECONDS = 60.0
@@ -36,6 +38,12 @@ DEFAULT_BLOCK = timedelta(seconds=60)
 LONGEST_BLOCK = timedelta(hours=1)
 # While all parallel slots are taken, ask again after this long.
 PARALLEL_WAIT_SECONDS = 0.05
+# A push waits this long at most for its campaign's row (planners hold it for milliseconds);
+# then the campaign is busy and the push hands its keys back (a wait longer than the push sleeps).
+BUSY_LOCK_SECONDS = 2.0
+BUSY_WAIT_SECONDS = 5.0
+
+_BUSY_LOCK_TIMEOUT = text("SELECT set_config('lock_timeout', :ms, true)")
 
 _WINDOW = text("""
     SELECT skus,
@@ -66,6 +74,7 @@ _FINISH = text("""
         status = :status,
         skus = CASE WHEN :status >= 500 THEN 0 ELSE skus END
     WHERE id = :id
+    RETURNING EXTRACT(EPOCH FROM LEAST(finished_at, clock_timestamp()) - started_at)
 """)
 
 _CANCEL = text("DELETE FROM market_request WHERE id = :id AND finished_at IS NULL")
@@ -86,7 +95,8 @@ class Permit:
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    """No leave yet: ask again after `seconds`, for `reason` (`420`, `window`, `parallel`)."""
+    """No leave yet: ask again after `seconds`, for `reason` (`420`, `window`, `parallel`,
+    `busy`)."""
 
     seconds: float
     reason: str
@@ -122,6 +132,17 @@ class RateLimiter:
     def usage(self, conn: Connection, campaign_id: int) -> Usage:
         """Locks the campaign's row (callers serialize on it) and reads its use of the limit."""
         campaign = campaign_health.lock(conn, campaign_id)
+        assert campaign is not None  # a waiting lock always returns the row
+        return self._read_usage(conn, campaign_id, campaign)
+
+    def try_usage(self, conn: Connection, campaign_id: int) -> Usage | None:
+        """`usage`, or None without waiting when another transaction holds the campaign's row."""
+        campaign = campaign_health.lock(conn, campaign_id, wait=False)
+        return None if campaign is None else self._read_usage(conn, campaign_id, campaign)
+
+    def _read_usage(
+        self, conn: Connection, campaign_id: int, campaign: campaign_health.CampaignState
+    ) -> Usage:
         rows = conn.execute(
             _WINDOW,
             {
@@ -140,8 +161,19 @@ class RateLimiter:
         )
 
     def acquire(self, campaign_id: int, skus: int) -> Permit | Wait:
-        """Leave for a request of `skus` SKUs now, or how long to wait for it."""
+        """Leave for a request of `skus` SKUs now, or how long to wait for it; a campaign whose
+        row stays busy for BUSY_LOCK_SECONDS (its holder frozen or cut off) is a long `busy`
+        wait, so the push hands its keys back instead of holding a pool process."""
+        try:
+            return self._acquire(campaign_id, skus)
+        except OperationalError as exc:
+            if is_lock_timeout(exc):
+                return Wait(BUSY_WAIT_SECONDS, "busy")
+            raise
+
+    def _acquire(self, campaign_id: int, skus: int) -> Permit | Wait:
         with self.engine.begin() as conn:
+            conn.execute(_BUSY_LOCK_TIMEOUT, {"ms": f"{round(BUSY_LOCK_SECONDS * 1000)}ms"})
             use = self.usage(conn, campaign_id)
             if use.blocked_until is not None and use.blocked_until > use.now:
                 return Wait((use.blocked_until - use.now).total_seconds(), "420")
@@ -159,22 +191,35 @@ class RateLimiter:
             conn.execute(_CANCEL, {"id": permit.request_id})
 
     def finish(self, permit: Permit, answer: MarketAnswer) -> None:
-        """Records the answer: 5xx SKUs given back, the Market's own count believed, 420 obeyed."""
+        """Records the answer: 5xx SKUs given back, the Market's own count believed, 420 obeyed;
+        the request counted by status and duration in the same transaction."""
         with self.engine.begin() as conn:
-            conn.execute(
+            seconds = conn.execute(
                 _FINISH,
                 {"id": permit.request_id, "status": answer.status, "deadline": self.deadline},
-            )
+            ).scalar_one_or_none()
             if answer.status == 420 or (answer.limit is not None and answer.remaining is not None):
-                use = self.usage(conn, permit.campaign_id)
-                if answer.limit is not None and answer.remaining is not None:
-                    market_used = answer.limit - answer.remaining
-                    if market_used > use.skus_in_window:
-                        conn.execute(
-                            _CORRECT,
-                            {"c": permit.campaign_id, "skus": market_used - use.skus_in_window},
-                        )
+                # A 420's block must be written (waiting at most the lock timeout); the Market's
+                # count is only a correction, which the next answer brings again: skipped while
+                # the campaign's row is busy.
                 if answer.status == 420:
+                    use: Usage | None = self.usage(conn, permit.campaign_id)
+                else:
+                    use = self.try_usage(conn, permit.campaign_id)
+                if (
+                    use is not None
+                    and answer.limit is not None
+                    and answer.remaining is not None
+                    and answer.limit - answer.remaining > use.skus_in_window
+                ):
+                    conn.execute(
+                        _CORRECT,
+                        {
+                            "c": permit.campaign_id,
+                            "skus": answer.limit - answer.remaining - use.skus_in_window,
+                        },
+                    )
+                if answer.status == 420 and use is not None:
                     until = use.now + DEFAULT_BLOCK
                     if answer.until is not None:
                         # A zoneless -Until (RFC 822 "-0000") is UTC.
@@ -184,3 +229,13 @@ class RateLimiter:
                         until = given + UNTIL_MARGIN
                     until = min(until, use.now + LONGEST_BLOCK)
                     campaign_health.block_until(conn, permit.campaign_id, until)
+            if seconds is not None:  # else the request was already cancelled: it never went
+                c = permit.campaign_id
+                counters.add(
+                    conn,
+                    [
+                        ((counters.MARKET_REQUESTS, c, str(answer.status)), 1),
+                        ((counters.MARKET_RATE_LIMITED, c, ""), int(answer.status == 420)),
+                        *counters.duration_increments(c, float(seconds)),
+                    ],
+                )

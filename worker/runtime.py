@@ -18,7 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from worker.campaign_health import CampaignHealth
 from worker.claims import Claims
-from worker.database import connect_args, database_url, make_engine
+from worker.database import database_url, make_engine, session_attrs
 from worker.market_client import MarketClient
 from worker.rate_limiter import RateLimiter
 from worker.settings import get_settings
@@ -62,7 +62,7 @@ def consumer_engine() -> Engine:
     return _once(
         "consumer_engine",
         lambda: create_engine(
-            url, poolclass=NullPool, connect_args={"connect_timeout": 5, **connect_args(url)}
+            url, poolclass=NullPool, connect_args={"connect_timeout": 5, **session_attrs(url)}
         ),
     )
 

@@ -9,17 +9,20 @@ from sqlalchemy import (
     Column,
     Computed,
     DateTime,
+    Float,
     Identity,
     Index,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
 
@@ -118,6 +121,8 @@ campaign = Table(
     Column("degraded_reason", Text),
     Column("degraded_at", DateTime(timezone=True)),
     Column("last_push_at", DateTime(timezone=True)),
+    # When a planner last took the campaign's turn: a drain pass serves the longest-waiting first.
+    Column("drained_at", DateTime(timezone=True)),
 )
 
 # Every request to the Market: the rate limiter's ledger (SKUs in the rolling window, requests in
@@ -188,4 +193,44 @@ campaign_route = Table(
     Column("campaign_id", BigInteger, primary_key=True, autoincrement=False),
     Column("group_id", BigInteger, nullable=False),
     Column("routed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# The last routing check (worker/routing_check.py): one row, replaced by each check, read by
+# `stocksync status` and the metrics of any process.
+routing_check = Table(
+    "routing_check",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("checked_at", DateTime(timezone=True), nullable=False),
+    Column("readable", Boolean, nullable=False),
+    Column("differences", JSONB, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("calls", Integer, nullable=False),
+    Column("settings_fingerprint", Text, nullable=False),
+    CheckConstraint("id = 1", name="routing_check_one_row"),
+)
+
+# The metrics' counters and histogram buckets: one row per (name, campaign, label), only ever
+# incremented, in the transaction that does the counted work (worker/counters.py). Campaign 0 and
+# label '' stand for "none". Pruning never touches it, so no counter falls.
+counter = Table(
+    "counter",
+    metadata,
+    Column("name", Text, nullable=False),
+    Column("campaign_id", BigInteger, nullable=False, server_default="0"),
+    Column("label", Text, nullable=False, server_default=""),
+    Column("value", Float(precision=53), nullable=False, server_default="0"),
+    PrimaryKeyConstraint("name", "campaign_id", "label", name="counter_pkey"),
+)
+
+# Each campaign's pending and held keys, as delta rows: the triggers of revision 0011 add one row
+# per statement on `stock` and campaign whose figures changed (insert-only: no two transactions
+# wait on one row); housekeeping folds them into one row per campaign; the scrape sums them.
+stock_tally = Table(
+    "stock_tally",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("group_id", BigInteger, nullable=False),
+    Column("pending", BigInteger, nullable=False),
+    Column("held", BigInteger, nullable=False),
 )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from stocksync.commands import (
     demo,
+    discover,
     import_snapshot,
     metrics,
     migrate,
@@ -49,4 +50,5 @@ COMMANDS: list[Command] = [
     Command("resync", resync.HELP, resync.run, resync.configure),
     Command("import", import_snapshot.HELP, import_snapshot.run, import_snapshot.configure),
     Command("demo", demo.HELP, demo.run, demo.configure),
+    Command("discover", discover.HELP, discover.run, discover.configure),
 ]

@@ -58,6 +58,13 @@ def run(args: argparse.Namespace) -> int:
             f"{_age(campaign.oldest_pending_age_seconds)} old (more than {args.max_age:g}s)",
             file=sys.stderr,
         )
+    routing = report.routing
+    if routing is not None and routing.matches is False:
+        print(
+            f"stocksync: the routing settings differ from the Market "
+            f"({len(routing.differences)}): run `stocksync discover`",
+            file=sys.stderr,
+        )
     for campaign in report.parked():
         print(
             f"stocksync: campaign {campaign.campaign_id} is parked: {campaign.parked_reason}",
@@ -122,4 +129,18 @@ def render_table(report: StatusReport) -> str:
         lines.append(
             f"rejected changes without a valid campaign: {report.rejected_without_campaign}"
         )
+    lines.append(_routing_line(report))
     return "\n".join(lines)
+
+
+def _routing_line(report: StatusReport) -> str:
+    routing = report.routing
+    if routing is None:
+        return "routing: not checked against the Market yet"
+    when = f"checked {routing.checked_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+    if routing.error is not None:
+        return f"routing: cannot read the Market ({when}): {routing.error}"
+    if not routing.differences:
+        return f"routing: the settings match the Market ({when})"
+    listed = "".join(f"\n  - {d}" for d in routing.differences)
+    return f"routing: {len(routing.differences)} difference(s) from the Market ({when}):{listed}"
