@@ -102,12 +102,14 @@ _CLAIM = text(f"""
 """)  # noqa: S608 - built from the constant fragments above; every value is a bound parameter
 
 # Keys acknowledged longer ago than the refresh age, oldest first: the Market wants stock at least
-# once a day and refuses an updatedAt older than a day.
+# once a day and refuses an updatedAt older than a day. A SKU held (refused on a refresh) waits for
+# a change like a pending one: sent again, it would only be refused again, for ever.
 _CLAIM_REFRESH = text(f"""
     WITH picked AS (
         SELECT s.group_id, s.sku, s.changed_at FROM stock s
         WHERE s.group_id = :c AND s.version = s.acked_version
           AND s.acked_at < clock_timestamp() - make_interval(secs => :refresh_after)
+          AND (s.parked_version IS NULL OR s.parked_version < s.version)
           AND {_NOT_CLAIMED}
         ORDER BY s.acked_at
         LIMIT :n
@@ -219,7 +221,8 @@ class Claims:
         """Claims the next batches (at most `max_batches`) of a campaign, within its rate budget
         and parallel slots.
 
-        A parked campaign gets one single-SKU probe when its probe is due; a blocked one nothing.
+        A parked campaign gets one single-SKU probe when its probe is due (a pending key, else an
+        acknowledged one: a campaign parked on a refresh has none pending); a blocked one nothing.
         """
         with self.engine.begin() as conn:
             conn.execute(_ORDERED_SCANS_ONLY)
@@ -233,8 +236,15 @@ class Claims:
             if use.blocked_until is not None and use.blocked_until > use.now:
                 return []
             if use.parked_reason is not None:
-                due = campaign_health.probe_due(conn, campaign_id, probe_interval)
-                return self._claim_batches(conn, campaign_id, 1, 1)[0] if due else []
+                if not campaign_health.probe_due(conn, campaign_id, probe_interval):
+                    return []
+                probe = self._claim_batches(conn, campaign_id, 1, 1)[0]
+                return (
+                    probe
+                    or self._claim_batches(
+                        conn, campaign_id, 1, 1, refresh=True, refresh_after=0.0
+                    )[0]
+                )
             claims, claimed_skus = conn.execute(_OUTSTANDING, {"c": campaign_id}).one()
             budget = self.limiter.limit - use.skus_in_window - int(claimed_skus)
             # One batch more than may be in flight, so a finished request is followed at once.
@@ -249,9 +259,17 @@ class Claims:
             return fresh + self._claim_batches(conn, campaign_id, budget, 1, refresh=True)[0]
 
     def _claim_batches(
-        self, conn: Connection, campaign_id: int, budget: int, slots: int, refresh: bool = False
+        self,
+        conn: Connection,
+        campaign_id: int,
+        budget: int,
+        slots: int,
+        *,
+        refresh: bool = False,
+        refresh_after: float | None = None,
     ) -> tuple[list[Claim], bool]:
-        """Claims up to `slots` batches within `budget` SKUs; True when no key was left to claim."""
+        """Claims up to `slots` batches within `budget` SKUs (`refresh`: acknowledged keys older
+        than `refresh_after`, by default the refresh age); True when no key was left to claim."""
         claims: list[Claim] = []
         statement = _CLAIM_REFRESH if refresh else _CLAIM
         while slots > 0 and budget > 0:
@@ -259,7 +277,9 @@ class Claims:
             wanted = min(SKUS_PER_REQUEST_MAX, budget)
             params = {"c": campaign_id, "n": wanted, "claim": claim_id}
             if refresh:
-                params["refresh_after"] = self.refresh_after_seconds
+                params["refresh_after"] = (
+                    self.refresh_after_seconds if refresh_after is None else refresh_after
+                )
             rows = conn.execute(statement, params).all()
             if not rows:
                 return claims, True

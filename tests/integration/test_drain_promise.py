@@ -1,0 +1,107 @@
+"""The drain's promise under faults (issue 13): held SKUs and parked campaigns on refreshes.
+
+Real worker processes with embedded beat, RabbitMQ, PostgreSQL and the sandbox over HTTP.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from sandbox.server import MarketSandbox
+from tests.integration.drain_support import (
+    SECRET_KEY,
+    counts_at,
+    pending_keys,
+    put_changes,
+    running_worker,
+)
+from tests.services import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def sandbox() -> Iterator[MarketSandbox]:
+    with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
+        yield box
+
+
+def _scalar(engine: Engine, sql: str, **params: Any) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(text(sql), params).scalar()
+
+
+def _refusals_of(sandbox: MarketSandbox, campaign: int, sku: str) -> int:
+    """Requests the sandbox refused because of `sku` (its 400 names it)."""
+    return sum(
+        1
+        for r in sandbox.requests(campaign)
+        if r["status"] == 400 and f"'{sku}'" in (r["first_error"] or "")
+    )
+
+
+def test_a_sku_refused_on_a_refresh_is_held_and_not_sent_again(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # Given two acknowledged keys and refreshes every 1.8 s
+    put_changes(
+        engine,
+        [{"campaign_id": 7, "sku": "BAD", "count": 1}, {"campaign_id": 7, "sku": "OK", "count": 2}],
+    )
+    with running_worker(
+        database_url, rabbit_url, sandbox, tmp_path / "w.log", refresh_hours="0.0005"
+    ):
+        wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 30)
+        # When the Market starts refusing one of them
+        sandbox.configure(refuse_skus=["BAD"])
+        wait_for("BAD refused on a refresh", lambda: _refusals_of(sandbox, 7, "BAD") >= 1, 30)
+        wait_for(
+            "BAD held",
+            lambda: (
+                _scalar(
+                    engine,
+                    "SELECT parked_reason FROM stock WHERE sku = 'BAD' AND parked_version > 0",
+                )
+                is not None
+            ),
+            10,
+        )
+        oks_before = sum(1 for r in sandbox.requests(7) if r["status"] == 200)
+        time.sleep(9)  # five refresh ages, eighteen drain passes
+        oks_after = sum(1 for r in sandbox.requests(7) if r["status"] == 200)
+    # Then it was sent once, held, and not sent again; the other key kept being refreshed
+    assert _refusals_of(sandbox, 7, "BAD") == 1
+    assert oks_after > oks_before
+    assert counts_at(sandbox, 7)["OK"] == 2
+
+
+def test_a_campaign_parked_on_a_refresh_works_again_after_a_probe_without_a_change(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # Given a campaign whose every key is acknowledged, refreshes every 1.8 s, probes every 2 s
+    put_changes(engine, [{"campaign_id": 7, "sku": "A", "count": 5}])
+    parked = "SELECT parked_reason FROM campaign WHERE campaign_id = 7"
+    with running_worker(
+        database_url,
+        rabbit_url,
+        sandbox,
+        tmp_path / "w.log",
+        refresh_hours="0.0005",
+        probe_interval_seconds="2",
+    ):
+        wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 30)
+        # When the Market answers 401 to a refresh, then works again
+        sandbox.force_status(7, 401)
+        wait_for("the campaign parked", lambda: _scalar(engine, parked) is not None, 30)
+        sandbox.force_status(7, None)
+        # Then a probe finds it works: un-parked within the probe interval (and a drain pass),
+        # with no new change
+        wait_for("the campaign to work again", lambda: _scalar(engine, parked) is None, 8)
+    assert pending_keys(engine) == 0
+    assert counts_at(sandbox, 7) == {"A": 5}
