@@ -65,10 +65,12 @@ def _stock_value(engine: Engine, sku: str) -> int | None:
 def test_a_change_sent_while_the_database_is_read_only_is_applied_once_it_is_writable(
     engine: Engine, database_url: str, rabbit_url: str, producer: Celery, tmp_path: Path
 ) -> None:
-    # Given a database that only accepts read-only sessions, as a demoted primary after a failover
-    _set_database(database_url, "SET default_transaction_read_only = on")
+    # Given a running worker whose database turns to accepting read-only sessions only, as a
+    # demoted primary after a failover (the worker starts on a writable one: at start it records
+    # its routing and waits for a writable database before it is ready)
     try:
         with running_worker(database_url, rabbit_url, tmp_path / "w.log") as worker:
+            _set_database(database_url, "SET default_transaction_read_only = on")
             # When a change arrives while it is read-only
             producer.send_task(
                 "stocks.submit",
@@ -160,24 +162,41 @@ def test_a_change_nested_hundreds_deep_is_stored_with_a_reason(
 def test_statement_timeouts_for_six_deliveries_do_not_set_a_valid_message_aside(
     engine: Engine, database_url: str, rabbit_url: str, producer: Celery, tmp_path: Path
 ) -> None:
-    # Given a database where every statement is cancelled after 1 ms (2,000 changes take longer)
+    # Given a worker whose sessions cancel a statement after 0.5 s (its session options override
+    # any database-level setting), and a change log whose inserts take 2 s (a trigger), so that
+    # the ingest's statements time out while the worker's other statements pass
     changes = [{"campaign_id": 1, "sku": f"ST-{n}", "count": n} for n in range(2_000)]
-    _set_database(database_url, "SET statement_timeout = '1ms'")
-    try:
-        with running_worker(database_url, rabbit_url, tmp_path / "w.log") as worker:
-            producer.send_task("stocks.submit", kwargs={"changes": changes}, queue="stocks.changes")
-            # When six deliveries in a row fail on it
-            wait_for(
-                "six failed deliveries",
-                lambda: worker.log_text().count("database_unavailable") >= 6,
-                90,
-            )
-            # And the timeout is lifted
-            _set_database(database_url, "RESET statement_timeout")
-            # Then the change is applied, not set aside
-            wait_for("the changes", lambda: _stock_value(engine, "ST-1999") == 1999, 60)
-    finally:
-        _reset_database(database_url, "statement_timeout")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE FUNCTION test_slow_insert() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER test_slow_insert BEFORE INSERT ON change_log "
+            "FOR EACH STATEMENT EXECUTE FUNCTION test_slow_insert()"
+        )
+    with running_worker(
+        database_url,
+        rabbit_url,
+        tmp_path / "w.log",
+        STOCKSYNC_DATABASE_STATEMENT_TIMEOUT_SECONDS="0.5",
+    ) as worker:
+        producer.send_task("stocks.submit", kwargs={"changes": changes}, queue="stocks.changes")
+        # When six deliveries in a row fail on it
+        wait_for(
+            "six failed deliveries (or the message set aside)",
+            lambda: (
+                worker.log_text().count("database_unavailable sqlstate=57014\n") >= 6
+                or bool(unreadable_rows(engine))
+            ),
+            90,
+        )
+        assert unreadable_rows(engine) == {}
+        # And the inserts are fast again
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER test_slow_insert ON change_log")
+        # Then the change is applied, not set aside
+        wait_for("the changes", lambda: _stock_value(engine, "ST-1999") == 1999, 60)
     assert unreadable_rows(engine) == {}
     assert scalar(engine, "SELECT count(*) FROM stock WHERE sku LIKE 'ST-%'") == 2_000
 
@@ -185,7 +204,7 @@ def test_statement_timeouts_for_six_deliveries_do_not_set_a_valid_message_aside(
 def test_lock_timeouts_for_six_deliveries_do_not_set_a_valid_message_aside(
     engine: Engine, database_url: str, rabbit_url: str, producer: Celery, tmp_path: Path
 ) -> None:
-    # Given a key whose row another session holds locked, and a 100 ms lock timeout
+    # Given a key whose row another session holds locked, and a worker with a 100 ms lock timeout
     producer.send_task(
         "stocks.submit",
         kwargs={"changes": [{"campaign_id": 1, "sku": "LOCKED", "count": 1}]},
@@ -193,13 +212,17 @@ def test_lock_timeouts_for_six_deliveries_do_not_set_a_valid_message_aside(
     )
     with running_worker(database_url, rabbit_url, tmp_path / "w0.log"):
         wait_for("the key", lambda: _stock_value(engine, "LOCKED") == 1, 60)
-    _set_database(database_url, "SET lock_timeout = '100ms'")
-    engine.dispose()  # its pooled sessions were cut
     holder = engine.connect()
     try:
         holder.exec_driver_sql("BEGIN")
         holder.exec_driver_sql("SELECT 1 FROM stock WHERE sku = 'LOCKED' FOR UPDATE")
-        with running_worker(database_url, rabbit_url, tmp_path / "w.log") as worker:
+        # (the worker's own lock timeout: its session options override a database-level one)
+        with running_worker(
+            database_url,
+            rabbit_url,
+            tmp_path / "w.log",
+            STOCKSYNC_DATABASE_LOCK_TIMEOUT_SECONDS="0.1",
+        ) as worker:
             producer.send_task(
                 "stocks.submit",
                 kwargs={"changes": [{"campaign_id": 1, "sku": "LOCKED", "count": 2}]},
@@ -221,7 +244,6 @@ def test_lock_timeouts_for_six_deliveries_do_not_set_a_valid_message_aside(
             wait_for("the change", lambda: _stock_value(engine, "LOCKED") == 2, 60)
     finally:
         holder.close()
-        _reset_database(database_url, "lock_timeout")
     assert unreadable_rows(engine) == {}
 
 
