@@ -113,6 +113,6 @@ def paused_while_down(exc: DBAPIError, log: logging.Logger, **fields: Any) -> bo
     if not is_transient(exc):
         return False
     sqlstate = getattr(exc.orig, "sqlstate", None) or "none"
-    log_event(log, logging.WARNING, "database_unavailable", sqlstate=sqlstate, **fields)
+    log_event(log, logging.WARNING, "database_unavailable", **fields, sqlstate=sqlstate)
     time.sleep(DATABASE_DOWN_PAUSE_SECONDS)
     return True
