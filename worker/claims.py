@@ -181,6 +181,19 @@ _HOLD_SKUS = text("""
     WHERE s.group_id = :c AND s.sku = n.sku
 """)
 
+# Keys sent by a push whose lease ran out in flight: pending again (as `resync` does), rows locked
+# in key order like the ingest's.
+_SEND_AGAIN = text("""
+    WITH locked AS (
+        SELECT s.ctid AS row_id FROM stock s
+        WHERE s.group_id = :c AND s.sku = ANY(CAST(:skus AS text[]))
+        ORDER BY s.sku
+        FOR UPDATE
+    )
+    UPDATE stock s SET version = s.version + 1, changed_at = now()
+    FROM locked WHERE s.ctid = locked.row_id
+""")
+
 _RELEASE = text("DELETE FROM claimed_key WHERE claim_id = :claim")
 _DROP_CLAIM = text("DELETE FROM push_claim WHERE claim_id = :claim")
 
@@ -355,6 +368,13 @@ class Claims:
                     "reasons": [reason for _, reason in rejected],
                 },
             )
+
+    def send_again(self, campaign_id: int, claim_id: str, sent: Sequence[PendingStock]) -> None:
+        """Keys whose request outlived the claim's lease: pending again, the claim given up."""
+        with self.engine.begin() as conn:
+            conn.execute(_SEND_AGAIN, {"c": campaign_id, "skus": [s.sku for s in sent]})
+            conn.execute(_RELEASE, {"c": campaign_id, "claim": claim_id})
+            conn.execute(_DROP_CLAIM, {"claim": claim_id})
 
     def release(self, campaign_id: int, claim_id: str) -> None:
         """Gives the claim's remaining keys back to the drain; they stay pending."""

@@ -7,12 +7,19 @@ rebuilt from the URL path and the exception's class so no header can leak throug
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
+import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import requests
+import requests.adapters
+import urllib3
+import urllib3.connection
 from pydantic import SecretStr
 
 from domain.discovery import MarketCampaign, MarketWarehouse
@@ -76,6 +83,67 @@ def _errors(body: bytes) -> list[MarketError]:
     ]
 
 
+# The total deadline of the request being sent by this thread (see `_Deadline`).
+_current = threading.local()
+
+
+class _Deadline:
+    """A hard total deadline for one request: requests' timeouts are per phase (a server that
+    trickles bytes, or a slow DNS answer, has none), so at the deadline the socket is shut down,
+    and a connection made after it sends nothing."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.fired = False
+        self._timer: threading.Timer | None = None
+
+    def attach(self, sock: socket.socket) -> None:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            self.fired = True
+            raise TimeoutError("total deadline passed before sending")
+        self._timer = threading.Timer(left, self._cut, (sock,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cut(self, sock: socket.socket) -> None:
+        self.fired = True
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class _WatchedConnection:
+    """Mixed into urllib3's connections: a new connection joins its thread's deadline."""
+
+    sock: socket.socket
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        deadline = getattr(_current, "deadline", None)
+        if deadline is not None:
+            deadline.attach(self.sock)
+
+
+class _HTTPConnection(_WatchedConnection, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_WatchedConnection, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
 class MarketClient:
     """Sends stock bodies to the Market; one per process (a session is not shared across forks)."""
 
@@ -88,7 +156,15 @@ class MarketClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = (timeout_seconds, timeout_seconds)
+        # A PUT's whole request, connect to last byte, ends within this (`put_stocks`).
+        self.total_seconds = timeout_seconds
         self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter()
+        adapter.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        # The Market keeps no connection alive: each request connects, so each has its deadline.
+        self.session.headers["Connection"] = "close"
         self.session.verify = True  # never switched off: there is no setting for it
         self.session.headers["Content-Type"] = "application/json"
         if api_key is not None:
@@ -97,14 +173,23 @@ class MarketClient:
             self.session.headers["Authorization"] = f"Bearer {oauth_token.get_secret_value()}"
 
     def put_stocks(self, campaign_id: int, body: bytes) -> MarketAnswer:
-        """One PUT; any answer or failure comes back as a `MarketAnswer`, never an exception."""
+        """One PUT within `total_seconds` from start to answer; any answer or failure comes back
+        as a `MarketAnswer`, never an exception."""
         path = f"/v2/campaigns/{campaign_id}/offers/stocks"
+        deadline = _current.deadline = _Deadline(self.total_seconds)
         try:
             response = self.session.put(self.base_url + path, data=body, timeout=self.timeout)
         except (requests.RequestException, OSError) as exc:
             # The exception's text can carry the request; keep only its kind. OSError: a CA
             # bundle that cannot be read fails before anything is sent.
-            return MarketAnswer(status=0, failure=f"{type(exc).__name__} on PUT {path}")
+            if deadline.fired:
+                failure = f"no answer within {self.total_seconds:g} s on PUT {path}"
+            else:
+                failure = f"{type(exc).__name__} on PUT {path}"
+            return MarketAnswer(status=0, failure=failure)
+        finally:
+            deadline.cancel()
+            _current.deadline = None
         headers = response.headers
         return MarketAnswer(
             status=response.status_code,

@@ -1,4 +1,5 @@
-"""The drain's promise under faults (issue 13): held SKUs and parked campaigns on refreshes.
+"""The drain's promise under faults (issue 13): no stale overwrite by a request that outlived its
+lease, held SKUs and parked campaigns on refreshes.
 
 Real worker processes with embedded beat, RabbitMQ, PostgreSQL and the sandbox over HTTP.
 """
@@ -44,6 +45,39 @@ def _refusals_of(sandbox: MarketSandbox, campaign: int, sku: str) -> int:
         for r in sandbox.requests(campaign)
         if r["status"] == 400 and f"'{sku}'" in (r["first_error"] or "")
     )
+
+
+def test_a_request_held_past_its_lease_never_overwrites_a_newer_count(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # Given a count 40 whose request the Market holds 30 s (a `100 Continue` every second, so no
+    # per-read timeout fires), and leases far shorter than that
+    sandbox.configure(hold_requests=1, hold_seconds=30)
+    put_changes(engine, [{"campaign_id": 7, "sku": "A", "count": 40}])
+    settings = {"claim_lease_seconds": "3"}
+    with (
+        running_worker(database_url, rabbit_url, sandbox, tmp_path / "a.log", **settings),
+        running_worker(database_url, rabbit_url, sandbox, tmp_path / "b.log", **settings),
+    ):
+        wait_for(
+            "the count 40 to be held at the sandbox",
+            lambda: sandbox.stats()["in_flight"].get("7", 0) == 1,
+            30,
+        )
+        held_since = time.monotonic()
+        # When a newer count arrives while the old request is held
+        put_changes(engine, [{"campaign_id": 7, "sku": "A", "count": 41}])
+        # (the hold is over, whatever the client did, after 30 s)
+        time.sleep(max(0.0, 31 - (time.monotonic() - held_since)))
+        wait_for(
+            "nothing in flight and nothing pending",
+            lambda: not sandbox.stats()["in_flight"] and pending_keys(engine) == 0,
+            30,
+        )
+        time.sleep(2)  # a push that would still send something has had its chance
+    # Then the Market ends with the newer count
+    assert counts_at(sandbox, 7) == {"A": 41}
+    assert pending_keys(engine) == 0
 
 
 def test_a_sku_refused_on_a_refresh_is_held_and_not_sent_again(
