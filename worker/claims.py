@@ -103,12 +103,14 @@ _CLAIM = text(f"""
 
 # Keys acknowledged longer ago than the refresh age, oldest first: the Market wants stock at least
 # once a day and refuses an updatedAt older than a day. A SKU held (refused on a refresh) waits for
-# a change like a pending one: sent again, it would only be refused again, for ever.
+# a change like a pending one: sent again, it would only be refused again, for ever. `now()`, not
+# `clock_timestamp()`: a stable bound is an index condition, a volatile one a filter over every
+# acknowledged key of the campaign (measured at 200,000 keys: 116 ms instead of 0.06 ms).
 _CLAIM_REFRESH = text(f"""
     WITH picked AS (
         SELECT s.group_id, s.sku, s.changed_at FROM stock s
         WHERE s.group_id = :c AND s.version = s.acked_version
-          AND s.acked_at < clock_timestamp() - make_interval(secs => :refresh_after)
+          AND s.acked_at < now() - make_interval(secs => :refresh_after)
           AND (s.parked_version IS NULL OR s.parked_version < s.version)
           AND {_NOT_CLAIMED}
         ORDER BY s.acked_at
