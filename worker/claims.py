@@ -25,7 +25,8 @@ from worker.rate_limiter import RateLimiter
 
 # The campaigns with work, least recently drained first: every campaign with a pending key (a skip
 # scan of the pending index) and every campaign whose oldest acknowledgement is due for its
-# refresh (a skip scan of the refresh index, reading one entry per campaign: its oldest `acked_at`).
+# refresh (a skip scan of the refresh index, reading one entry per campaign: its oldest `acked_at`),
+# and every parked campaign whose probe is due (it may have nothing pending).
 # Its cost grows with the number of campaigns by one index probe each; no idle campaign is claimed
 # for.
 _CAMPAIGNS_WITH_WORK = text("""
@@ -51,6 +52,9 @@ _CAMPAIGNS_WITH_WORK = text("""
         UNION
         SELECT group_id FROM acked
         WHERE acked_at < clock_timestamp() - make_interval(secs => :refresh_after)
+        UNION
+        SELECT campaign_id FROM campaign
+        WHERE parked_reason IS NOT NULL AND probe_at <= clock_timestamp()
     )
     SELECT w.group_id FROM work w LEFT JOIN campaign c ON c.campaign_id = w.group_id
     ORDER BY c.drained_at NULLS FIRST, w.group_id
