@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import Any, assert_never
 
 from celery import Task
@@ -31,6 +31,8 @@ log = logging.getLogger("stocksync.push")
 SHORT_WAIT_SECONDS = 3.0
 # The lease renewed before a PUT outlasts its total deadline by this much.
 LEASE_MARGIN = 5.0
+# updatedAt stays this far behind the database's clock: the Market's clock may lag it a little.
+CLOCK_MARGIN = timedelta(seconds=1)
 
 
 def enqueue(claims: list[Claim]) -> None:
@@ -62,11 +64,17 @@ def _send(
             return None
     # The lease must outlast the request (its total deadline, STOCKSYNC_MARKET_TIMEOUT_SECONDS):
     # no other push may take these keys while this request can still arrive.
-    if not box.renew(claim_id, at_least=get_settings().market_timeout_seconds + LEASE_MARGIN):
+    # updatedAt comes from the database's clock, read in this same round trip: a worker whose own
+    # clock runs ahead would be refused "in the future", one behind would send times that go back.
+    now = box.renew_for_sending(
+        claim_id, at_least=get_settings().market_timeout_seconds + LEASE_MARGIN
+    )
+    if now is None:
         runtime.limiter().cancel(decision)
         return None
     started = time.monotonic()
-    answer = runtime.market_client().put_stocks(campaign_id, stocks_body(batch, datetime.now(UTC)))
+    body = stocks_body(batch, now - CLOCK_MARGIN)
+    answer = runtime.market_client().put_stocks(campaign_id, body)
     runtime.limiter().finish(decision, answer)
     log_event(
         log,

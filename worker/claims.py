@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Connection, Engine, text
 
@@ -145,7 +146,7 @@ _NEW_CLAIM = text("""
 _RENEW = text("""
     UPDATE push_claim SET lease_until = clock_timestamp() + make_interval(secs => :lease)
     WHERE claim_id = :claim AND lease_until > clock_timestamp()
-    RETURNING campaign_id
+    RETURNING campaign_id, clock_timestamp() AS now
 """)
 
 _READ = text("""
@@ -334,6 +335,14 @@ class Claims:
         with self.engine.begin() as conn:
             row = conn.execute(_RENEW, {"claim": claim_id, "lease": lease}).first()
             return row is not None
+
+    def renew_for_sending(self, claim_id: str, at_least: float) -> datetime | None:
+        """`renew` right before a PUT: the database's clock then (the one clock every worker
+        shares, for `updatedAt`), or None when the lease ran out."""
+        lease = max(self.lease_seconds, at_least)
+        with self.engine.begin() as conn:
+            row = conn.execute(_RENEW, {"claim": claim_id, "lease": lease}).first()
+            return None if row is None else row.now
 
     def read(self, campaign_id: int, claim_id: str) -> list[PendingStock]:
         """The claimed keys as they are now: the values and versions to send."""
