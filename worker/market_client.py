@@ -1,5 +1,5 @@
-"""The Market HTTP edge: `PUT /v2/campaigns/{id}/offers/stocks` and the discovery reads, answers
-parsed, secrets kept out.
+"""The Market HTTP edge: `PUT /v2/campaigns/{id}/offers/stocks`, the discovery reads and the
+getStocks read of the verify sweep; answers parsed, secrets kept out.
 
 The credential lives only in the session's headers; nothing here logs headers, and exceptions are
 rebuilt from the URL path and the exception's class so no header can leak through them.
@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import requests
 import requests.adapters
@@ -43,6 +44,8 @@ class MarketAnswer:
     remaining: int | None = None
     until: datetime | None = None
     failure: str | None = None
+    # The parsed JSON body of a 200 read (None for a PUT, an error or an unreadable body).
+    body: Any = None
 
     def reason(self) -> str:
         """A short human reason: status and the Market's messages (never a header value)."""
@@ -198,6 +201,78 @@ class MarketClient:
             remaining=_int_header(headers.get("X-RateLimit-Resource-Remaining")),
             until=_date_header(headers.get("X-RateLimit-Resource-Until")),
         )
+
+    def _post(self, path: str, payload: Any, params: dict[str, Any] | None = None) -> MarketAnswer:
+        """One POST of a read method, as `put_stocks`: every outcome is a `MarketAnswer`."""
+        try:
+            response = self.session.post(
+                self.base_url + path,
+                data=json.dumps(payload, ensure_ascii=False).encode(),
+                params=params,
+                timeout=self.timeout,
+            )
+        except (requests.RequestException, OSError) as exc:
+            return MarketAnswer(status=0, failure=f"{type(exc).__name__} on POST {path}")
+        return self._answer(response)
+
+    def _answer(self, response: requests.Response) -> MarketAnswer:
+        headers = response.headers
+        body = None
+        if response.ok:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+        return MarketAnswer(
+            status=response.status_code,
+            errors=[] if response.ok else _errors(response.content),
+            limit=_int_header(headers.get("X-RateLimit-Resource-Limit")),
+            remaining=_int_header(headers.get("X-RateLimit-Resource-Remaining")),
+            until=_date_header(headers.get("X-RateLimit-Resource-Until")),
+            body=body,
+        )
+
+    def get_stocks(self, campaign_id: int, skus: list[str]) -> MarketAnswer:
+        """getStocks of up to 500 SKUs: `POST /v2/campaigns/{id}/offers/stocks {offerIds}`."""
+        return self._post(f"/v2/campaigns/{campaign_id}/offers/stocks", {"offerIds": skus})
+
+    def campaign_business(self, campaign_id: int) -> int | None:
+        """The business of a campaign from `GET /v2/campaigns` (paged); None when not listed."""
+        token: str | None = None
+        for _ in range(100):  # at most 10,000 campaigns: more is not a seller's account
+            params: dict[str, str | int] = {"limit": 100}
+            if token:
+                params["page_token"] = token
+            try:
+                response = self.session.get(
+                    self.base_url + "/v2/campaigns", params=params, timeout=self.timeout
+                )
+            except (requests.RequestException, OSError):
+                return None
+            answer = self._answer(response)
+            if answer.status != 200 or not isinstance(answer.body, dict):
+                return None
+            for campaign in answer.body.get("campaigns") or []:
+                if isinstance(campaign, dict) and campaign.get("id") == campaign_id:
+                    business = campaign.get("business") or {}
+                    found = business.get("id") if isinstance(business, dict) else None
+                    return found if type(found) is int else None
+            token = (answer.body.get("paging") or {}).get("nextPageToken")
+            if not token:
+                return None
+        return None
+
+    def campaign_warehouse(self, business_id: int, campaign_id: int) -> int | None:
+        """The warehouse `POST /v2/businesses/{id}/warehouses` lists with the campaign's id."""
+        answer = self._post(
+            f"/v2/businesses/{business_id}/warehouses", {"campaignIds": [campaign_id]}
+        )
+        result = answer.body.get("result") if isinstance(answer.body, dict) else None
+        for warehouse in (result or {}).get("warehouses") or []:
+            if isinstance(warehouse, dict) and warehouse.get("campaignId") == campaign_id:
+                found = warehouse.get("id")
+                return found if type(found) is int else None
+        return None
 
 
 class MarketReadError(Exception):
