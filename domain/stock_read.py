@@ -140,4 +140,8 @@ def sweep_allowance(
     if period_seconds <= 0:
         return 0
     share = min(1.0, max(0.0, elapsed_seconds) / (0.9 * period_seconds))
+    if share >= 1.0:
+        # The pace is spent: keys that joined the round late (pending when it was counted) are
+        # read now, a batch a pass, until the round finds none left and ends.
+        return max(READ_OFFER_IDS_MAX, round_keys - round_checked)
     return max(0, math.ceil(round_keys * share) - round_checked)
