@@ -89,7 +89,7 @@ def test_drift_of_50_keys_is_found_and_repaired_within_one_sweep(
     engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
 ) -> None:
     values = acked(engine, 200)
-    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log", **FAST):
+    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log", None, **FAST):
         wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 30)
         changed = {sku: 5000 + i for i, sku in enumerate(sorted(values)[::4])}
         assert len(changed) == 50
@@ -124,7 +124,7 @@ def test_a_lost_update_is_found_and_repaired(
     engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
 ) -> None:
     acked(engine, 20)
-    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log", **FAST):
+    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log", None, **FAST):
         wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 30)
         sandbox.lose_updates(CAMPAIGN, count=1)  # the next PUT: 200, applied nothing
         put_changes(engine, [{"campaign_id": CAMPAIGN, "sku": "K0003", "count": 777}])
