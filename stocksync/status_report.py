@@ -40,7 +40,7 @@ class StatusReport:
         campaigns = []
         for campaign in self.campaigns:
             row = asdict(campaign)
-            for name in ("last_push_at", "blocked_until"):
+            for name in ("last_push_at", "blocked_until", "last_full_sweep_at"):
                 row[name] = row[name].isoformat() if row[name] else None
             campaigns.append(row)
         return {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import Any, assert_never
 
 from celery import Task
@@ -29,6 +29,10 @@ log = logging.getLogger("stocksync.push")
 # A wait up to this long is slept in the task; anything longer hands the keys back to the drain,
 # so no message waits in a worker under a countdown.
 SHORT_WAIT_SECONDS = 3.0
+# The lease renewed before a PUT outlasts its total deadline by this much.
+LEASE_MARGIN = 5.0
+# updatedAt stays this far behind the database's clock: the Market's clock may lag it a little.
+CLOCK_MARGIN = timedelta(seconds=1)
 
 
 def enqueue(claims: list[Claim]) -> None:
@@ -58,13 +62,19 @@ def _send(
         time.sleep(decision.seconds)
         if not box.renew(claim_id):  # the keys stay this push's while it waits for room
             return None
-    # The lease must outlast the request (connect and read timeouts): no other push may take
-    # these keys while this request can still arrive.
-    if not box.renew(claim_id, at_least=2 * get_settings().market_timeout_seconds + 5):
+    # The lease must outlast the request (its total deadline, STOCKSYNC_MARKET_TIMEOUT_SECONDS):
+    # no other push may take these keys while this request can still arrive.
+    # updatedAt comes from the database's clock, read in this same round trip: a worker whose own
+    # clock runs ahead would be refused "in the future", one behind would send times that go back.
+    now = box.renew_for_sending(
+        claim_id, at_least=get_settings().market_timeout_seconds + LEASE_MARGIN
+    )
+    if now is None:
         runtime.limiter().cancel(decision)
         return None
     started = time.monotonic()
-    answer = runtime.market_client().put_stocks(campaign_id, stocks_body(batch, datetime.now(UTC)))
+    body = stocks_body(batch, now - CLOCK_MARGIN)
+    answer = runtime.market_client().put_stocks(campaign_id, body)
     runtime.limiter().finish(decision, answer)
     log_event(
         log,
@@ -76,6 +86,15 @@ def _send(
         duration_ms=round((time.monotonic() - started) * 1000),
         attempt=attempt,
     )
+    if not box.renew(claim_id):
+        # The lease ran out before the answer came (a paused or stalled process): another push
+        # may have sent a newer value that this older one then overwrote. The keys go pending
+        # again, whatever the answer, so the current value is sent last.
+        box.send_again(campaign_id, claim_id, batch)
+        log_event(
+            log, logging.WARNING, "lease_lost_in_flight", campaign=campaign_id, skus=len(batch)
+        )
+        return None
     return answer
 
 

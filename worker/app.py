@@ -18,6 +18,8 @@ from worker.settings import Settings, get_settings
 CHANGES_QUEUE = "stocks.changes"
 PUSH_QUEUE = "stocks.push"
 DRAIN_QUEUE = "stocks.drain"
+# Sweep passes on a queue of their own: a pass reading for seconds never holds up a drain.
+VERIFY_QUEUE = "stocks.verify"
 
 
 def _queue(name: str) -> Queue:
@@ -79,7 +81,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         # Celery's consumer, storing every message it drops (worker/unreadable_messages.py).
         "worker_consumer": "worker.unreadable_messages:RecordingConsumer",
-        "task_queues": [_queue(CHANGES_QUEUE), _queue(PUSH_QUEUE), _queue(DRAIN_QUEUE)],
+        "task_queues": [
+            _queue(CHANGES_QUEUE),
+            _queue(PUSH_QUEUE),
+            _queue(DRAIN_QUEUE),
+            _queue(VERIFY_QUEUE),
+        ],
         "task_default_queue": CHANGES_QUEUE,
         "task_routes": {
             "stocks.submit": {"queue": CHANGES_QUEUE},
@@ -88,6 +95,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "stocks.housekeeping": {"queue": DRAIN_QUEUE},
             "stocks.prune": {"queue": DRAIN_QUEUE},
             "stocks.check_routing": {"queue": DRAIN_QUEUE},
+            "stocks.verify": {"queue": VERIFY_QUEUE},
         },
         "beat_schedule": {
             "drain-outbox": {
@@ -101,6 +109,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": ROUTING_CHECK_INTERVAL_SECONDS,
                 "options": {"expires": ROUTING_CHECK_INTERVAL_SECONDS},
             },
+            **(
+                {
+                    "verify-stock": {
+                        "task": "stocks.verify",
+                        "schedule": settings.verify_interval_seconds,
+                        "options": {"expires": max(1.0, settings.verify_interval_seconds)},
+                    }
+                }
+                if settings.verify_hours > 0
+                else {}
+            ),
             "housekeeping": {
                 "task": "stocks.housekeeping",
                 "schedule": HOUSEKEEPING_INTERVAL_SECONDS,
@@ -125,6 +144,7 @@ app = Celery(
         "tasks.push",
         "tasks.housekeeping",
         "tasks.routing_check",
+        "tasks.verify",
     ],
 )
 app.add_defaults(lambda: celery_config(get_settings()))

@@ -16,14 +16,16 @@ _ENSURE = text(
 )
 
 _LOCK = text("""
-    SELECT blocked_until, parked_reason, clock_timestamp() AS now FROM campaign
+    SELECT blocked_until, parked_reason, verify_blocked_until, clock_timestamp() AS now
+    FROM campaign
     WHERE campaign_id = :c FOR UPDATE
 """)
 
 # A planner does not wait for a busy campaign (another planner, or a worker frozen or cut off
 # inside its transaction): it skips it, and the next drain tries again.
 _TRY_LOCK = text("""
-    SELECT blocked_until, parked_reason, clock_timestamp() AS now FROM campaign
+    SELECT blocked_until, parked_reason, verify_blocked_until, clock_timestamp() AS now
+    FROM campaign
     WHERE campaign_id = :c FOR UPDATE SKIP LOCKED
 """)
 
@@ -31,6 +33,12 @@ _KNOWN = text("SELECT campaign_id FROM campaign ORDER BY campaign_id")
 
 _BLOCK = text("""
     UPDATE campaign SET blocked_until = GREATEST(COALESCE(blocked_until, :until), :until)
+    WHERE campaign_id = :c
+""")
+
+_BLOCK_VERIFY = text("""
+    UPDATE campaign
+    SET verify_blocked_until = GREATEST(COALESCE(verify_blocked_until, :until), :until)
     WHERE campaign_id = :c
 """)
 
@@ -77,6 +85,8 @@ class CampaignState:
     blocked_until: datetime | None
     parked_reason: str | None
     now: datetime
+    # After a 420 on a read: no read before it (pushes are not held by it).
+    verify_blocked_until: datetime | None = None
 
     @property
     def blocked(self) -> bool:
@@ -93,7 +103,7 @@ def lock(conn: Connection, campaign_id: int, wait: bool = True) -> CampaignState
         if wait:
             raise LookupError(f"campaign {campaign_id} has no row")
         return None
-    return CampaignState(row.blocked_until, row.parked_reason, row.now)
+    return CampaignState(row.blocked_until, row.parked_reason, row.now, row.verify_blocked_until)
 
 
 def known_campaigns(conn: Connection) -> list[int]:
@@ -104,6 +114,11 @@ def known_campaigns(conn: Connection) -> list[int]:
 def block_until(conn: Connection, campaign_id: int, until: datetime) -> None:
     """A 420: no request to the campaign before `until` (a later block is kept)."""
     conn.execute(_BLOCK, {"c": campaign_id, "until": until})
+
+
+def block_reads_until(conn: Connection, campaign_id: int, until: datetime) -> None:
+    """A 420 on a read: no read of the campaign before `until`; sending goes on."""
+    conn.execute(_BLOCK_VERIFY, {"c": campaign_id, "until": until})
 
 
 def works_again(conn: Connection, campaign_id: int) -> None:

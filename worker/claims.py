@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Connection, Engine, text
 
@@ -25,7 +26,8 @@ from worker.rate_limiter import RateLimiter
 
 # The campaigns with work, least recently drained first: every campaign with a pending key (a skip
 # scan of the pending index) and every campaign whose oldest acknowledgement is due for its
-# refresh (a skip scan of the refresh index, reading one entry per campaign: its oldest `acked_at`).
+# refresh (a skip scan of the refresh index, reading one entry per campaign: its oldest `acked_at`),
+# and every parked campaign whose probe is due (it may have nothing pending).
 # Its cost grows with the number of campaigns by one index probe each; no idle campaign is claimed
 # for.
 _CAMPAIGNS_WITH_WORK = text("""
@@ -51,6 +53,9 @@ _CAMPAIGNS_WITH_WORK = text("""
         UNION
         SELECT group_id FROM acked
         WHERE acked_at < clock_timestamp() - make_interval(secs => :refresh_after)
+        UNION
+        SELECT campaign_id FROM campaign
+        WHERE parked_reason IS NOT NULL AND probe_at <= clock_timestamp()
     )
     SELECT w.group_id FROM work w LEFT JOIN campaign c ON c.campaign_id = w.group_id
     ORDER BY c.drained_at NULLS FIRST, w.group_id
@@ -103,12 +108,14 @@ _CLAIM = text(f"""
 
 # Keys acknowledged longer ago than the refresh age, oldest first: the Market wants stock at least
 # once a day and refuses an updatedAt older than a day. A SKU held (refused on a refresh) waits for
-# a change like a pending one: sent again, it would only be refused again, for ever.
+# a change like a pending one: sent again, it would only be refused again, for ever. `now()`, not
+# `clock_timestamp()`: a stable bound is an index condition, a volatile one a filter over every
+# acknowledged key of the campaign (measured at 200,000 keys: 116 ms instead of 0.06 ms).
 _CLAIM_REFRESH = text(f"""
     WITH picked AS (
         SELECT s.group_id, s.sku, s.changed_at FROM stock s
         WHERE s.group_id = :c AND s.version = s.acked_version
-          AND s.acked_at < clock_timestamp() - make_interval(secs => :refresh_after)
+          AND s.acked_at < now() - make_interval(secs => :refresh_after)
           AND (s.parked_version IS NULL OR s.parked_version < s.version)
           AND {_NOT_CLAIMED}
         ORDER BY s.acked_at
@@ -139,7 +146,7 @@ _NEW_CLAIM = text("""
 _RENEW = text("""
     UPDATE push_claim SET lease_until = clock_timestamp() + make_interval(secs => :lease)
     WHERE claim_id = :claim AND lease_until > clock_timestamp()
-    RETURNING campaign_id
+    RETURNING campaign_id, clock_timestamp() AS now
 """)
 
 _READ = text("""
@@ -179,6 +186,19 @@ _HOLD_SKUS = text("""
     FROM unnest(CAST(:skus AS text[]), CAST(:versions AS bigint[]), CAST(:reasons AS text[]))
          AS n(sku, version, reason)
     WHERE s.group_id = :c AND s.sku = n.sku
+""")
+
+# Keys sent by a push whose lease ran out in flight: pending again (as `resync` does), rows locked
+# in key order like the ingest's.
+_SEND_AGAIN = text("""
+    WITH locked AS (
+        SELECT s.ctid AS row_id FROM stock s
+        WHERE s.group_id = :c AND s.sku = ANY(CAST(:skus AS text[]))
+        ORDER BY s.sku
+        FOR UPDATE
+    )
+    UPDATE stock s SET version = s.version + 1, changed_at = now()
+    FROM locked WHERE s.ctid = locked.row_id
 """)
 
 _RELEASE = text("DELETE FROM claimed_key WHERE claim_id = :claim")
@@ -316,6 +336,14 @@ class Claims:
             row = conn.execute(_RENEW, {"claim": claim_id, "lease": lease}).first()
             return row is not None
 
+    def renew_for_sending(self, claim_id: str, at_least: float) -> datetime | None:
+        """`renew` right before a PUT: the database's clock then (the one clock every worker
+        shares, for `updatedAt`), or None when the lease ran out."""
+        lease = max(self.lease_seconds, at_least)
+        with self.engine.begin() as conn:
+            row = conn.execute(_RENEW, {"claim": claim_id, "lease": lease}).first()
+            return None if row is None else row.now
+
     def read(self, campaign_id: int, claim_id: str) -> list[PendingStock]:
         """The claimed keys as they are now: the values and versions to send."""
         with self.engine.connect() as conn:
@@ -355,6 +383,13 @@ class Claims:
                     "reasons": [reason for _, reason in rejected],
                 },
             )
+
+    def send_again(self, campaign_id: int, claim_id: str, sent: Sequence[PendingStock]) -> None:
+        """Keys whose request outlived the claim's lease: pending again, the claim given up."""
+        with self.engine.begin() as conn:
+            conn.execute(_SEND_AGAIN, {"c": campaign_id, "skus": [s.sku for s in sent]})
+            conn.execute(_RELEASE, {"c": campaign_id, "claim": claim_id})
+            conn.execute(_DROP_CLAIM, {"claim": claim_id})
 
     def release(self, campaign_id: int, claim_id: str) -> None:
         """Gives the claim's remaining keys back to the drain; they stay pending."""

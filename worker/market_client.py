@@ -1,5 +1,5 @@
-"""The Market HTTP edge: `PUT /v2/campaigns/{id}/offers/stocks` and the discovery reads, answers
-parsed, secrets kept out.
+"""The Market HTTP edge: `PUT /v2/campaigns/{id}/offers/stocks`, the discovery reads and the
+getStocks read of the verify sweep; answers parsed, secrets kept out.
 
 The credential lives only in the session's headers; nothing here logs headers, and exceptions are
 rebuilt from the URL path and the exception's class so no header can leak through them.
@@ -7,12 +7,20 @@ rebuilt from the URL path and the exception's class so no header can leak throug
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
+import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import requests
+import requests.adapters
+import urllib3
+import urllib3.connection
 from pydantic import SecretStr
 
 from domain.discovery import MarketCampaign, MarketWarehouse
@@ -36,6 +44,8 @@ class MarketAnswer:
     remaining: int | None = None
     until: datetime | None = None
     failure: str | None = None
+    # The parsed JSON body of a 200 read (None for a PUT, an error or an unreadable body).
+    body: Any = None
 
     def reason(self) -> str:
         """A short human reason: status and the Market's messages (never a header value)."""
@@ -78,6 +88,67 @@ def _errors(body: bytes) -> list[MarketError]:
     ]
 
 
+# The total deadline of the request being sent by this thread (see `_Deadline`).
+_current = threading.local()
+
+
+class _Deadline:
+    """A hard total deadline for one request: requests' timeouts are per phase (a server that
+    trickles bytes, or a slow DNS answer, has none), so at the deadline the socket is shut down,
+    and a connection made after it sends nothing."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.fired = False
+        self._timer: threading.Timer | None = None
+
+    def attach(self, sock: socket.socket) -> None:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            self.fired = True
+            raise TimeoutError("total deadline passed before sending")
+        self._timer = threading.Timer(left, self._cut, (sock,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cut(self, sock: socket.socket) -> None:
+        self.fired = True
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class _WatchedConnection:
+    """Mixed into urllib3's connections: a new connection joins its thread's deadline."""
+
+    sock: socket.socket
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        deadline = getattr(_current, "deadline", None)
+        if deadline is not None:
+            deadline.attach(self.sock)
+
+
+class _HTTPConnection(_WatchedConnection, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_WatchedConnection, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
 class MarketClient:
     """Sends stock bodies to the Market; one per process (a session is not shared across forks)."""
 
@@ -90,7 +161,15 @@ class MarketClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = (timeout_seconds, timeout_seconds)
+        # A PUT's whole request, connect to last byte, ends within this (`put_stocks`).
+        self.total_seconds = timeout_seconds
         self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter()
+        adapter.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        # The Market keeps no connection alive: each request connects, so each has its deadline.
+        self.session.headers["Connection"] = "close"
         self.session.verify = True  # never switched off: there is no setting for it
         self.session.headers["Content-Type"] = "application/json"
         if api_key is not None:
@@ -99,8 +178,10 @@ class MarketClient:
             self.session.headers["Authorization"] = f"Bearer {oauth_token.get_secret_value()}"
 
     def put_stocks(self, campaign_id: int, body: bytes) -> MarketAnswer:
-        """One PUT; any answer or failure comes back as a `MarketAnswer`, never an exception."""
+        """One PUT within `total_seconds` from start to answer; any answer or failure comes back
+        as a `MarketAnswer`, never an exception."""
         path = f"/v2/campaigns/{campaign_id}/offers/stocks"
+        deadline = _current.deadline = _Deadline(self.total_seconds)
         try:
             # No redirect is followed: requests would carry Api-Key to any host it is sent to,
             # and a 200 there would acknowledge keys the Market never saw.
@@ -110,7 +191,14 @@ class MarketClient:
         except (requests.RequestException, OSError) as exc:
             # The exception's text can carry the request; keep only its kind. OSError: a CA
             # bundle that cannot be read fails before anything is sent.
-            return MarketAnswer(status=0, failure=f"{type(exc).__name__} on PUT {path}")
+            if deadline.fired:
+                failure = f"no answer within {self.total_seconds:g} s on PUT {path}"
+            else:
+                failure = f"{type(exc).__name__} on PUT {path}"
+            return MarketAnswer(status=0, failure=failure)
+        finally:
+            deadline.cancel()
+            _current.deadline = None
         headers = response.headers
         return MarketAnswer(
             status=response.status_code,
@@ -119,6 +207,82 @@ class MarketClient:
             remaining=_int_header(headers.get("X-RateLimit-Resource-Remaining")),
             until=http_date(headers.get("X-RateLimit-Resource-Until")),
         )
+
+    def _post(self, path: str, payload: Any, params: dict[str, Any] | None = None) -> MarketAnswer:
+        """One POST of a read method, as `put_stocks`: every outcome is a `MarketAnswer`."""
+        try:
+            response = self.session.post(
+                self.base_url + path,
+                data=json.dumps(payload, ensure_ascii=False).encode(),
+                params=params,
+                timeout=self.timeout,
+                allow_redirects=False,  # as put_stocks: Api-Key goes to the Market only
+            )
+        except (requests.RequestException, OSError) as exc:
+            return MarketAnswer(status=0, failure=f"{type(exc).__name__} on POST {path}")
+        return self._answer(response)
+
+    def _answer(self, response: requests.Response) -> MarketAnswer:
+        headers = response.headers
+        body = None
+        if response.ok:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+        return MarketAnswer(
+            status=response.status_code,
+            errors=[] if response.ok else _errors(response.content),
+            limit=_int_header(headers.get("X-RateLimit-Resource-Limit")),
+            remaining=_int_header(headers.get("X-RateLimit-Resource-Remaining")),
+            until=http_date(headers.get("X-RateLimit-Resource-Until")),
+            body=body,
+        )
+
+    def get_stocks(self, campaign_id: int, skus: list[str]) -> MarketAnswer:
+        """getStocks of up to 500 SKUs: `POST /v2/campaigns/{id}/offers/stocks {offerIds}`."""
+        return self._post(f"/v2/campaigns/{campaign_id}/offers/stocks", {"offerIds": skus})
+
+    def campaign_business(self, campaign_id: int) -> int | None:
+        """The business of a campaign from `GET /v2/campaigns` (paged); None when not listed."""
+        token: str | None = None
+        for _ in range(100):  # at most 10,000 campaigns: more is not a seller's account
+            params: dict[str, str | int] = {"limit": 100}
+            if token:
+                params["page_token"] = token
+            try:
+                response = self.session.get(
+                    self.base_url + "/v2/campaigns",
+                    params=params,
+                    timeout=self.timeout,
+                    allow_redirects=False,  # as put_stocks: Api-Key goes to the Market only
+                )
+            except (requests.RequestException, OSError):
+                return None
+            answer = self._answer(response)
+            if answer.status != 200 or not isinstance(answer.body, dict):
+                return None
+            for campaign in answer.body.get("campaigns") or []:
+                if isinstance(campaign, dict) and campaign.get("id") == campaign_id:
+                    business = campaign.get("business") or {}
+                    found = business.get("id") if isinstance(business, dict) else None
+                    return found if type(found) is int else None
+            token = (answer.body.get("paging") or {}).get("nextPageToken")
+            if not token:
+                return None
+        return None
+
+    def campaign_warehouse(self, business_id: int, campaign_id: int) -> int | None:
+        """The warehouse `POST /v2/businesses/{id}/warehouses` lists with the campaign's id."""
+        answer = self._post(
+            f"/v2/businesses/{business_id}/warehouses", {"campaignIds": [campaign_id]}
+        )
+        result = answer.body.get("result") if isinstance(answer.body, dict) else None
+        for warehouse in (result or {}).get("warehouses") or []:
+            if isinstance(warehouse, dict) and warehouse.get("campaignId") == campaign_id:
+                found = warehouse.get("id")
+                return found if type(found) is int else None
+        return None
 
 
 class MarketReadError(Exception):
@@ -171,6 +335,7 @@ class MarketReader:
                 params=params,
                 data=None if body is None else json.dumps(body),
                 timeout=client.timeout,
+                allow_redirects=False,  # as put_stocks: Api-Key goes to the Market only
             )
         except (requests.RequestException, OSError) as exc:
             raise MarketReadError(f"{type(exc).__name__} on {method} {path}") from None

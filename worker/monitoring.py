@@ -44,8 +44,19 @@ _CAMPAIGN_FIGURES = text("""
                COALESCE(sum(skus) FILTER (WHERE COALESCE(finished_at, started_at)
                    > clock_timestamp() - interval '60 seconds'), 0) AS skus_in_window
         FROM market_request
-        WHERE started_at > clock_timestamp() - interval '1 hour'
+        WHERE started_at > clock_timestamp() - interval '1 hour' AND kind = 'push'
         GROUP BY campaign_id
+    ),
+    checked AS (
+        SELECT group_id AS campaign_id, count(*) AS keys_checked_day FROM stock
+        WHERE version = acked_version AND verified_at > clock_timestamp() - interval '24 hours'
+        GROUP BY group_id
+    ),
+    drifting AS (
+        SELECT group_id AS campaign_id, count(DISTINCT sku) AS keeps_drifting FROM drift
+        WHERE NOT repaired AND resolved_at IS NULL
+          AND found_at > clock_timestamp() - interval '24 hours'
+        GROUP BY group_id
     ),
     rejected_changes AS (
         SELECT COALESCE(grouping.group_id, r.campaign_id) AS campaign_id, count(*) AS rejected
@@ -69,19 +80,25 @@ _CAMPAIGN_FIGURES = text("""
            COALESCE(q.rate_limited_hour, 0) AS rate_limited_hour,
            COALESCE(q.failed_hour, 0) AS failed_hour,
            COALESCE(q.skus_in_window, 0) AS skus_in_window,
-           COALESCE(r.rejected, 0) AS rejected
+           COALESCE(r.rejected, 0) AS rejected,
+           c.last_full_sweep_at, COALESCE(k.keys_checked_day, 0) AS keys_checked_day,
+           COALESCE(c.drift_found_total, 0) AS drift_found_total,
+           COALESCE(c.drift_repaired_total, 0) AS drift_repaired_total,
+           COALESCE(d.keeps_drifting, 0) AS keeps_drifting
     FROM campaigns
     LEFT JOIN pending p USING (campaign_id)
     LEFT JOIN requests q USING (campaign_id)
     LEFT JOIN rejected_changes r USING (campaign_id)
     LEFT JOIN campaign c USING (campaign_id)
+    LEFT JOIN checked k USING (campaign_id)
+    LEFT JOIN drifting d USING (campaign_id)
     ORDER BY campaigns.campaign_id
 """)
 
 _REQUESTS_BY_STATUS = text("""
     SELECT campaign_id, COALESCE(status, -1), count(*) FROM market_request
     WHERE started_at > clock_timestamp() - interval '1 hour' AND NOT correction
-      AND status IS NOT NULL
+      AND status IS NOT NULL AND kind = 'push'
     GROUP BY 1, 2
 """)
 
@@ -112,6 +129,13 @@ class CampaignFigures:
     failed_last_hour: int
     skus_in_rate_window: int
     rejected: int
+    # The verify sweep: when every key was last read back, keys read in the last 24 h, drift
+    # found and repaired (monotonic counters), keys left alone because they keep drifting.
+    last_full_sweep_at: datetime | None = None
+    keys_checked_last_day: int = 0
+    drift_found_total: int = 0
+    drift_repaired_total: int = 0
+    keeps_drifting: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +178,11 @@ def read_figures(engine: Engine, settings: Settings) -> Figures:
             failed_last_hour=int(r.failed_hour),
             skus_in_rate_window=int(r.skus_in_window),
             rejected=int(r.rejected),
+            last_full_sweep_at=r.last_full_sweep_at,
+            keys_checked_last_day=int(r.keys_checked_day),
+            drift_found_total=int(r.drift_found_total),
+            drift_repaired_total=int(r.drift_repaired_total),
+            keeps_drifting=int(r.keeps_drifting),
         )
         for r in rows
     ]

@@ -8,6 +8,11 @@ timeout, a broken connection: the Market may still be working on it) until its d
 never finished (its worker died) until its deadline too. SKUs of 5xx answers are given back
 (the Market does not count them); `X-RateLimit-Resource-Remaining` raises the local count when
 the Market saw more; a 420 blocks the campaign until `X-RateLimit-Resource-Until` plus 0.5 s.
+
+Two kinds of request share the ledger and the parallel slots: pushes (updateStocks, SKUs per
+window) and reads (getStocks, offers per window, its own limit: `read_limit`). Sending goes first:
+a read is let through only while no push of the campaign is claimed or pending, and never into
+the last free slot; a 420 on a read holds back only reads.
 """
 
 from __future__ import annotations
@@ -45,8 +50,14 @@ BUSY_WAIT_SECONDS = 5.0
 
 _BUSY_LOCK_TIMEOUT = text("SELECT set_config('lock_timeout', :ms, true)")
 
+# A read waiting for sending to finish asks again after this long.
+SENDING_FIRST_WAIT_SECONDS = 0.5
+
+PUSH = "push"
+READ = "read"
+
 _WINDOW = text("""
-    SELECT skus,
+    SELECT skus, kind,
            COALESCE(finished_at, started_at + make_interval(secs => :unfinished))
                + make_interval(secs => :window) AS leaves_at,
            (finished_at IS NULL
@@ -60,8 +71,8 @@ _WINDOW = text("""
 """)
 
 _START = text("""
-    INSERT INTO market_request (campaign_id, skus, started_at)
-    VALUES (:c, :skus, clock_timestamp()) RETURNING id
+    INSERT INTO market_request (campaign_id, skus, started_at, kind)
+    VALUES (:c, :skus, clock_timestamp(), :kind) RETURNING id
 """)
 
 # No answer (status 0): the request may still be working at the Market, so it ends, for the
@@ -80,8 +91,18 @@ _FINISH = text("""
 _CANCEL = text("DELETE FROM market_request WHERE id = :id AND finished_at IS NULL")
 
 _CORRECT = text("""
-    INSERT INTO market_request (campaign_id, skus, started_at, finished_at, correction)
-    VALUES (:c, :skus, clock_timestamp(), clock_timestamp(), true)
+    INSERT INTO market_request (campaign_id, skus, started_at, finished_at, correction, kind)
+    VALUES (:c, :skus, clock_timestamp(), clock_timestamp(), true, :kind)
+""")
+
+# Is sending waiting for the campaign: a live claim (a push queued or under way), or a pending key
+# the drain can claim? Both walk an index and stop at the first row.
+_SENDING_WAITS = text("""
+    SELECT EXISTS (SELECT 1 FROM push_claim
+                   WHERE campaign_id = :c AND lease_until > clock_timestamp())
+        OR EXISTS (SELECT 1 FROM stock s
+                   WHERE s.group_id = :c AND s.version > s.acked_version
+                     AND (s.parked_version IS NULL OR s.parked_version < s.version))
 """)
 
 
@@ -91,12 +112,13 @@ class Permit:
 
     request_id: int
     campaign_id: int
+    kind: str = PUSH
 
 
 @dataclass(frozen=True, slots=True)
 class Wait:
     """No leave yet: ask again after `seconds`, for `reason` (`420`, `window`, `parallel`,
-    `busy`)."""
+    `busy`, `sending first`)."""
 
     seconds: float
     reason: str
@@ -112,6 +134,15 @@ class Usage:
     now: datetime
     blocked_until: datetime | None
     parked_reason: str | None
+    # Reads: offers in their own window, and a 420 that holds back reads only.
+    reads_in_window: int = 0
+    read_window: list[tuple[int, datetime]] | None = None
+    reads_blocked_until: datetime | None = None
+
+
+def _counted(use: Usage, read: bool) -> int:
+    """What this limiter counted in the window of the answered request's kind."""
+    return use.reads_in_window if read else use.skus_in_window
 
 
 class RateLimiter:
@@ -122,11 +153,13 @@ class RateLimiter:
         engine: Engine,
         skus_per_minute: int,
         max_parallel: int,
+        read_offers_per_minute: int = 50_000,
         request_deadline_seconds: float = UNFINISHED_REQUEST_SECONDS,
     ) -> None:
         self.engine = engine
         self.limit = skus_per_minute
         self.max_parallel = min(max_parallel, MARKET_MAX_PARALLEL - 1)
+        self.read_limit = read_offers_per_minute
         self.deadline = request_deadline_seconds
 
     def usage(self, conn: Connection, campaign_id: int) -> Usage:
@@ -151,39 +184,68 @@ class RateLimiter:
                 "unfinished": self.deadline,
             },
         ).all()
+        pushes = [r for r in rows if r.kind != READ]
+        reads = [r for r in rows if r.kind == READ]
         return Usage(
-            skus_in_window=sum(r.skus for r in rows),
+            skus_in_window=sum(r.skus for r in pushes),
             in_flight=sum(1 for r in rows if r.in_flight),
-            window=[(r.skus, r.leaves_at) for r in rows],
+            window=[(r.skus, r.leaves_at) for r in pushes],
             now=campaign.now,
             blocked_until=campaign.blocked_until,
             parked_reason=campaign.parked_reason,
+            reads_in_window=sum(r.skus for r in reads),
+            read_window=[(r.skus, r.leaves_at) for r in reads],
+            reads_blocked_until=campaign.verify_blocked_until,
         )
 
-    def acquire(self, campaign_id: int, skus: int) -> Permit | Wait:
-        """Leave for a request of `skus` SKUs now, or how long to wait for it; a campaign whose
-        row stays busy for BUSY_LOCK_SECONDS (its holder frozen or cut off) is a long `busy`
-        wait, so the push hands its keys back instead of holding a pool process."""
+    def acquire(self, campaign_id: int, skus: int, kind: str = PUSH) -> Permit | Wait:
+        """Leave for a request of `skus` SKUs (a read: offers) now, or how long to wait for it; a
+        campaign whose row stays busy for BUSY_LOCK_SECONDS (its holder frozen or cut off) is a
+        long `busy` wait, so the push hands its keys back instead of holding a pool process."""
         try:
-            return self._acquire(campaign_id, skus)
+            return self._acquire(campaign_id, skus, kind)
         except OperationalError as exc:
             if is_lock_timeout(exc):
                 return Wait(BUSY_WAIT_SECONDS, "busy")
             raise
 
-    def _acquire(self, campaign_id: int, skus: int) -> Permit | Wait:
+    def _acquire(self, campaign_id: int, skus: int, kind: str) -> Permit | Wait:
         with self.engine.begin() as conn:
             conn.execute(_BUSY_LOCK_TIMEOUT, {"ms": f"{round(BUSY_LOCK_SECONDS * 1000)}ms"})
             use = self.usage(conn, campaign_id)
             if use.blocked_until is not None and use.blocked_until > use.now:
                 return Wait((use.blocked_until - use.now).total_seconds(), "420")
-            if use.in_flight >= self.max_parallel:
-                return Wait(PARALLEL_WAIT_SECONDS, "parallel")
-            wait = seconds_until_room(use.window, self.limit, skus, use.now)
-            if wait > 0:
-                return Wait(wait, "window")
-            request_id = conn.execute(_START, {"c": campaign_id, "skus": skus}).scalar_one()
-            return Permit(request_id, campaign_id)
+            if kind == READ:
+                wait_for = self._read_wait(conn, campaign_id, use, skus)
+                if wait_for is not None:
+                    return wait_for
+            else:
+                if use.in_flight >= self.max_parallel:
+                    return Wait(PARALLEL_WAIT_SECONDS, "parallel")
+                wait = seconds_until_room(use.window, self.limit, skus, use.now)
+                if wait > 0:
+                    return Wait(wait, "window")
+            request_id = conn.execute(
+                _START, {"c": campaign_id, "skus": skus, "kind": kind}
+            ).scalar_one()
+            return Permit(request_id, campaign_id, kind)
+
+    def _read_wait(
+        self, conn: Connection, campaign_id: int, use: Usage, offers: int
+    ) -> Wait | None:
+        """Why a read must wait (sending first, its own 420, slots, its window), or None."""
+        blocked = use.reads_blocked_until
+        if blocked is not None and blocked > use.now:
+            return Wait((blocked - use.now).total_seconds(), "420")
+        # One slot stays free for sending (with a single slot, reads take it only when idle).
+        if use.in_flight >= max(1, self.max_parallel - 1):
+            return Wait(PARALLEL_WAIT_SECONDS, "parallel")
+        if conn.execute(_SENDING_WAITS, {"c": campaign_id}).scalar_one():
+            return Wait(SENDING_FIRST_WAIT_SECONDS, "sending first")
+        wait = seconds_until_room(use.read_window or [], self.read_limit, offers, use.now)
+        if wait > 0:
+            return Wait(wait, "window")
+        return None
 
     def cancel(self, permit: Permit) -> None:
         """Gives back the leave of a request that was not sent after all."""
@@ -202,6 +264,7 @@ class RateLimiter:
                 # A 420's block must be written (waiting at most the lock timeout); the Market's
                 # count is only a correction, which the next answer brings again: skipped while
                 # the campaign's row is busy.
+                read = permit.kind == READ
                 if answer.status == 420:
                     use: Usage | None = self.usage(conn, permit.campaign_id)
                 else:
@@ -210,13 +273,14 @@ class RateLimiter:
                     use is not None
                     and answer.limit is not None
                     and answer.remaining is not None
-                    and answer.limit - answer.remaining > use.skus_in_window
+                    and answer.limit - answer.remaining > _counted(use, read)
                 ):
                     conn.execute(
                         _CORRECT,
                         {
                             "c": permit.campaign_id,
-                            "skus": answer.limit - answer.remaining - use.skus_in_window,
+                            "skus": answer.limit - answer.remaining - _counted(use, read),
+                            "kind": permit.kind,
                         },
                     )
                 if answer.status == 420 and use is not None:
@@ -228,8 +292,12 @@ class RateLimiter:
                             given = given.replace(tzinfo=UTC)
                         until = given + UNTIL_MARGIN
                     until = min(until, use.now + LONGEST_BLOCK)
-                    campaign_health.block_until(conn, permit.campaign_id, until)
-            if seconds is not None:  # else the request was already cancelled: it never went
+                    if read:  # a read's 420 holds back the sweep, never sending
+                        campaign_health.block_reads_until(conn, permit.campaign_id, until)
+                    else:
+                        campaign_health.block_until(conn, permit.campaign_id, until)
+            # Requests by status are the pushes' (reads are counted by the sweep's own figures).
+            if seconds is not None and permit.kind != READ:
                 c = permit.campaign_id
                 counters.add(
                     conn,

@@ -21,7 +21,8 @@ from worker.claims import Claims
 from worker.database import database_url, make_engine, session_attrs
 from worker.market_client import MarketClient
 from worker.rate_limiter import RateLimiter
-from worker.settings import get_settings
+from worker.settings import Settings, get_settings
+from worker.verify import V2Reader, Verifier
 
 T = TypeVar("T")
 
@@ -76,10 +77,30 @@ def limiter() -> RateLimiter:
             engine(),
             settings.rate_limit_skus_per_minute,
             settings.max_parallel_requests_per_campaign,
-            # A connect plus a read timeout, and a margin: past it no answer can come any more.
+            read_budget(settings),
+            # The client's total deadline, as long again and a margin: a request given up on
+            # may still be served by the Market, and holds its slot until then.
             request_deadline_seconds=2 * settings.market_timeout_seconds + 5,
         ),
     )
+
+
+def read_budget(settings: Settings) -> int:
+    """Offers a minute the sweep may read per campaign: its share of the read limit."""
+    return max(1, int(settings.verify_read_limit_per_minute * settings.verify_read_share))
+
+
+def verifier() -> Verifier:
+    """The verify sweep; every campaign is read as v2 (a v3 reader plugs in by campaign here)."""
+    settings = get_settings()
+
+    def build() -> Verifier:
+        reader = V2Reader(engine(), market_client(), settings.verify_stock_type)
+        return Verifier(
+            engine(), limiter(), lambda campaign_id: reader, settings.verify_hours * 3600
+        )
+
+    return _once("verifier", build)
 
 
 def claims() -> Claims:

@@ -19,6 +19,7 @@ from stocksync.commands import (
     run,
     sandbox,
     status,
+    verify,
 )
 
 
@@ -48,6 +49,7 @@ COMMANDS: list[Command] = [
     Command("rejected", rejected.HELP, rejected.run, rejected.configure),
     Command("replay", replay.HELP, replay.run, replay.configure),
     Command("resync", resync.HELP, resync.run, resync.configure),
+    Command("verify", verify.HELP, verify.run, verify.configure),
     Command("import", import_snapshot.HELP, import_snapshot.run, import_snapshot.configure),
     Command("demo", demo.HELP, demo.run, demo.configure),
     Command("discover", discover.HELP, discover.run, discover.configure),

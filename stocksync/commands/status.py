@@ -110,6 +110,16 @@ def _row(c: CampaignFigures) -> tuple[str, ...]:
     )
 
 
+def _verify_line(c: CampaignFigures) -> str:
+    sweep = c.last_full_sweep_at
+    when = sweep.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if sweep else "never"
+    return (
+        f"verify {c.campaign_id}: last full sweep {when}, keys checked 24h "
+        f"{c.keys_checked_last_day}, drift found {c.drift_found_total}, repaired "
+        f"{c.drift_repaired_total}, keep drifting {c.keeps_drifting}"
+    )
+
+
 def render_table(report: StatusReport) -> str:
     """The report as an aligned text table with the message-level counts below it."""
     lines: list[str] = []
@@ -122,6 +132,9 @@ def render_table(report: StatusReport) -> str:
                     cell.ljust(width) for cell, width in zip(row, widths, strict=True)
                 ).rstrip()
             )
+        for c in report.campaigns:
+            if c.last_full_sweep_at or c.keys_checked_last_day or c.drift_found_total:
+                lines.append(_verify_line(c))
     else:
         lines.append("no campaigns yet: nothing received")
     lines.append(f"unreadable messages: {report.unreadable_messages}")

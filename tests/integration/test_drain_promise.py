@@ -1,12 +1,15 @@
-"""The drain's promise under faults (issue 13): held SKUs and parked campaigns on refreshes.
+"""The drain's promise under faults (issue 13): no stale overwrite by a request that outlived its
+lease, held SKUs and parked campaigns on refreshes.
 
 Real worker processes with embedded beat, RabbitMQ, PostgreSQL and the sandbox over HTTP.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,112 @@ def _refusals_of(sandbox: MarketSandbox, campaign: int, sku: str) -> int:
         for r in sandbox.requests(campaign)
         if r["status"] == 400 and f"'{sku}'" in (r["first_error"] or "")
     )
+
+
+def test_a_request_held_past_its_lease_never_overwrites_a_newer_count(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # Given a count 40 whose request the Market holds 30 s (a `100 Continue` every second, so no
+    # per-read timeout fires), and leases far shorter than that
+    sandbox.configure(hold_requests=1, hold_seconds=30)
+    put_changes(engine, [{"campaign_id": 7, "sku": "A", "count": 40}])
+    with (
+        running_worker(
+            database_url, rabbit_url, sandbox, tmp_path / "a.log", claim_lease_seconds="3"
+        ),
+        running_worker(
+            database_url, rabbit_url, sandbox, tmp_path / "b.log", claim_lease_seconds="3"
+        ),
+    ):
+        wait_for(
+            "the count 40 to be held at the sandbox",
+            lambda: sandbox.stats()["in_flight"].get("7", 0) == 1,
+            30,
+        )
+        held_since = time.monotonic()
+        # When a newer count arrives while the old request is held
+        put_changes(engine, [{"campaign_id": 7, "sku": "A", "count": 41}])
+        # (the hold is over, whatever the client did, after 30 s)
+        time.sleep(max(0.0, 31 - (time.monotonic() - held_since)))
+        wait_for(
+            "nothing in flight and nothing pending",
+            lambda: not sandbox.stats()["in_flight"] and pending_keys(engine) == 0,
+            30,
+        )
+        time.sleep(2)  # a push that would still send something has had its chance
+    # Then the Market ends with the newer count
+    assert counts_at(sandbox, 7) == {"A": 41}
+    assert pending_keys(engine) == 0
+
+
+def _faketime_env(offset: str) -> dict[str, str]:
+    """libfaketime on one worker: its host clock (realtime and monotonic) moved by `offset`."""
+    library = next(
+        (
+            p
+            for p in (
+                Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
+                Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"),
+            )
+            if p.exists()
+        ),
+        None,
+    )
+    if library is None or shutil.which("faketime") is None:
+        pytest.fail("libfaketime is missing: apt-get install -y faketime (.ci/run installs it)")
+    return {"LD_PRELOAD": str(library), "FAKETIME": offset, "FAKETIME_NO_CACHE": "1"}
+
+
+@pytest.mark.parametrize("offset", ["+30s", "-30s"])
+def test_a_worker_with_a_wrong_clock_sends_accepted_updated_at_that_never_go_back(
+    offset: str,
+    engine: Engine,
+    database_url: str,
+    rabbit_url: str,
+    sandbox: MarketSandbox,
+    tmp_path: Path,
+) -> None:
+    # Given two workers, one whose host clock is 30 s off, and a producer whose clock runs
+    # ahead (its occurred_at are a minute in the future, so the sending time is what counts)
+    skus = [f"S{i}" for i in range(20)]
+    with (
+        running_worker(
+            database_url,
+            rabbit_url,
+            sandbox,
+            tmp_path / "skewed.log",
+            extra_env=_faketime_env(offset),
+        ) as skewed,
+        running_worker(database_url, rabbit_url, sandbox, tmp_path / "right.log") as right,
+    ):
+        # When the keys change again and again, each round sent by whichever worker claims it
+        for round_ in range(12):
+            ahead = datetime.now(UTC) + timedelta(minutes=1)
+            put_changes(
+                engine,
+                [
+                    {"campaign_id": 7, "sku": sku, "count": round_, "occurred_at": ahead}
+                    for sku in skus
+                ],
+            )
+            wait_for("the round to drain", lambda: pending_keys(engine) == 0, 30)
+        skewed_log, right_log = skewed.log_text(), right.log_text()
+    # Both workers sent (else the test proves nothing about the skewed one)
+    assert "status=200" in skewed_log
+    assert "status=200" in right_log
+    stats = sandbox.stats()
+    # Then no SKU was refused (none "in the future"), none is held
+    refused = [r["first_error"] for r in sandbox.requests() if r["status"] != 200]
+    assert stats["skus_refused"] == 0, refused
+    assert _scalar(engine, "SELECT count(*) FROM stock WHERE parked_version IS NOT NULL") == 0
+    # and no updatedAt went backwards for a key, nor stood after the Market's own clock
+    assert stats["stale_overwrites"] == 0
+    state = sandbox.state(7)
+    assert {sku: e["count"] for sku, e in state.items()} == dict.fromkeys(skus, 11)
+    for entry in state.values():
+        assert datetime.fromisoformat(entry["updatedAt"]) <= datetime.fromisoformat(
+            entry["accepted_at"]
+        )
 
 
 def test_a_sku_refused_on_a_refresh_is_held_and_not_sent_again(
