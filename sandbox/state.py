@@ -94,6 +94,61 @@ def http_date(monotonic_at: float) -> str:
     return format_datetime(datetime.fromtimestamp(math.ceil(wall), UTC), usegmt=True)
 
 
+class ParallelGate:
+    """Requests in flight and admitted per key (campaign or business); the caller holds its lock."""
+
+    def __init__(self) -> None:
+        self.in_flight: dict[int, int] = defaultdict(int)
+        self.admitted: dict[int, int] = defaultdict(int)
+
+    def begin(self, key: int, limit: int, stats: dict[str, Any]) -> bool:
+        """Counts a request in flight (peak in `stats`); True when it is within `limit`."""
+        self.in_flight[key] += 1
+        stats["max_parallel_seen"] = max(stats["max_parallel_seen"], self.in_flight[key])
+        if self.admitted[key] >= limit:
+            return False
+        self.admitted[key] += 1
+        return True
+
+    def end(self, key: int, admitted: bool) -> None:
+        """Undoes `begin`."""
+        self.in_flight[key] -= 1
+        if admitted:
+            self.admitted[key] -= 1
+
+    def busy(self) -> dict[str, int]:
+        """The keys with requests in flight, as JSON."""
+        return {str(k): n for k, n in sorted(self.in_flight.items()) if n}
+
+
+def reserve_in(rate: RollingWindow, amount: int, limit: int | None, window: float) -> Reservation:
+    """The rolling-window rule shared by every limited resource; the caller holds the lock."""
+    now = time.monotonic()
+    rate.purge(now, window)
+    if limit is not None and rate.total + amount > limit:
+        until = rate.time_until_free(now, window, rate.total + amount - limit)
+        return Reservation(ok=False, until=until)
+    rate.add(now, amount)
+    return Reservation(ok=True, until=now)
+
+
+def window_headers(
+    rate: RollingWindow | None, limit: int | None, window: float, until: float | None
+) -> dict[str, str]:
+    """The three X-RateLimit-Resource-* headers of a window; the caller holds the lock."""
+    now = time.monotonic()
+    used, oldest = 0, now + window
+    if rate is not None:
+        rate.purge(now, window)
+        used, oldest = rate.total, rate.oldest_leaves(now, window)
+    shown_limit = UNLIMITED_HEADER_VALUE if limit is None else limit
+    return {
+        "X-RateLimit-Resource-Limit": str(shown_limit),
+        "X-RateLimit-Resource-Remaining": str(max(0, shown_limit - used)),
+        "X-RateLimit-Resource-Until": http_date(oldest if until is None else until),
+    }
+
+
 def _campaign_stats() -> dict[str, Any]:
     return {
         "requests": 0,
@@ -117,8 +172,7 @@ class SandboxState:
         # Fault injection needs reproducibility, not secrecy: a seeded Random is the point.
         self._rng = random.Random(config.seed)  # noqa: S311
         # In-flight counts survive a reset: the requests they count are still running.
-        self._in_flight: dict[int, int] = defaultdict(int)
-        self._admitted: dict[int, int] = defaultdict(int)
+        self._gate = ParallelGate()
         self._seq = 0
         self._clear()
         # Accounts, read methods and the v3 method keep their own state (they import this module).
@@ -185,20 +239,13 @@ class SandboxState:
     def begin(self, campaign: int) -> bool:
         """Counts a request in flight; True when it is within the parallel limit (admitted)."""
         with self._lock:
-            self._in_flight[campaign] += 1
-            stats = self._campaigns[campaign]
-            stats["max_parallel_seen"] = max(stats["max_parallel_seen"], self._in_flight[campaign])
-            if self._admitted[campaign] >= self._config.max_parallel_requests:
-                return False
-            self._admitted[campaign] += 1
-            return True
+            limit = self._config.max_parallel_requests
+            return self._gate.begin(campaign, limit, self._campaigns[campaign])
 
     def end(self, campaign: int, admitted: bool) -> None:
         """Undoes `begin` once the answer is written or the connection dropped."""
         with self._lock:
-            self._in_flight[campaign] -= 1
-            if admitted:
-                self._admitted[campaign] -= 1
+            self._gate.end(campaign, admitted)
 
     def roll_faults(self) -> Faults:
         """Draws this request's injected latency and faults from the seeded generator."""
@@ -255,30 +302,12 @@ class SandboxState:
             return self._headers_of(window, read_limit(self._config, method), until)
 
     def _reserve_in(self, rate: RollingWindow, amount: int, limit: int | None) -> Reservation:
-        """The rolling-window rule shared by every limited resource; the caller holds the lock."""
-        now, window = time.monotonic(), self._config.rate_window_seconds
-        rate.purge(now, window)
-        if limit is not None and rate.total + amount > limit:
-            until = rate.time_until_free(now, window, rate.total + amount - limit)
-            return Reservation(ok=False, until=until)
-        rate.add(now, amount)
-        return Reservation(ok=True, until=now)
+        return reserve_in(rate, amount, limit, self._config.rate_window_seconds)
 
     def _headers_of(
         self, rate: RollingWindow | None, limit: int | None, until: float | None
     ) -> dict[str, str]:
-        """The three X-RateLimit-Resource-* headers of a window; the caller holds the lock."""
-        now, window = time.monotonic(), self._config.rate_window_seconds
-        used, oldest = 0, now + window
-        if rate is not None:
-            rate.purge(now, window)
-            used, oldest = rate.total, rate.oldest_leaves(now, window)
-        shown_limit = UNLIMITED_HEADER_VALUE if limit is None else limit
-        return {
-            "X-RateLimit-Resource-Limit": str(shown_limit),
-            "X-RateLimit-Resource-Remaining": str(max(0, shown_limit - used)),
-            "X-RateLimit-Resource-Until": http_date(oldest if until is None else until),
-        }
+        return window_headers(rate, limit, self._config.rate_window_seconds, until)
 
     def apply(self, campaign: int, updates: Sequence[StockUpdate]) -> int:
         """Stores updates (last write wins; an older updatedAt counts as stale); returns a count."""
@@ -448,7 +477,7 @@ class SandboxState:
         """Exact counters since the last reset, totals and per campaign, as JSON."""
         with self._lock:
             result = _plain(self._totals)
-            result["in_flight"] = {str(k): v for k, v in sorted(self._in_flight.items()) if v}
+            result["in_flight"] = self._gate.busy()
             result["requests_logged"] = len(self._log)
             result["campaigns"] = {str(k): _plain(v) for k, v in sorted(self._campaigns.items())}
         # The v3 methods' one per-business counter (reads and updates) lives in the v3 store.

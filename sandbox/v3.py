@@ -39,7 +39,7 @@ from domain.market_rules import BODY_BYTES_MAX, PARALLEL_REQUESTS_MAX, SKU_PATTE
 from sandbox.config import ConfigError
 from sandbox.read_rules import Offer
 from sandbox.rules import ApiError, RequestRejected, StockUpdate, _check_entry, parse_campaign_id
-from sandbox.state import UNLIMITED_HEADER_VALUE, RollingWindow, http_date
+from sandbox.state import ParallelGate, RollingWindow, reserve_in, window_headers
 
 if TYPE_CHECKING:
     from sandbox.handler import SandboxHandler
@@ -245,8 +245,7 @@ class V3Store:
     def __init__(self, request_log_max: int = 10_000) -> None:
         self._lock = threading.Lock()
         self.settings = V3Settings()
-        self._in_flight: dict[int, int] = defaultdict(int)
-        self._admitted: dict[int, int] = defaultdict(int)
+        self._gate = ParallelGate()
         self._seq = 0
         self._log_max = request_log_max
         self._clear()
@@ -367,7 +366,7 @@ class V3Store:
                     str(b): {k: dict(v) if isinstance(v, dict) else v for k, v in s.items()}
                     for b, s in sorted(self._stats.items())
                 },
-                "in_flight": {str(b): n for b, n in sorted(self._in_flight.items()) if n},
+                "in_flight": self._gate.busy(),
             }
 
     # --- the request's bookkeeping ---------------------------------------------------------------
@@ -375,51 +374,31 @@ class V3Store:
     def begin(self, business: int) -> bool:
         """Counts a request in flight; True when it is within the parallel limit (admitted)."""
         with self._lock:
-            self._in_flight[business] += 1
-            stats = self._stats[business]
-            stats["max_parallel_seen"] = max(stats["max_parallel_seen"], self._in_flight[business])
-            if self._admitted[business] >= self.settings.max_parallel_requests:
-                return False
-            self._admitted[business] += 1
-            return True
+            limit = self.settings.max_parallel_requests
+            return self._gate.begin(business, limit, self._stats[business])
 
     def end(self, business: int, admitted: bool) -> None:
         """Undoes `begin`."""
         with self._lock:
-            self._in_flight[business] -= 1
-            if admitted:
-                self._admitted[business] -= 1
+            self._gate.end(business, admitted)
 
     def reserve(self, business: int) -> tuple[bool, float]:
         """Counts one request in the business's window if it fits; else (False, when it would)."""
-        now = time.monotonic()
         with self._lock:
             limit, window = self.settings.requests_per_minute, self.settings.window_seconds
             rate = self._rate[business]
-            rate.purge(now, window)
-            if limit is not None and rate.total + 1 > limit:
-                return False, rate.time_until_free(now, window, rate.total + 1 - limit)
-            rate.add(now, 1)
-            stats = self._stats[business]
-            stats["max_requests_in_window"] = max(stats["max_requests_in_window"], rate.total)
-            return True, now
+            reservation = reserve_in(rate, 1, limit, window)
+            if reservation.ok:
+                stats = self._stats[business]
+                stats["max_requests_in_window"] = max(stats["max_requests_in_window"], rate.total)
+            return reservation.ok, reservation.until
 
     def rate_headers(self, business: int | None, until: float | None = None) -> dict[str, str]:
         """X-RateLimit-Resource-* of the business's request window; `until` overrides -Until."""
-        now = time.monotonic()
         with self._lock:
             limit, window = self.settings.requests_per_minute, self.settings.window_seconds
-            used, oldest = 0, now + window
             rate = self._rate.get(business) if business is not None else None
-            if rate is not None:
-                rate.purge(now, window)
-                used, oldest = rate.total, rate.oldest_leaves(now, window)
-        shown = UNLIMITED_HEADER_VALUE if limit is None else limit
-        return {
-            "X-RateLimit-Resource-Limit": str(shown),
-            "X-RateLimit-Resource-Remaining": str(max(0, shown - used)),
-            "X-RateLimit-Resource-Until": http_date(oldest if until is None else until),
-        }
+            return window_headers(rate, limit, window, until)
 
     def apply(self, business: int, updates: Sequence[WarehouseUpdate]) -> int:
         """Stores updates (last write wins); returns how many."""
