@@ -35,10 +35,18 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import SplitResult, parse_qs
 
-from domain.market_rules import BODY_BYTES_MAX, PARALLEL_REQUESTS_MAX, SKU_PATTERN, normalize_sku
+from domain.market_rules import PARALLEL_REQUESTS_MAX, SKU_PATTERN, normalize_sku
 from sandbox.config import ConfigError
 from sandbox.read_rules import Offer
-from sandbox.rules import ApiError, RequestRejected, StockUpdate, _check_entry, parse_campaign_id
+from sandbox.rules import (
+    ApiError,
+    RequestRejected,
+    StockUpdate,
+    _check_entry,
+    body_list,
+    check_item_count,
+    parse_campaign_id,
+)
 from sandbox.state import ParallelGate, RollingWindow, reserve_in, window_headers
 
 if TYPE_CHECKING:
@@ -72,35 +80,10 @@ class ValidatedV3:
     errors: list[ApiError]
 
 
-def _reject(code: str, message: str) -> RequestRejected:
-    return RequestRejected(ApiError(code, message))
-
-
 def decode_v3_body(raw: bytes) -> list[Any]:
     """The `skuItems` list of a body; RequestRejected for size, JSON, shape or item count."""
-    if len(raw) > BODY_BYTES_MAX:
-        raise _reject(
-            "BAD_REQUEST", f"Request body of {len(raw)} bytes exceeds the limit of {BODY_BYTES_MAX}"
-        )
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _reject("BAD_REQUEST", f"Request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise _reject("BAD_REQUEST", "Request body must be a JSON object")
-    unknown = body.keys() - _TOP_LEVEL_FIELDS
-    if unknown:
-        raise _reject("UNKNOWN_PARAMETER", f"Unknown field '{sorted(unknown)[0]}' in request")
-    if "skuItems" not in body:
-        raise _reject("MISSING_PARAM", "Field 'skuItems' is required")
-    items = body["skuItems"]
-    if not isinstance(items, list):
-        raise _reject("BAD_REQUEST", "Field 'skuItems' must be an array")
-    if not 1 <= len(items) <= ITEMS_PER_REQUEST_MAX:
-        raise _reject(
-            "BAD_REQUEST",
-            f"Field 'skuItems' must contain 1 … {ITEMS_PER_REQUEST_MAX} items, got {len(items)}",
-        )
+    items = body_list(raw, _TOP_LEVEL_FIELDS, "skuItems")
+    check_item_count("skuItems", items, ITEMS_PER_REQUEST_MAX)
     return items
 
 
