@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from domain.market_rules import (
     BODY_BYTES_MAX,
@@ -66,6 +66,30 @@ class Validated:
     updates: list[StockUpdate]
     errors: list[ApiError]
     bad_skus: list[str]
+
+
+class _HasSku(Protocol):
+    @property
+    def sku(self) -> str: ...
+
+
+_Update = TypeVar("_Update", bound=_HasSku)
+
+
+def settle(
+    updates: list[_Update], errors: list[ApiError], refuse: Collection[str], partial_400: bool
+) -> tuple[list[_Update], list[ApiError]]:
+    """The updates to apply and the errors to answer once `refuse` SKUs get a 400 each."""
+    refused = [u for u in updates if u.sku in refuse]
+    if refused:
+        updates = [u for u in updates if u.sku not in refuse]
+        errors = errors + [
+            ApiError("BAD_REQUEST", f"Stock for '{u.sku}' is refused by the sandbox")
+            for u in refused
+        ]
+    if errors and not partial_400:
+        updates = []  # the whole request is refused: nothing is applied
+    return updates, errors
 
 
 def parse_campaign_id(raw: str) -> int | None:

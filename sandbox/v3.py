@@ -32,7 +32,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qs
 
 from domain.market_rules import PARALLEL_REQUESTS_MAX, SKU_PATTERN, normalize_sku
@@ -46,6 +46,7 @@ from sandbox.rules import (
     body_list,
     check_item_count,
     parse_campaign_id,
+    settle,
 )
 from sandbox.state import ParallelGate, RollingWindow, reserve_in, window_headers
 
@@ -458,8 +459,6 @@ def dispatch(handler: SandboxHandler, method: str, url: SplitResult) -> bool:
 
 def _update(handler: SandboxHandler, raw_business: str) -> None:
     """Answers (or drops) one v3 update request and records it."""
-    from sandbox.handler import _Answer, _Drop, _errors
-
     store = handler.state.v3
     entry: dict[str, Any] = {
         "method": "POST",
@@ -479,55 +478,31 @@ def _update(handler: SandboxHandler, raw_business: str) -> None:
         "started_monotonic": time.monotonic(),
         "started_at": datetime.now(UTC).isoformat(),
     }
-    status, errors, until = 200, cast(Sequence[ApiError], ()), None
-    try:
-        _checks(handler, raw_business, entry)
-    except _Answer as answer:
-        status, errors, until = answer.status, answer.errors, answer.until
-    except _Drop:
-        entry["outcome"] = entry["injected"]
-        _finish(store, entry)
-        handler._drop()
-        return
-    entry["status"] = status
-    if status == 200:
-        entry["outcome"] = "ok"
-    else:
-        entry["first_error"] = errors[0].message
-    _finish(store, entry)
-    headers = store.rate_headers(entry["business"], until)
-    handler._send(status, _errors(*errors) if errors else {"status": "OK"}, headers)
-
-
-def _finish(store: V3Store, entry: dict[str, Any]) -> None:
-    entry["ended_monotonic"] = time.monotonic()
-    entry["ended_at"] = datetime.now(UTC).isoformat()
-    store.record(entry)
+    handler._run_logged(
+        entry,
+        lambda: _checks(handler, raw_business, entry),
+        store.record,
+        lambda until: store.rate_headers(entry["business"], until),
+    )
 
 
 def _checks(handler: SandboxHandler, raw_business: str, entry: dict[str, Any]) -> None:
     """Runs the request; returns for 200, raises _Answer for another status, or _Drop."""
-    from sandbox.handler import _READ_CAP, _Answer
+    from sandbox.handler import _Answer, parallel_refusal
 
     state, store = handler.state, handler.state.v3
-    raw = handler._read_body()
-    if raw is None:
-        raise _Answer(400, "BAD_REQUEST", f"Content-Length missing, invalid or over {_READ_CAP}")
-    entry["bytes"] = len(raw)
-    handler._check_auth()
+    raw = handler._checked_body(entry)
     business: int | None = entry["business"]
     if business is None:
         raise _Answer(400, "BAD_REQUEST", f"businessId must be an integer ≥ 1: {raw_business!r}")
     admitted = store.begin(business)
     try:
         if not admitted:
-            entry["parallel_limited"] = True
-            message = (
-                f"Hit rate limit of {store.settings.max_parallel_requests} parallel requests "
-                f"for businessId {business}"
+            slots, wait = (
+                store.settings.max_parallel_requests,
+                state.config.injected_420_wait_seconds,
             )
-            until = time.monotonic() + state.config.injected_420_wait_seconds
-            raise _Answer(420, "LIMIT_EXCEEDED", message, until)
+            raise parallel_refusal(entry, slots, f"businessId {business}", wait)
         _admitted(handler, business, raw, entry)
     finally:
         store.end(business, admitted)
@@ -535,23 +510,16 @@ def _checks(handler: SandboxHandler, raw_business: str, entry: dict[str, Any]) -
 
 def _admitted(handler: SandboxHandler, business: int, raw: bytes, entry: dict[str, Any]) -> None:
     """The part of a request inside a parallel slot: faults, body, window, items, store."""
-    from sandbox.handler import _Answer, _Drop, _period
+    from sandbox.handler import _Answer, _Drop, _period, limited, raise_injected
 
     state, store = handler.state, handler.state.v3
     faults = state.roll_faults()  # the v2 fault settings and generator, shared
     if faults.latency_seconds:
         time.sleep(faults.latency_seconds)
     config = state.config
-    if faults.drop_before:
-        entry["injected"] = "drop_before"
-        raise _Drop
-    if faults.error_500 or faults.error_420:
-        entry["injected"] = "500" if faults.error_500 else "420"
-        raise injected_answer(faults.error_500, business, config.injected_420_wait_seconds)
-    content_type = handler.headers.get("Content-Type", "")
-    if content_type.partition(";")[0].strip().lower() != "application/json":
-        message = f"Content-Type must be application/json, got {content_type!r}"
-        raise _Answer(400, "UNSUPPORTED_MEDIA_TYPE", message)
+    wait = config.injected_420_wait_seconds
+    raise_injected(faults, entry, lambda status: injected_answer(status == 500, business, wait))
+    handler._require_json()
     try:
         items = decode_v3_body(raw)
     except RequestRejected as rejected:
@@ -560,26 +528,18 @@ def _admitted(handler: SandboxHandler, business: int, raw: bytes, entry: dict[st
     entry["warehouses"] = items_per_warehouse(items)
     ok, until = store.reserve(business)
     if not ok:
-        entry["rate_limited"] = True
         settings = store.settings
         message = (
             f"Hit rate limit of '{settings.requests_per_minute}' requests per "
             f"'{_period(settings.window_seconds)}' for resource 'resp' of businessId {business}"
         )
-        raise _Answer(420, "LIMIT_EXCEEDED", message, until)
+        raise limited(entry, "rate_limited", message, until)
     entry["items_refused"] = len(items)  # until some are applied
     known = state.accounts.accounts.warehouse_ids(business)
     validated = validate_v3_items(items, datetime.now(UTC), business, known)
-    errors, updates = validated.errors, validated.updates
-    refused = [u for u in updates if u.sku in config.refuse_skus]
-    if refused:
-        updates = [u for u in updates if u.sku not in config.refuse_skus]
-        errors = errors + [
-            ApiError("BAD_REQUEST", f"Stock for '{u.sku}' is refused by the sandbox")
-            for u in refused
-        ]
-    if errors and not config.partial_400:
-        updates = []
+    updates, errors = settle(
+        validated.updates, validated.errors, config.refuse_skus, config.partial_400
+    )
     entry["items_accepted"] = store.apply(business, updates)
     entry["items_refused"] = len(items) - entry["items_accepted"]
     if faults.drop_after:
