@@ -681,8 +681,7 @@ def read_answer(
 
 def _control(handler: SandboxHandler, method: str, path: str) -> None:
     """`GET|POST /_sandbox/accounts` (replace), `POST /_sandbox/accounts/add`, `…/limits`."""
-    from sandbox.handler import _errors
-    from sandbox.rules import ApiError
+    from sandbox.handler import control_changes
 
     books = handler.state.accounts
     raw = handler._read_body() or b""
@@ -697,12 +696,9 @@ def _control(handler: SandboxHandler, method: str, path: str) -> None:
         elif (method, path) == ("GET", "/_sandbox/accounts/limits"):
             handler._send(200, books.limits.as_json())
         elif (method, path) == ("POST", "/_sandbox/accounts/limits"):
-            changes = json.loads(raw or b"{}")
-            if not isinstance(changes, dict):
-                raise ConfigError("a JSON object of read limits expected")
+            changes = control_changes(raw, "read limits")
             handler._send(200, books.configure(changes).as_json())
         else:
-            error = ApiError("NOT_FOUND", f"No such endpoint: {method} {path}")
-            handler._send(404, _errors(error))
+            handler._no_endpoint(method, path)
     except (ConfigError, ValueError) as exc:
-        handler._send(400, _errors(ApiError("BAD_REQUEST", str(exc))))
+        handler._bad_control(exc)

@@ -9,7 +9,7 @@ import select
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, cast
@@ -187,24 +187,17 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def _stocks(self, raw_campaign: str) -> None:
         """Answers (or drops) one stocks request and records it in the log and counters."""
-        entry: dict[str, Any] = {
-            "method": "PUT",
-            "path": self.path,
-            "campaign": parse_campaign_id(raw_campaign),
-            "status": None,
-            "outcome": "error",
-            "skus": 0,
-            "skus_accepted": 0,
-            "skus_refused": 0,
-            "skus_lost": 0,
-            "bytes": 0,
-            "parallel_limited": False,
-            "rate_limited": False,
-            "injected": None,
-            "first_error": None,
-            "started_monotonic": time.monotonic(),
-            "started_at": datetime.now(UTC).isoformat(),
-        }
+        entry = new_entry(
+            method="PUT",
+            path=self.path,
+            campaign=parse_campaign_id(raw_campaign),
+            status=None,
+            outcome="error",
+            skus=0,
+            skus_accepted=0,
+            skus_refused=0,
+            skus_lost=0,
+        )
         self._run_logged(
             entry,
             lambda: self._stocks_checks(raw_campaign, entry),
@@ -371,9 +364,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 else:
                     self._send(200, {"campaign": campaign, "skus": state.stock(campaign)})
             elif (method, path) == ("GET", "/_sandbox/requests"):
-                since = _query_int(query, "since") or 0
-                limit = _query_int(query, "limit")
-                self._send(200, {"requests": state.requests(campaign, since, limit)})
+                self._send(200, {"requests": state.requests(campaign, *since_limit(query))})
             elif (method, path) == ("GET", "/_sandbox/stats"):
                 self._send(200, state.stats())
             elif (method, path) == ("GET", "/_sandbox/config"):
@@ -381,19 +372,36 @@ class SandboxHandler(BaseHTTPRequestHandler):
             elif (method, path) == ("GET", "/_sandbox/health"):
                 self._send(200, {"status": "OK"})
             elif (method, path) == ("POST", "/_sandbox/config"):
-                changes = json.loads(raw or b"{}")
-                if not isinstance(changes, dict):
-                    raise ConfigError("a JSON object of settings expected")
-                self._send(200, state.configure(changes).as_json())
+                self._send(200, state.configure(control_changes(raw, "settings")).as_json())
             elif (method, path) == ("POST", "/_sandbox/reset"):
                 state.reset()
                 self._send(200, {"status": "OK"})
             else:
-                self._send(
-                    404, _errors(ApiError("NOT_FOUND", f"No such endpoint: {method} {path}"))
-                )
+                self._no_endpoint(method, path)
         except (ConfigError, ValueError) as exc:
-            self._send(400, _errors(ApiError("BAD_REQUEST", str(exc))))
+            self._bad_control(exc)
+
+    def _no_endpoint(self, method: str, path: str) -> None:
+        """The 404 of a control path the sandbox does not have."""
+        self._send(404, _errors(ApiError("NOT_FOUND", f"No such endpoint: {method} {path}")))
+
+    def _bad_control(self, exc: Exception) -> None:
+        """The 400 of a control request with a bad field or value, naming it."""
+        self._send(400, _errors(ApiError("BAD_REQUEST", str(exc))))
+
+
+def new_entry(**fields: Any) -> dict[str, Any]:
+    """A request's log entry as it starts: its method's `fields`, then what every method logs."""
+    return {
+        **fields,
+        "bytes": 0,
+        "parallel_limited": False,
+        "rate_limited": False,
+        "injected": None,
+        "first_error": None,
+        "started_monotonic": time.monotonic(),
+        "started_at": datetime.now(UTC).isoformat(),
+    }
 
 
 def finish(entry: dict[str, Any], record: Callable[[dict[str, Any]], None]) -> None:
@@ -464,7 +472,20 @@ def _period(seconds: float) -> str:
     return "1 minute" if seconds == 60 else f"{seconds:g} seconds"
 
 
-def _query_int(query: dict[str, list[str]], name: str) -> int | None:
+def control_changes(raw: bytes | None, what: str) -> dict[str, Any]:
+    """The JSON object of a control POST (no body: {}); ConfigError naming `what` otherwise."""
+    changes = json.loads(raw or b"{}")
+    if not isinstance(changes, dict):
+        raise ConfigError(f"a JSON object of {what} expected")
+    return changes
+
+
+def since_limit(query: Mapping[str, list[str]]) -> tuple[int, int | None]:
+    """The `since` (default 0) and `limit` query parameters of a request-log endpoint."""
+    return _query_int(query, "since") or 0, _query_int(query, "limit")
+
+
+def _query_int(query: Mapping[str, list[str]], name: str) -> int | None:
     values = query.get(name)
     if not values:
         return None

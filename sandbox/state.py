@@ -20,6 +20,7 @@ from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
 from sandbox.config import SandboxConfig
+from sandbox.ledger import plain, select
 from sandbox.read_rules import read_limit
 from sandbox.read_store import ReadBook
 from sandbox.rules import StockUpdate
@@ -149,7 +150,29 @@ def window_headers(
     }
 
 
-def _campaign_stats() -> dict[str, Any]:
+class GatedStore:
+    """`begin`/`end` of a store whose requests share a parallel limit per key."""
+
+    _lock: threading.Lock
+    _gate: ParallelGate
+
+    def _slots(self, key: int) -> tuple[int, dict[str, Any]]:
+        """The parallel limit and the counters of `key`; the caller holds the lock."""
+        raise NotImplementedError
+
+    def begin(self, key: int) -> bool:
+        """Counts a request in flight; True when it is within the parallel limit (admitted)."""
+        with self._lock:
+            limit, stats = self._slots(key)
+            return self._gate.begin(key, limit, stats)
+
+    def end(self, key: int, admitted: bool) -> None:
+        """Undoes `begin` once the answer is written or the connection dropped."""
+        with self._lock:
+            self._gate.end(key, admitted)
+
+
+def _put_counters() -> dict[str, Any]:
     return {
         "requests": 0,
         "requests_by_status": defaultdict(int),
@@ -158,12 +181,14 @@ def _campaign_stats() -> dict[str, Any]:
         "stale_overwrites": 0,
         "skus_lost": 0,
         "lost_requests": 0,
-        "max_parallel_seen": 0,
-        "max_skus_accepted_in_window": 0,
     }
 
 
-class SandboxState:
+def _campaign_stats() -> dict[str, Any]:
+    return {**_put_counters(), "max_parallel_seen": 0, "max_skus_accepted_in_window": 0}
+
+
+class SandboxState(GatedStore):
     """Everything the sandbox remembers; every method is thread-safe."""
 
     def __init__(self, config: SandboxConfig) -> None:
@@ -189,13 +214,7 @@ class SandboxState:
         self._accepted: dict[int, RollingWindow] = defaultdict(RollingWindow)
         self._log: deque[dict[str, Any]] = deque(maxlen=self._config.request_log_max)
         self._totals: dict[str, Any] = {
-            "requests": 0,
-            "requests_by_status": defaultdict(int),
-            "skus_accepted": 0,
-            "skus_refused": 0,
-            "stale_overwrites": 0,
-            "skus_lost": 0,
-            "lost_requests": 0,
+            **_put_counters(),
             "parallel_limited": 0,
             "rate_limited": 0,
             "injected": defaultdict(int),
@@ -236,16 +255,8 @@ class SandboxState:
         self.accounts.reset()
         self.v3.reset()
 
-    def begin(self, campaign: int) -> bool:
-        """Counts a request in flight; True when it is within the parallel limit (admitted)."""
-        with self._lock:
-            limit = self._config.max_parallel_requests
-            return self._gate.begin(campaign, limit, self._campaigns[campaign])
-
-    def end(self, campaign: int, admitted: bool) -> None:
-        """Undoes `begin` once the answer is written or the connection dropped."""
-        with self._lock:
-            self._gate.end(campaign, admitted)
+    def _slots(self, key: int) -> tuple[int, dict[str, Any]]:
+        return self._config.max_parallel_requests, self._campaigns[key]
 
     def roll_faults(self) -> Faults:
         """Draws this request's injected latency and faults from the seeded generator."""
@@ -455,9 +466,9 @@ class SandboxState:
         """Accepted stock as JSON: {campaign: {sku: entry}}, or {sku: entry} of one campaign."""
         with self._lock:
             if campaign is not None:
-                return {sku: _stock_json(v) for sku, v in self._stock.get(campaign, {}).items()}
+                return {sku: stock_json(v) for sku, v in self._stock.get(campaign, {}).items()}
             return {
-                str(cid): {sku: _stock_json(v) for sku, v in skus.items()}
+                str(cid): {sku: stock_json(v) for sku, v in skus.items()}
                 for cid, skus in sorted(self._stock.items())
             }
 
@@ -466,35 +477,26 @@ class SandboxState:
     ) -> list[dict[str, Any]]:
         """Logged requests (oldest first) with seq > since, of one campaign if given."""
         with self._lock:
-            entries = [
-                dict(e)
-                for e in self._log
-                if e["seq"] > since and (campaign is None or e["campaign"] == campaign)
-            ]
-        return entries if limit is None else entries[-limit:]
+            return select(self._log, since, limit, campaign=campaign)
 
     def stats(self) -> dict[str, Any]:
         """Exact counters since the last reset, totals and per campaign, as JSON."""
         with self._lock:
-            result = _plain(self._totals)
+            result = plain(self._totals)
             result["in_flight"] = self._gate.busy()
             result["requests_logged"] = len(self._log)
-            result["campaigns"] = {str(k): _plain(v) for k, v in sorted(self._campaigns.items())}
+            result["campaigns"] = {str(k): plain(v) for k, v in sorted(self._campaigns.items())}
         # The v3 methods' one per-business counter (reads and updates) lives in the v3 store.
         result["business_in_flight"] = self.v3.stats()["in_flight"]
         result["reads"] = self.reads.stats()
         return result
 
 
-def _stock_json(value: tuple[int, datetime, datetime]) -> dict[str, Any]:
+def stock_json(value: tuple[int, datetime, datetime]) -> dict[str, Any]:
+    """One held SKU as JSON: count, updatedAt and when the sandbox accepted it."""
     count, updated_at, accepted_at = value
     return {
         "count": count,
         "updatedAt": updated_at.isoformat(),
         "accepted_at": accepted_at.isoformat(),
     }
-
-
-def _plain(counters: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy with defaultdicts turned into plain dicts, safe to serialize outside the lock."""
-    return {k: dict(v) if isinstance(v, dict) else v for k, v in counters.items()}

@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sandbox.read_rules import (
@@ -61,25 +60,20 @@ if TYPE_CHECKING:
 
 
 def _entry(method: str, path: str, campaign: int | None, business: int | None) -> dict[str, Any]:
-    return {
-        "method": method,
-        "path": path,
-        "campaign": campaign,
-        "business": business,
-        "partner_warehouse_id": None,
-        "status": None,
-        "outcome": "error",
-        "paged": False,
-        "offers_asked": 0,
-        "offers_returned": 0,
-        "bytes": 0,
-        "parallel_limited": False,
-        "rate_limited": False,
-        "injected": None,
-        "first_error": None,
-        "started_monotonic": time.monotonic(),
-        "started_at": datetime.now(UTC).isoformat(),
-    }
+    from sandbox.handler import new_entry
+
+    return new_entry(
+        method=method,
+        path=path,
+        campaign=campaign,
+        business=business,
+        partner_warehouse_id=None,
+        status=None,
+        outcome="error",
+        paged=False,
+        offers_asked=0,
+        offers_returned=0,
+    )
 
 
 def _serve(
@@ -253,16 +247,6 @@ CONTROLS = frozenset(
 )
 
 
-def _query_int(query: Mapping[str, list[str]], name: str) -> int | None:
-    values = query.get(name)
-    if not values:
-        return None
-    try:
-        return int(values[0])
-    except ValueError:
-        raise ValueError(f"query parameter {name!r} must be an integer") from None
-
-
 def control(
     h: SandboxHandler, method: str, path: str, query: Mapping[str, list[str]], raw: bytes | None
 ) -> None:
@@ -278,13 +262,14 @@ def control(
 def _control(
     h: SandboxHandler, method: str, path: str, query: Mapping[str, list[str]], raw: bytes | None
 ) -> None:
+    from sandbox.handler import _query_int, since_limit
+
     state = h.state
     campaign, business = _query_int(query, "campaign"), _query_int(query, "business")
     if (method, path) == ("GET", "/_sandbox/reads"):
         h._send(200, state.reads.stats())
     elif (method, path) == ("GET", "/_sandbox/read-requests"):
-        since, limit = _query_int(query, "since") or 0, _query_int(query, "limit")
-        h._send(200, {"requests": state.reads.requests(campaign, business, since, limit)})
+        h._send(200, {"requests": state.reads.requests(campaign, business, *since_limit(query))})
     elif (method, path) == ("GET", "/_sandbox/lost-updates"):
         h._send(200, {"campaigns": state.lost_updates()})
     elif (method, path) == ("GET", "/_sandbox/v3-stock"):

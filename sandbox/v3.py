@@ -37,6 +37,7 @@ from urllib.parse import SplitResult, parse_qs
 
 from domain.market_rules import PARALLEL_REQUESTS_MAX, SKU_PATTERN, normalize_sku
 from sandbox.config import ConfigError
+from sandbox.ledger import plain, select
 from sandbox.read_rules import Offer
 from sandbox.rules import (
     ApiError,
@@ -48,7 +49,14 @@ from sandbox.rules import (
     parse_campaign_id,
     settle,
 )
-from sandbox.state import ParallelGate, RollingWindow, reserve_in, window_headers
+from sandbox.state import (
+    GatedStore,
+    ParallelGate,
+    RollingWindow,
+    reserve_in,
+    stock_json,
+    window_headers,
+)
 
 if TYPE_CHECKING:
     from sandbox.handler import SandboxHandler
@@ -223,7 +231,7 @@ def _business_stats() -> dict[str, Any]:
     }
 
 
-class V3Store:
+class V3Store(GatedStore):
     """v3 stock, rate windows, in-flight counts, request log and counters; thread-safe."""
 
     def __init__(self, request_log_max: int = 10_000) -> None:
@@ -320,7 +328,7 @@ class V3Store:
                 return {
                     "business": business,
                     "warehouse": warehouse,
-                    "skus": {s: _stock_json(v) for s, v in skus.items()},
+                    "skus": {s: stock_json(v) for s, v in skus.items()},
                 }
             if business is not None:
                 return {"business": business, "warehouses": _warehouses_json(self._stock, business)}
@@ -335,36 +343,20 @@ class V3Store:
     ) -> list[dict[str, Any]]:
         """Logged requests (oldest first) with seq > since, of one business if given."""
         with self._lock:
-            entries = [
-                dict(e)
-                for e in self._log
-                if e["seq"] > since and (business is None or e["business"] == business)
-            ]
-        return entries if limit is None else entries[-limit:]
+            return select(self._log, since, limit, business=business)
 
     def stats(self) -> dict[str, Any]:
         """Exact counters per business since the last reset, and requests in flight."""
         with self._lock:
             return {
-                "businesses": {
-                    str(b): {k: dict(v) if isinstance(v, dict) else v for k, v in s.items()}
-                    for b, s in sorted(self._stats.items())
-                },
+                "businesses": {str(b): plain(s) for b, s in sorted(self._stats.items())},
                 "in_flight": self._gate.busy(),
             }
 
     # --- the request's bookkeeping ---------------------------------------------------------------
 
-    def begin(self, business: int) -> bool:
-        """Counts a request in flight; True when it is within the parallel limit (admitted)."""
-        with self._lock:
-            limit = self.settings.max_parallel_requests
-            return self._gate.begin(business, limit, self._stats[business])
-
-    def end(self, business: int, admitted: bool) -> None:
-        """Undoes `begin`."""
-        with self._lock:
-            self._gate.end(business, admitted)
+    def _slots(self, key: int) -> tuple[int, dict[str, Any]]:
+        return self.settings.max_parallel_requests, self._stats[key]
 
     def reserve(self, business: int) -> tuple[bool, float]:
         """Counts one request in the business's window if it fits; else (False, when it would)."""
@@ -418,19 +410,11 @@ class V3Store:
                 stats["parallel_limited"] += entry["parallel_limited"]
 
 
-def _stock_json(value: tuple[int, datetime, datetime]) -> dict[str, Any]:
-    return {
-        "count": value[0],
-        "updatedAt": value[1].isoformat(),
-        "accepted_at": value[2].isoformat(),
-    }
-
-
 def _warehouses_json(
     stock: Mapping[int, Mapping[int, Mapping[str, tuple[int, datetime, datetime]]]], business: int
 ) -> dict[str, Any]:
     return {
-        str(w): {s: _stock_json(v) for s, v in skus.items()}
+        str(w): {s: stock_json(v) for s, v in skus.items()}
         for w, skus in sorted(stock.get(business, {}).items())
     }
 
@@ -459,25 +443,20 @@ def dispatch(handler: SandboxHandler, method: str, url: SplitResult) -> bool:
 
 def _update(handler: SandboxHandler, raw_business: str) -> None:
     """Answers (or drops) one v3 update request and records it."""
+    from sandbox.handler import new_entry
+
     store = handler.state.v3
-    entry: dict[str, Any] = {
-        "method": "POST",
-        "path": handler.path,
-        "business": parse_campaign_id(raw_business),
-        "status": None,
-        "outcome": "error",
-        "items": 0,
-        "items_accepted": 0,
-        "items_refused": 0,
-        "warehouses": {},
-        "bytes": 0,
-        "parallel_limited": False,
-        "rate_limited": False,
-        "injected": None,
-        "first_error": None,
-        "started_monotonic": time.monotonic(),
-        "started_at": datetime.now(UTC).isoformat(),
-    }
+    entry = new_entry(
+        method="POST",
+        path=handler.path,
+        business=parse_campaign_id(raw_business),
+        status=None,
+        outcome="error",
+        items=0,
+        items_accepted=0,
+        items_refused=0,
+        warehouses={},
+    )
     handler._run_logged(
         entry,
         lambda: _checks(handler, raw_business, entry),
@@ -562,7 +541,7 @@ def injected_answer(error_500: bool, business: int, wait_420: float) -> Exceptio
 
 def _control(handler: SandboxHandler, method: str, path: str, query: dict[str, list[str]]) -> None:
     """`GET /_sandbox/v3/{state,requests,stats,config}`, `POST /_sandbox/v3/config`."""
-    from sandbox.handler import _errors, _query_int
+    from sandbox.handler import _query_int, control_changes, since_limit
 
     store = handler.state.v3
     raw = handler._read_body() or b""
@@ -574,20 +553,15 @@ def _control(handler: SandboxHandler, method: str, path: str, query: dict[str, l
                 raise ValueError("query parameter 'warehouse' needs 'business'")
             handler._send(200, store.state_json(business, warehouse))
         elif (method, path) == ("GET", "/_sandbox/v3/requests"):
-            since = _query_int(query, "since") or 0
-            limit = _query_int(query, "limit")
-            handler._send(200, {"requests": store.requests(business, since, limit)})
+            handler._send(200, {"requests": store.requests(business, *since_limit(query))})
         elif (method, path) == ("GET", "/_sandbox/v3/stats"):
             handler._send(200, store.stats())
         elif (method, path) == ("GET", "/_sandbox/v3/config"):
             handler._send(200, store.settings.as_json())
         elif (method, path) == ("POST", "/_sandbox/v3/config"):
-            changes = json.loads(raw or b"{}")
-            if not isinstance(changes, dict):
-                raise ConfigError("a JSON object of v3 settings expected")
+            changes = control_changes(raw, "v3 settings")
             handler._send(200, store.configure(changes).as_json())
         else:
-            error = ApiError("NOT_FOUND", f"No such endpoint: {method} {path}")
-            handler._send(404, _errors(error))
+            handler._no_endpoint(method, path)
     except (ConfigError, ValueError) as exc:
-        handler._send(400, _errors(ApiError("BAD_REQUEST", str(exc))))
+        handler._bad_control(exc)
