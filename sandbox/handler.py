@@ -187,17 +187,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def _stocks(self, raw_campaign: str) -> None:
         """Answers (or drops) one stocks request and records it in the log and counters."""
-        entry = new_entry(
-            method="PUT",
-            path=self.path,
-            campaign=parse_campaign_id(raw_campaign),
-            status=None,
-            outcome="error",
-            skus=0,
-            skus_accepted=0,
-            skus_refused=0,
-            skus_lost=0,
-        )
+        keys = {"campaign": parse_campaign_id(raw_campaign)}
+        counters = {"skus": 0, "skus_accepted": 0, "skus_refused": 0, "skus_lost": 0}
+        entry = new_entry("PUT", self.path, keys, **counters)
         self._run_logged(
             entry,
             lambda: self._stocks_checks(raw_campaign, entry),
@@ -281,12 +273,11 @@ class SandboxHandler(BaseHTTPRequestHandler):
         entry["skus"] = len(skus)
         reservation = state.reserve(campaign, len(skus))
         if not reservation.ok:
-            message = (
-                f"Hit rate limit of '{config.rate_limit_skus_per_minute}' requests per "
-                f"'{_period(config.rate_window_seconds)}' for resource 'req.skus' "
-                f"of campaignId {campaign}: {len(skus)} SKUs asked"
+            limit, window = config.rate_limit_skus_per_minute, config.rate_window_seconds
+            scope = f"campaignId {campaign}: {len(skus)} SKUs asked"
+            raise window_refusal(
+                entry, limit, window, "req.skus", scope=scope, until=reservation.until
             )
-            raise limited(entry, "rate_limited", message, reservation.until)
 
         entry["skus_refused"] = len(skus)  # until some are applied
         try:
@@ -390,10 +381,15 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self._send(400, _errors(ApiError("BAD_REQUEST", str(exc))))
 
 
-def new_entry(**fields: Any) -> dict[str, Any]:
-    """A request's log entry as it starts: its method's `fields`, then what every method logs."""
+def new_entry(method: str, path: str, keys: Mapping[str, Any], **counters: Any) -> dict[str, Any]:
+    """A request's log entry as it starts: its `keys` and `counters`, and what all methods log."""
     return {
-        **fields,
+        "method": method,
+        "path": path,
+        **keys,
+        "status": None,
+        "outcome": "error",
+        **counters,
         "bytes": 0,
         "parallel_limited": False,
         "rate_limited": False,
@@ -430,6 +426,23 @@ def limited(entry: dict[str, Any], flag: str, message: str, until: float) -> _An
     """The 420 of a limit hit; `flag` ("rate_limited" or "parallel_limited") marks the entry."""
     entry[flag] = True
     return _Answer(420, "LIMIT_EXCEEDED", message, until)
+
+
+def window_refusal(
+    entry: dict[str, Any],
+    limit: int | None,
+    window: float,
+    resource: str,
+    *,
+    scope: str,
+    until: float,
+) -> _Answer:
+    """The 420 of a request over a rolling window's `limit` of `resource` for `scope`."""
+    message = (
+        f"Hit rate limit of '{limit}' requests per '{_period(window)}' "
+        f"for resource '{resource}' of {scope}"
+    )
+    return limited(entry, "rate_limited", message, until)
 
 
 def parallel_refusal(entry: dict[str, Any], slots: int, scope: str, wait_420: float) -> _Answer:

@@ -151,10 +151,19 @@ def window_headers(
 
 
 class GatedStore:
-    """`begin`/`end` of a store whose requests share a parallel limit per key."""
+    """`begin`/`end` and the request log of a store sharing a parallel limit per key."""
 
     _lock: threading.Lock
     _gate: ParallelGate
+    _log: deque[dict[str, Any]]
+    _key_field: str  # the log entries' name of the key: "campaign" or "business"
+
+    def requests(
+        self, key: int | None = None, since: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Logged requests (oldest first) with seq > since, of one key if given."""
+        with self._lock:
+            return select(self._log, since, limit, **{self._key_field: key})
 
     def _slots(self, key: int) -> tuple[int, dict[str, Any]]:
         """The parallel limit and the counters of `key`; the caller holds the lock."""
@@ -190,6 +199,8 @@ def _campaign_stats() -> dict[str, Any]:
 
 class SandboxState(GatedStore):
     """Everything the sandbox remembers; every method is thread-safe."""
+
+    _key_field = "campaign"
 
     def __init__(self, config: SandboxConfig) -> None:
         self._lock = threading.Lock()
@@ -471,13 +482,6 @@ class SandboxState(GatedStore):
                 str(cid): {sku: stock_json(v) for sku, v in skus.items()}
                 for cid, skus in sorted(self._stock.items())
             }
-
-    def requests(
-        self, campaign: int | None = None, since: int = 0, limit: int | None = None
-    ) -> list[dict[str, Any]]:
-        """Logged requests (oldest first) with seq > since, of one campaign if given."""
-        with self._lock:
-            return select(self._log, since, limit, campaign=campaign)
 
     def stats(self) -> dict[str, Any]:
         """Exact counters since the last reset, totals and per campaign, as JSON."""

@@ -62,18 +62,8 @@ if TYPE_CHECKING:
 def _entry(method: str, path: str, campaign: int | None, business: int | None) -> dict[str, Any]:
     from sandbox.handler import new_entry
 
-    return new_entry(
-        method=method,
-        path=path,
-        campaign=campaign,
-        business=business,
-        partner_warehouse_id=None,
-        status=None,
-        outcome="error",
-        paged=False,
-        offers_asked=0,
-        offers_returned=0,
-    )
+    keys = {"campaign": campaign, "business": business, "partner_warehouse_id": None}
+    return new_entry(method, path, keys, paged=False, offers_asked=0, offers_returned=0)
 
 
 def _serve(
@@ -136,7 +126,7 @@ def _parse(
 
 def serve_v2_read(h: SandboxHandler, raw_campaign: str, query: Mapping[str, list[str]]) -> None:
     """`POST /v2/campaigns/{campaignId}/offers/stocks` (getStocks)."""
-    from sandbox.handler import _Drop, _period, check_campaign, limited, parallel_refusal
+    from sandbox.handler import _Drop, check_campaign, parallel_refusal, window_refusal
 
     state = h.state
     campaign = parse_campaign_id(raw_campaign)
@@ -160,13 +150,11 @@ def serve_v2_read(h: SandboxHandler, raw_campaign: str, query: Mapping[str, list
             reservation = state.reserve_read("v2", known, len(offers))
             config = state.config
             if not reservation.ok:
-                message = (
-                    f"Hit rate limit of '{config.read_offers_per_minute}' requests per "
-                    f"'{_period(config.rate_window_seconds)}' for resource "
-                    f"'resp.result.warehouses.offers.offerId' of campaignId {known}: "
-                    f"{len(offers)} offers to return"
-                )
-                raise limited(entry, "rate_limited", message, reservation.until)
+                limit, window = config.read_offers_per_minute, config.rate_window_seconds
+                resource = "resp.result.warehouses.offers.offerId"
+                scope = f"campaignId {known}: {len(offers)} offers to return"
+                until = reservation.until
+                raise window_refusal(entry, limit, window, resource, scope=scope, until=until)
             entry["offers_returned"] = len(offers)
             listed = state.accounts.accounts.campaign_warehouse(known)
             result = v2_result(config, known, offers, more, read.warehouse, listed=listed)
@@ -182,7 +170,7 @@ def serve_v2_read(h: SandboxHandler, raw_campaign: str, query: Mapping[str, list
 
 def serve_v3_read(h: SandboxHandler, raw_business: str, query: Mapping[str, list[str]]) -> None:
     """`POST /v3/businesses/{businessId}/offers/stocks` (getStocksOnPartnerWarehouses)."""
-    from sandbox.handler import _Answer, _Drop, _period, limited, parallel_refusal
+    from sandbox.handler import _Answer, _Drop, parallel_refusal, window_refusal
 
     state = h.state
     business = parse_campaign_id(raw_business)
@@ -204,12 +192,9 @@ def serve_v3_read(h: SandboxHandler, raw_business: str, query: Mapping[str, list
             drop_after = _faults_and_type(h, business, raw, entry)
             reservation = state.reserve_read("v3", business, 1)  # a 400 counts, as on the PUT
             if not reservation.ok:
-                message = (
-                    f"Hit rate limit of '{config.v3_read_requests_per_minute}' requests per "
-                    f"'{_period(config.rate_window_seconds)}' for resource 'resp' "
-                    f"of businessId {business}"
-                )
-                raise limited(entry, "rate_limited", message, reservation.until)
+                limit, window = config.v3_read_requests_per_minute, config.rate_window_seconds
+                scope, until = f"businessId {business}", reservation.until
+                raise window_refusal(entry, limit, window, "resp", scope=scope, until=until)
             read = _parse(raw, query, True, entry)
             warehouse = read.warehouse or 0  # parse_read requires it for v3
             stock = state.v3

@@ -37,7 +37,7 @@ from urllib.parse import SplitResult, parse_qs
 
 from domain.market_rules import PARALLEL_REQUESTS_MAX, SKU_PATTERN, normalize_sku
 from sandbox.config import ConfigError
-from sandbox.ledger import plain, select
+from sandbox.ledger import plain
 from sandbox.read_rules import Offer
 from sandbox.rules import (
     ApiError,
@@ -234,6 +234,8 @@ def _business_stats() -> dict[str, Any]:
 class V3Store(GatedStore):
     """v3 stock, rate windows, in-flight counts, request log and counters; thread-safe."""
 
+    _key_field = "business"
+
     def __init__(self, request_log_max: int = 10_000) -> None:
         self._lock = threading.Lock()
         self.settings = V3Settings()
@@ -338,13 +340,6 @@ class V3Store(GatedStore):
                 }
             }
 
-    def requests(
-        self, business: int | None = None, since: int = 0, limit: int | None = None
-    ) -> list[dict[str, Any]]:
-        """Logged requests (oldest first) with seq > since, of one business if given."""
-        with self._lock:
-            return select(self._log, since, limit, business=business)
-
     def stats(self) -> dict[str, Any]:
         """Exact counters per business since the last reset, and requests in flight."""
         with self._lock:
@@ -446,17 +441,9 @@ def _update(handler: SandboxHandler, raw_business: str) -> None:
     from sandbox.handler import new_entry
 
     store = handler.state.v3
-    entry = new_entry(
-        method="POST",
-        path=handler.path,
-        business=parse_campaign_id(raw_business),
-        status=None,
-        outcome="error",
-        items=0,
-        items_accepted=0,
-        items_refused=0,
-        warehouses={},
-    )
+    keys = {"business": parse_campaign_id(raw_business)}
+    counters: dict[str, Any] = {"items": 0, "items_accepted": 0, "items_refused": 0}
+    entry = new_entry("POST", handler.path, keys, **counters, warehouses={})
     handler._run_logged(
         entry,
         lambda: _checks(handler, raw_business, entry),
@@ -489,7 +476,7 @@ def _checks(handler: SandboxHandler, raw_business: str, entry: dict[str, Any]) -
 
 def _admitted(handler: SandboxHandler, business: int, raw: bytes, entry: dict[str, Any]) -> None:
     """The part of a request inside a parallel slot: faults, body, window, items, store."""
-    from sandbox.handler import _Answer, _Drop, _period, limited, raise_injected
+    from sandbox.handler import _Answer, _Drop, raise_injected, window_refusal
 
     state, store = handler.state, handler.state.v3
     faults = state.roll_faults()  # the v2 fault settings and generator, shared
@@ -507,12 +494,9 @@ def _admitted(handler: SandboxHandler, business: int, raw: bytes, entry: dict[st
     entry["warehouses"] = items_per_warehouse(items)
     ok, until = store.reserve(business)
     if not ok:
-        settings = store.settings
-        message = (
-            f"Hit rate limit of '{settings.requests_per_minute}' requests per "
-            f"'{_period(settings.window_seconds)}' for resource 'resp' of businessId {business}"
-        )
-        raise limited(entry, "rate_limited", message, until)
+        limit, window = store.settings.requests_per_minute, store.settings.window_seconds
+        scope = f"businessId {business}"
+        raise window_refusal(entry, limit, window, "resp", scope=scope, until=until)
     entry["items_refused"] = len(items)  # until some are applied
     known = state.accounts.accounts.warehouse_ids(business)
     validated = validate_v3_items(items, datetime.now(UTC), business, known)
