@@ -157,6 +157,14 @@ class GatedStore:
     _gate: ParallelGate
     _log: deque[dict[str, Any]]
     _key_field: str  # the log entries' name of the key: "campaign" or "business"
+    _seq: int
+
+    def _logged(self, entry: dict[str, Any]) -> str:
+        """Numbers and logs one entry; returns its status for the counters (lock held)."""
+        self._seq += 1
+        entry["seq"] = self._seq
+        self._log.append(entry)
+        return "dropped" if entry["status"] is None else str(entry["status"])
 
     def requests(
         self, key: int | None = None, since: int = 0, limit: int | None = None
@@ -365,11 +373,8 @@ class SandboxState(GatedStore):
 
     def record(self, entry: dict[str, Any]) -> None:
         """Logs one Market request (bounded log) and counts it (exact counters)."""
-        status = "dropped" if entry["status"] is None else str(entry["status"])
         with self._lock:
-            self._seq += 1
-            entry["seq"] = self._seq
-            self._log.append(entry)
+            status = self._logged(entry)
             totals = self._totals
             totals["requests"] += 1
             totals["requests_by_status"][status] += 1

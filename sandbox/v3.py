@@ -391,11 +391,8 @@ class V3Store(GatedStore):
 
     def record(self, entry: dict[str, Any]) -> None:
         """Logs one request (bounded log) and counts it (exact counters)."""
-        status = "dropped" if entry["status"] is None else str(entry["status"])
         with self._lock:
-            self._seq += 1
-            entry["seq"] = self._seq
-            self._log.append(entry)
+            status = self._logged(entry)
             if entry["business"] is not None:
                 stats = self._stats[entry["business"]]
                 stats["requests"] += 1
