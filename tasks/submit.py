@@ -10,13 +10,15 @@ from typing import Any, TypeVar
 
 from celery import Task
 from celery.exceptions import Reject
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from domain.changes import UnreadableMessage, parse_message, task_id_problem
+from domain.changes import ParsedMessage, UnreadableMessage, parse_message, task_id_problem
 from worker import runtime
 from worker.app import app
 from worker.database import paused_while_down
 from worker.ingest import (
+    StoreResult,
     campaign_of,
     count_redelivery,
     first_seen,
@@ -108,12 +110,7 @@ def _submit(
     except UnreadableMessage as exc:
         _keep_unreadable(task_id, raw, str(exc))
         return {"applied": 0, "duplicates": 0, "rejected": 1}
-    result = _with_database(
-        lambda: store_message(
-            engine, task_id, parsed.accepted, parsed.rejected, get_settings().group_of
-        ),
-        task_id,
-    )
+    result = _with_database(lambda: _routed_then_stored(engine, task_id, parsed), task_id)
     for rejection in parsed.rejected:
         log_event(
             log,
@@ -134,6 +131,12 @@ def _submit(
         rejected=result.rejected,
     )
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": result.rejected}
+
+
+def _routed_then_stored(engine: Engine, task_id: str, parsed: ParsedMessage) -> StoreResult:
+    """The message's changes stored under the configured routing (applied first, once)."""
+    runtime.routed()
+    return store_message(engine, task_id, parsed.accepted, parsed.rejected, get_settings().group_of)
 
 
 def _with_database(work: Callable[[], T], task_id: str | None = None) -> T:

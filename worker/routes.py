@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from domain.routing import Carry, KeyTransfer, differ, plan, routes_of
-from worker.database import paused_while_down
+from worker.database import is_transient
 from worker.logs import log_event
 from worker.settings import Settings
 
@@ -94,12 +94,15 @@ def apply_routes(engine: Engine, groups: list[list[int]]) -> list[KeyTransfer]:
     return transfers
 
 
-def route_at_start(engine: Engine, settings: Settings) -> None:
-    """`apply_routes` for a starting worker, waiting while PostgreSQL is unreachable."""
-    while True:
-        try:
-            apply_routes(engine, settings.warehouse_groups)
-            return
-        except DBAPIError as exc:
-            if not paused_while_down(exc, log, step="routes"):
-                raise
+def route_at_start(engine: Engine, settings: Settings) -> bool:
+    """`apply_routes` for a starting worker; False when PostgreSQL is unreachable now (or fails
+    with another error that may pass: `is_transient`), and then each process's first task
+    applies it (`worker.runtime.routed`) before it touches a key."""
+    try:
+        apply_routes(engine, settings.warehouse_groups)
+    except DBAPIError as exc:
+        if not is_transient(exc):
+            raise
+        log_event(log, logging.WARNING, "routes_deferred", reason="database unavailable")
+        return False
+    return True

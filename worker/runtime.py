@@ -68,6 +68,14 @@ def consumer_engine() -> Engine:
     )
 
 
+def routed() -> None:
+    """The configured routing applied to the stored keys (worker/routes.py), once per process:
+    at worker start, or by the process's first task when PostgreSQL was unreachable then."""
+    from worker.routes import apply_routes
+
+    _once("routed", lambda: apply_routes(engine(), get_settings().warehouse_groups))
+
+
 def limiter() -> RateLimiter:
     """The rate limiter every push of this process asks before a request."""
     settings = get_settings()
