@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
 
-from worker.monitoring import CampaignFigures, read_figures
+from worker.monitoring import CampaignFigures, V3BusinessFigures, read_figures
 from worker.settings import Settings
 
 
@@ -18,6 +18,7 @@ class StatusReport:
     campaigns: list[CampaignFigures]
     unreadable_messages: int
     rejected_without_campaign: int
+    v3_businesses: list[V3BusinessFigures] = field(default_factory=list)
 
     def too_old(self, max_age_seconds: float) -> list[CampaignFigures]:
         """Campaigns whose oldest pending change waits longer than `max_age_seconds`."""
@@ -40,8 +41,16 @@ class StatusReport:
             for name in ("last_push_at", "blocked_until"):
                 row[name] = row[name].isoformat() if row[name] else None
             campaigns.append(row)
+        businesses = []
+        for business in self.v3_businesses:
+            row = asdict(business)
+            row["blocked_until"] = (
+                row["blocked_until"].isoformat() if row["blocked_until"] else None
+            )
+            businesses.append(row)
         return {
             "campaigns": campaigns,
+            "v3_businesses": businesses,
             "unreadable_messages": self.unreadable_messages,
             "rejected_without_campaign": self.rejected_without_campaign,
         }
@@ -51,5 +60,8 @@ def read_status(engine: Engine, settings: Settings) -> StatusReport:
     """Reads the report in one snapshot."""
     figures = read_figures(engine, settings)
     return StatusReport(
-        figures.campaigns, figures.unreadable_messages, figures.rejected_without_campaign
+        figures.campaigns,
+        figures.unreadable_messages,
+        figures.rejected_without_campaign,
+        figures.v3_businesses,
     )

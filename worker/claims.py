@@ -6,6 +6,11 @@ a key whose claim's lease ran out (its worker died) is taken over by the next cl
 outbox rows are not written to claim them, and planners of one campaign take turns on its row
 (`worker.campaign_health.lock`). A SKU the Market rejected with a 400 is *held* at its version
 (columns `parked_version`, `parked_reason`) until a newer change arrives.
+
+A claim belongs to a route (`domain.route`): a v2 route's claim holds keys of its one group; a v3
+route's claim (a business) holds keys of all the business's campaigns, taken round-robin across
+them, oldest first within each, so a full request of 2,000 items is fair to every warehouse.
+`campaign_id` in the signatures below is the route key (minus the business id for v3).
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, Row, text
 
-from domain.batching import pack
+from domain.batching import pack, pack_v3
 from domain.market_payload import PendingStock
 from domain.market_rules import SKUS_PER_REQUEST_MAX
+from domain.route import Method, Route, Routing
 from worker import campaign_health
 from worker.rate_limiter import RateLimiter
 
@@ -51,9 +57,10 @@ _TAKE = """
             WHERE NOT EXISTS (SELECT 1 FROM push_claim p
                               WHERE p.claim_id = claimed_key.claim_id
                                 AND p.lease_until > clock_timestamp())
-        RETURNING sku
+        RETURNING group_id, sku
     )
-    SELECT picked.sku, picked.changed_at FROM picked JOIN taken USING (sku)
+    SELECT picked.group_id, picked.sku, picked.changed_at
+    FROM picked JOIN taken USING (group_id, sku)
     ORDER BY picked.changed_at
 """
 
@@ -99,9 +106,50 @@ _ORDERED_SCANS_ONLY = text("""
     SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)
 """)
 
+# The keys of a v3 business: its campaigns in turn (each one's oldest first), so that a request
+# holds every warehouse's share when more is pending than fits.
+_V3_PENDING = f"""
+    SELECT s.group_id, s.sku, s.changed_at,
+           row_number() OVER (ORDER BY s.changed_at) AS turn
+    FROM stock s
+    WHERE s.group_id = w.id AND s.version > s.acked_version
+      AND (s.parked_version IS NULL OR s.parked_version < s.version)
+      AND {_NOT_CLAIMED}
+    ORDER BY s.changed_at
+    LIMIT :n
+"""  # noqa: S608 - constant fragments only
+_V3_REFRESH = f"""
+    SELECT s.group_id, s.sku, s.changed_at,
+           row_number() OVER (ORDER BY s.acked_at) AS turn
+    FROM stock s
+    WHERE s.group_id = w.id AND s.version = s.acked_version
+      AND s.acked_at < clock_timestamp() - make_interval(secs => :refresh_after)
+      AND {_NOT_CLAIMED}
+    ORDER BY s.acked_at
+    LIMIT :n
+"""  # noqa: S608 - constant fragments only
+
+
+def _v3_claim(per_campaign: str) -> str:
+    return f"""
+    WITH picked AS (
+        SELECT x.group_id, x.sku, x.changed_at
+        FROM unnest(CAST(:campaigns AS bigint[])) AS w(id)
+        CROSS JOIN LATERAL ({per_campaign}) AS x
+        ORDER BY x.turn, x.changed_at
+        LIMIT :n
+    ),
+    {_TAKE}
+    """  # noqa: S608 - constant fragments only
+
+
+_CLAIM_V3 = text(_v3_claim(_V3_PENDING))
+_CLAIM_V3_REFRESH = text(_v3_claim(_V3_REFRESH))
+
 _MOVE_TO_CLAIM = text("""
-    UPDATE claimed_key SET claim_id = :new
-    WHERE group_id = :c AND claim_id = :old AND sku = ANY(:skus)
+    UPDATE claimed_key k SET claim_id = :new
+    FROM unnest(CAST(:groups AS bigint[]), CAST(:skus AS text[])) AS m(group_id, sku)
+    WHERE k.claim_id = :old AND k.group_id = m.group_id AND k.sku = m.sku
 """)
 
 _NEW_CLAIM = text("""
@@ -116,9 +164,9 @@ _RENEW = text("""
 """)
 
 _READ = text("""
-    SELECT s.sku, s.value, s.version, s.last_occurred_at FROM claimed_key k
+    SELECT s.group_id, s.sku, s.value, s.version, s.last_occurred_at FROM claimed_key k
     JOIN stock s ON s.group_id = k.group_id AND s.sku = k.sku
-    WHERE k.claim_id = :claim AND s.group_id = :c
+    WHERE k.claim_id = :claim
     ORDER BY s.changed_at
 """)
 
@@ -127,13 +175,14 @@ _READ = text("""
 # order, the order the ingest locks them in, so the two never deadlock.
 _ACK = text("""
     WITH sent AS (
-        SELECT * FROM unnest(CAST(:skus AS text[]), CAST(:versions AS bigint[]),
-                             CAST(:vals AS bigint[])) AS n(sku, version, value)
+        SELECT * FROM unnest(CAST(:groups AS bigint[]), CAST(:skus AS text[]),
+                             CAST(:versions AS bigint[]), CAST(:vals AS bigint[]))
+                 AS n(group_id, sku, version, value)
     ),
     locked AS (
-        SELECT s.ctid AS row_id, s.sku FROM stock s
-        WHERE s.group_id = :c AND s.sku IN (SELECT sku FROM sent)
-        ORDER BY s.sku
+        SELECT s.ctid AS row_id, s.group_id, s.sku FROM stock s
+        WHERE (s.group_id, s.sku) IN (SELECT group_id, sku FROM sent)
+        ORDER BY s.group_id, s.sku
         FOR UPDATE
     )
     UPDATE stock s SET
@@ -143,15 +192,15 @@ _ACK = text("""
         acked_at = clock_timestamp(),
         parked_version = NULL,
         parked_reason = NULL
-    FROM locked JOIN sent ON sent.sku = locked.sku
+    FROM locked JOIN sent ON sent.group_id = locked.group_id AND sent.sku = locked.sku
     WHERE s.ctid = locked.row_id
 """)
 
 _HOLD_SKUS = text("""
     UPDATE stock s SET parked_version = n.version, parked_reason = n.reason
-    FROM unnest(CAST(:skus AS text[]), CAST(:versions AS bigint[]), CAST(:reasons AS text[]))
-         AS n(sku, version, reason)
-    WHERE s.group_id = :c AND s.sku = n.sku
+    FROM unnest(CAST(:groups AS bigint[]), CAST(:skus AS text[]), CAST(:versions AS bigint[]),
+                CAST(:reasons AS text[])) AS n(group_id, sku, version, reason)
+    WHERE s.group_id = n.group_id AND s.sku = n.sku
 """)
 
 _RELEASE = text("DELETE FROM claimed_key WHERE claim_id = :claim")
@@ -160,7 +209,7 @@ _DROP_CLAIM = text("DELETE FROM push_claim WHERE claim_id = :claim")
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """A batch claimed for one push task."""
+    """A batch claimed for one push task (`campaign_id`: its route key)."""
 
     claim_id: str
     campaign_id: int
@@ -168,7 +217,7 @@ class Claim:
 
 
 class Claims:
-    """Claims, acknowledgements and held SKUs on the `stock` table, for one campaign at a time."""
+    """Claims, acknowledgements and held SKUs on the `stock` table, for one route at a time."""
 
     def __init__(
         self,
@@ -176,24 +225,36 @@ class Claims:
         limiter: RateLimiter,
         lease_seconds: float,
         refresh_after_seconds: float,
+        routing: Routing | None = None,
     ) -> None:
         self.engine = engine
         self.limiter = limiter
         self.lease_seconds = lease_seconds
         self.refresh_after_seconds = refresh_after_seconds
+        self.routing = routing or Routing({})
 
     def campaigns_to_drain(self) -> list[int]:
-        """Campaigns with pending keys, and every campaign sent to before (for refreshes)."""
+        """Route keys with pending keys, and every route sent to before (for refreshes); a
+        route no longer configured (a campaign moved to v3, a business left) is left out."""
         with self.engine.connect() as conn:
-            pending = {row[0] for row in conn.execute(_PENDING_CAMPAIGNS)}
+            pending = {
+                self.routing.route_of(row[0]).key for row in conn.execute(_PENDING_CAMPAIGNS)
+            }
             known = set(campaign_health.known_campaigns(conn))
-        return sorted(pending | known)
+        routes = (Route.of_key(key) for key in pending | known)
+        return sorted(r.key for r in routes if self.routing.is_current(r))
 
     def claim(self, campaign_id: int, probe_interval: float) -> list[Claim]:
         """Claims the next batches of a campaign, within its rate budget and parallel slots.
 
         A parked campaign gets one single-SKU probe when its probe is due; a blocked one nothing.
+        A v3 route (a business) is claimed by `_claim_v3`.
         """
+        route = Route.of_key(campaign_id)
+        if not self.routing.is_current(route):
+            return []
+        if route.method is Method.V3:
+            return self._claim_v3(route, probe_interval)
         with self.engine.begin() as conn:
             conn.execute(_ORDERED_SCANS_ONLY)
             use = self.limiter.usage(conn, campaign_id)  # locks the campaign: one planner at once
@@ -203,7 +264,7 @@ class Claims:
                 due = campaign_health.probe_due(conn, campaign_id, probe_interval)
                 return self._claim_batches(conn, campaign_id, 1, 1)[0] if due else []
             claims, claimed_skus = conn.execute(_OUTSTANDING, {"c": campaign_id}).one()
-            budget = self.limiter.limit - use.skus_in_window - int(claimed_skus)
+            budget = self.limiter.limit - use.used_in_window - int(claimed_skus)
             # One batch more than may be in flight, so a finished request is followed at once.
             slots = self.limiter.max_parallel + 1 - int(claims)
             fresh, exhausted = self._claim_batches(conn, campaign_id, budget, slots)
@@ -228,28 +289,95 @@ class Claims:
             rows = conn.execute(statement, params).all()
             if not rows:
                 return claims, True
-            batches = pack([r.sku for r in sorted(rows, key=lambda r: r.changed_at)])
-            # Long SKUs: the body limit makes several requests; each batch gets a claim of its own.
-            ids = [claim_id] + [uuid.uuid4().hex for _ in batches[1:]]
-            for extra_id, extra in zip(ids[1:], batches[1:], strict=True):
-                conn.execute(
-                    _MOVE_TO_CLAIM,
-                    {"new": extra_id, "old": claim_id, "c": campaign_id, "skus": extra},
-                )
-            for batch_id, batch in zip(ids, batches, strict=True):
-                conn.execute(
-                    _NEW_CLAIM,
-                    {
-                        "claim": batch_id,
-                        "c": campaign_id,
-                        "n": len(batch),
-                        "lease": self.lease_seconds,
-                    },
-                )
-                claims.append(Claim(batch_id, campaign_id, len(batch)))
+            by_sku = {r.sku: r for r in rows}
+            ordered = [r.sku for r in sorted(rows, key=lambda r: r.changed_at)]
+            batches = [[by_sku[sku] for sku in batch] for batch in pack(ordered)]
+            claims.extend(self._split(conn, campaign_id, claim_id, batches))
             budget -= len(rows)
             slots -= len(batches)
             if len(rows) < wanted:
+                return claims, True
+        return claims, False
+
+    def _split(
+        self, conn: Connection, route_key: int, claim_id: str, batches: Sequence[Sequence[Row]]
+    ) -> list[Claim]:
+        """One claim per request: the body limit can make several of one claimed selection, the
+        first keeping `claim_id`, each further one moving its keys to a claim of its own."""
+        ids = [claim_id] + [uuid.uuid4().hex for _ in batches[1:]]
+        for extra_id, extra in zip(ids[1:], batches[1:], strict=True):
+            conn.execute(
+                _MOVE_TO_CLAIM,
+                {
+                    "new": extra_id,
+                    "old": claim_id,
+                    "groups": [r.group_id for r in extra],
+                    "skus": [r.sku for r in extra],
+                },
+            )
+        claims = []
+        for batch_id, batch in zip(ids, batches, strict=True):
+            conn.execute(
+                _NEW_CLAIM,
+                {"claim": batch_id, "c": route_key, "n": len(batch), "lease": self.lease_seconds},
+            )
+            claims.append(Claim(batch_id, route_key, len(batch)))
+        return claims
+
+    def _claim_v3(self, route: Route, probe_interval: float) -> list[Claim]:
+        """The v3 plan of a business: requests within its requests-per-minute budget and parallel
+        slots, each as full as the pending items of all its campaigns allow (2,000 or 512 KB)."""
+        campaigns = self.routing.campaigns_of(route.target)
+        with self.engine.begin() as conn:
+            conn.execute(_ORDERED_SCANS_ONLY)
+            use = self.limiter.usage(conn, route.key)  # locks the business: one planner at once
+            if use.blocked_until is not None and use.blocked_until > use.now:
+                return []
+            if use.parked_reason is not None:
+                if not campaign_health.probe_due(conn, route.key, probe_interval):
+                    return []
+                return self._claim_v3_batches(conn, route.key, campaigns, 1, 1, size=1)[0]
+            claims, _ = conn.execute(_OUTSTANDING, {"c": route.key}).one()
+            # The budget counts requests: the window's and the claims not yet sent.
+            budget = self.limiter.limit_of(route.key) - use.used_in_window - int(claims)
+            slots = min(self.limiter.max_parallel + 1 - int(claims), budget)
+            fresh, exhausted = self._claim_v3_batches(conn, route.key, campaigns, slots, budget)
+            if not exhausted or slots <= len(fresh):
+                return fresh
+            refresh = self._claim_v3_batches(
+                conn, route.key, campaigns, 1, budget - len(fresh), refresh=True
+            )[0]
+            return fresh + refresh
+
+    def _claim_v3_batches(
+        self,
+        conn: Connection,
+        route_key: int,
+        campaigns: list[int],
+        slots: int,
+        budget: int,
+        *,
+        size: int = SKUS_PER_REQUEST_MAX,
+        refresh: bool = False,
+    ) -> tuple[list[Claim], bool]:
+        """Up to `slots` requests (at most `budget`) of up to `size` items each; True when no
+        item was left to claim."""
+        claims: list[Claim] = []
+        statement = _CLAIM_V3_REFRESH if refresh else _CLAIM_V3
+        while min(slots, budget) > 0:
+            claim_id = uuid.uuid4().hex
+            params = {"campaigns": campaigns, "n": size, "claim": claim_id}
+            if refresh:
+                params["refresh_after"] = self.refresh_after_seconds
+            rows = conn.execute(statement, params).all()
+            if not rows:
+                return claims, True
+            items = [(r.sku, self.routing.warehouse_of(r.group_id)) for r in rows]
+            batches = [[rows[i] for i in batch] for batch in pack_v3(items)]
+            claims.extend(self._split(conn, route_key, claim_id, batches))
+            slots -= len(batches)
+            budget -= len(batches)
+            if len(rows) < size:
                 return claims, True
         return claims, False
 
@@ -265,8 +393,8 @@ class Claims:
         """The claimed keys as they are now: the values and versions to send."""
         with self.engine.connect() as conn:
             return [
-                PendingStock(r.sku, r.value, r.version, r.last_occurred_at)
-                for r in conn.execute(_READ, {"c": campaign_id, "claim": claim_id})
+                PendingStock(r.sku, r.value, r.version, r.last_occurred_at, r.group_id)
+                for r in conn.execute(_READ, {"claim": claim_id})
             ]
 
     def acknowledge(self, campaign_id: int, claim_id: str, sent: Sequence[PendingStock]) -> None:
@@ -275,8 +403,7 @@ class Claims:
             conn.execute(
                 _ACK,
                 {
-                    "c": campaign_id,
-                    "claim": claim_id,
+                    "groups": [s.group_id for s in sent],
                     "skus": [s.sku for s in sent],
                     "versions": [s.version for s in sent],
                     "vals": [s.value for s in sent],
@@ -292,8 +419,7 @@ class Claims:
             conn.execute(
                 _HOLD_SKUS,
                 {
-                    "c": campaign_id,
-                    "claim": claim_id,
+                    "groups": [s.group_id for s, _ in rejected],
                     "skus": [s.sku for s, _ in rejected],
                     "versions": [s.version for s, _ in rejected],
                     "reasons": [reason for _, reason in rejected],

@@ -1,4 +1,5 @@
-"""The Market HTTP edge: `PUT /v2/campaigns/{id}/offers/stocks`, answers parsed, secrets kept out.
+"""The Market HTTP edge: `PUT /v2/campaigns/{id}/offers/stocks` and `POST
+/v3/businesses/{id}/offers/stocks/update`, answers parsed, secrets kept out.
 
 The credential lives only in the session's headers; nothing here logs headers, and exceptions are
 rebuilt from the URL path and the exception's class so no header can leak through them.
@@ -95,13 +96,21 @@ class MarketClient:
 
     def put_stocks(self, campaign_id: int, body: bytes) -> MarketAnswer:
         """One PUT; any answer or failure comes back as a `MarketAnswer`, never an exception."""
-        path = f"/v2/campaigns/{campaign_id}/offers/stocks"
+        return self._send("PUT", f"/v2/campaigns/{campaign_id}/offers/stocks", body)
+
+    def update_v3_stocks(self, business_id: int, body: bytes) -> MarketAnswer:
+        """One v3 update of a business's partner warehouses; answers as `put_stocks`."""
+        return self._send("POST", f"/v3/businesses/{business_id}/offers/stocks/update", body)
+
+    def _send(self, method: str, path: str, body: bytes) -> MarketAnswer:
         try:
-            response = self.session.put(self.base_url + path, data=body, timeout=self.timeout)
+            response = self.session.request(
+                method, self.base_url + path, data=body, timeout=self.timeout
+            )
         except (requests.RequestException, OSError) as exc:
             # The exception's text can carry the request; keep only its kind. OSError: a CA
             # bundle that cannot be read fails before anything is sent.
-            return MarketAnswer(status=0, failure=f"{type(exc).__name__} on PUT {path}")
+            return MarketAnswer(status=0, failure=f"{type(exc).__name__} on {method} {path}")
         headers = response.headers
         return MarketAnswer(
             status=response.status_code,

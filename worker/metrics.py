@@ -75,9 +75,41 @@ class StockFigures(Collector):
             "Requests to the Market in the last hour by answer (0: no answer)",
             labels=["campaign", "status"],
         )
-        for (campaign, status), count in sorted(figures.requests_by_status.items()):
-            by_status.add_metric([str(campaign), str(status)], float(count))
+        v3_by_status = GaugeMetricFamily(
+            "stocksync_v3_requests_last_hour",
+            "v3 requests to the Market in the last hour by business and answer (0: no answer)",
+            labels=["business", "status"],
+        )
+        for (route_key, status), count in sorted(figures.requests_by_status.items()):
+            if route_key > 0:
+                by_status.add_metric([str(route_key), str(status)], float(count))
+            else:  # a v3 business (domain/route.py)
+                v3_by_status.add_metric([str(-route_key), str(status)], float(count))
         yield by_status
+        yield v3_by_status
+        method = GaugeMetricFamily(
+            "stocksync_campaign_method",
+            "1 for the method a campaign's stock is sent by (v2 PUT, or v3 to its business)",
+            labels=["campaign", "method", "business"],
+        )
+        for c in figures.campaigns:
+            business = "" if c.business_id is None else str(c.business_id)
+            method.add_metric([str(c.campaign_id), c.method, business], 1.0)
+        yield method
+        v3_used = GaugeMetricFamily(
+            "stocksync_v3_requests_last_minute",
+            "v3 requests a business made in the last minute (its limit: "
+            "stocksync_v3_requests_per_minute)",
+            labels=["business"],
+        )
+        for b in figures.v3_businesses:
+            v3_used.add_metric([str(b.business_id)], float(b.requests_last_minute))
+        yield v3_used
+        v3_limit = GaugeMetricFamily(
+            "stocksync_v3_requests_per_minute", "The configured per-business v3 request limit"
+        )
+        v3_limit.add_metric([], float(self.settings.v3_requests_per_minute))
+        yield v3_limit
         limit = GaugeMetricFamily(
             "stocksync_rate_limit_skus_per_minute", "The configured per-campaign limit"
         )

@@ -1,4 +1,8 @@
-"""The global per-campaign rate limiter, kept in PostgreSQL on the database's clock.
+"""The global rate limiter of every route, kept in PostgreSQL on the database's clock.
+
+One limiter, two kinds of resource (`domain.route`): a v2 route (a campaign) counts SKUs, at most
+`limit` in the window; a v3 route (a business) counts requests, at most `v3_requests_per_minute`.
+Both have at most `max_parallel` requests in flight. `campaign_id` below is a route key.
 
 Every worker and process asks here before a request: at most `limit` SKUs in any rolling window
 (60 s plus a margin for the time a request takes to arrive) and at most `max_parallel` requests in
@@ -16,6 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine, text
 
 from domain.rate_window import seconds_until_room
+from domain.route import Method, Route
 from worker import campaign_health
 from worker.market_client import MarketAnswer
 
@@ -30,8 +35,13 @@ LONGEST_BLOCK = timedelta(hours=1)
 # While all parallel slots are taken, ask again after this long.
 PARALLEL_WAIT_SECONDS = 0.05
 
+# `amount` is what a request counts against its route's limit: SKUs (v2) or one request (v3;
+# a 5xx is not counted, a correction counts the requests the Market saw beyond ours).
 _WINDOW = text("""
-    SELECT skus,
+    SELECT CASE WHEN NOT :requests THEN skus
+                WHEN correction THEN skus
+                WHEN status >= 500 THEN 0
+                ELSE 1 END AS amount,
            COALESCE(finished_at, started_at + make_interval(secs => :unfinished))
                + make_interval(secs => :window) AS leaves_at,
            finished_at IS NULL
@@ -81,9 +91,9 @@ class Wait:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """A campaign's use of its limit right now."""
+    """A route's use of its limit right now (`used_in_window`: SKUs for v2, requests for v3)."""
 
-    skus_in_window: int
+    used_in_window: int
     in_flight: int
     window: list[tuple[int, datetime]]
     now: datetime
@@ -92,15 +102,31 @@ class Usage:
 
 
 class RateLimiter:
-    """Per-campaign SKUs per rolling minute and requests in flight, across all workers."""
+    """Per route: SKUs (v2) or requests (v3) per rolling minute and requests in flight, across
+    all workers."""
 
-    def __init__(self, engine: Engine, skus_per_minute: int, max_parallel: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        skus_per_minute: int,
+        max_parallel: int,
+        v3_requests_per_minute: int = 50,
+    ) -> None:
         self.engine = engine
         self.limit = skus_per_minute
         self.max_parallel = max_parallel
+        self.v3_limit = v3_requests_per_minute
+
+    def limit_of(self, route_key: int) -> int:
+        """The route's limit per rolling minute: SKUs for a campaign, requests for a business."""
+        return self.limit if Route.of_key(route_key).method is Method.V2 else self.v3_limit
+
+    def amount_of(self, route_key: int, skus: int) -> int:
+        """What a request of `skus` items counts against its route's limit."""
+        return skus if Route.of_key(route_key).method is Method.V2 else 1
 
     def usage(self, conn: Connection, campaign_id: int) -> Usage:
-        """Locks the campaign's row (callers serialize on it) and reads its use of the limit."""
+        """Locks the route's row (callers serialize on it) and reads its use of the limit."""
         campaign = campaign_health.lock(conn, campaign_id)
         rows = conn.execute(
             _WINDOW,
@@ -108,12 +134,13 @@ class RateLimiter:
                 "c": campaign_id,
                 "window": WINDOW_SECONDS + ARRIVAL_MARGIN_SECONDS,
                 "unfinished": UNFINISHED_REQUEST_SECONDS,
+                "requests": Route.of_key(campaign_id).method is Method.V3,
             },
         ).all()
         return Usage(
-            skus_in_window=sum(r.skus for r in rows),
+            used_in_window=sum(r.amount for r in rows),
             in_flight=sum(1 for r in rows if r.in_flight),
-            window=[(r.skus, r.leaves_at) for r in rows],
+            window=[(r.amount, r.leaves_at) for r in rows],
             now=campaign.now,
             blocked_until=campaign.blocked_until,
             parked_reason=campaign.parked_reason,
@@ -127,7 +154,12 @@ class RateLimiter:
                 return Wait((use.blocked_until - use.now).total_seconds(), "420")
             if use.in_flight >= self.max_parallel:
                 return Wait(PARALLEL_WAIT_SECONDS, "parallel")
-            wait = seconds_until_room(use.window, self.limit, skus, use.now)
+            wait = seconds_until_room(
+                use.window,
+                self.limit_of(campaign_id),
+                self.amount_of(campaign_id, skus),
+                use.now,
+            )
             if wait > 0:
                 return Wait(wait, "window")
             request_id = conn.execute(_START, {"c": campaign_id, "skus": skus}).scalar_one()
@@ -146,10 +178,10 @@ class RateLimiter:
                 use = self.usage(conn, permit.campaign_id)
                 if answer.limit is not None and answer.remaining is not None:
                     market_used = answer.limit - answer.remaining
-                    if market_used > use.skus_in_window:
+                    if market_used > use.used_in_window:
                         conn.execute(
                             _CORRECT,
-                            {"c": permit.campaign_id, "skus": market_used - use.skus_in_window},
+                            {"c": permit.campaign_id, "skus": market_used - use.used_in_window},
                         )
                 if answer.status == 420:
                     until = answer.until or use.now + DEFAULT_BLOCK

@@ -16,6 +16,7 @@ from typing import TypeVar, cast
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
 
+from domain.route import Routing, V3Destination
 from worker.campaign_health import CampaignHealth
 from worker.claims import Claims
 from worker.database import database_url, make_engine
@@ -75,6 +76,21 @@ def limiter() -> RateLimiter:
             engine(),
             settings.rate_limit_skus_per_minute,
             settings.max_parallel_requests_per_campaign,
+            settings.v3_requests_per_minute,
+        ),
+    )
+
+
+def routing() -> Routing:
+    """The configured v3 campaigns: which keys go by v3, to which business and warehouse."""
+    settings = get_settings()
+    return _once(
+        "routing",
+        lambda: Routing(
+            {
+                campaign: V3Destination(target.business_id, target.warehouse_id)
+                for campaign, target in settings.v3_campaigns.items()
+            }
         ),
     )
 
@@ -85,7 +101,11 @@ def claims() -> Claims:
     return _once(
         "claims",
         lambda: Claims(
-            engine(), limiter(), settings.claim_lease_seconds, settings.refresh_hours * 3600
+            engine(),
+            limiter(),
+            settings.claim_lease_seconds,
+            settings.refresh_hours * 3600,
+            routing(),
         ),
     )
 
