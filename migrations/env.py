@@ -15,7 +15,7 @@ MIGRATION_LOCK_ID = 0x5370C5
 
 def run_migrations_online() -> None:
     url = context.config.get_main_option("sqlalchemy.url") or database_url(get_settings())
-    engine = make_engine(url)
+    engine = make_engine(url, long_statements=True)
     with engine.connect() as connection:
         connection.execute(text("SET lock_timeout = '10s'"))
         connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})

@@ -64,6 +64,11 @@ class SandboxConfig:
     latency_jitter_ms: float = 0.0
     # How far in the future X-RateLimit-Resource-Until is on an injected or forced 420.
     injected_420_wait_seconds: float = 1.0
+    # The next `hold_requests` admitted stock PUTs are held `hold_seconds` before they are applied,
+    # with a `100 Continue` every second so a client's per-read timeouts never fire; one whose
+    # client hangs up meanwhile is dropped unapplied, as a proxy that queued it would.
+    hold_requests: int = 0
+    hold_seconds: float = 30.0
     seed: int | None = None
     # Entries of the request log kept in memory; counters stay exact beyond it.
     request_log_max: int = 10_000
@@ -107,6 +112,8 @@ class SandboxConfig:
             "latency_ms": self.latency_ms,
             "latency_jitter_ms": self.latency_jitter_ms,
             "injected_420_wait_seconds": self.injected_420_wait_seconds,
+            "hold_requests": self.hold_requests,
+            "hold_seconds": self.hold_seconds,
             "seed": self.seed,
             "request_log_max": self.request_log_max,
         }
@@ -214,6 +221,8 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "latency_ms": _non_negative,
     "latency_jitter_ms": _non_negative,
     "injected_420_wait_seconds": _non_negative,
+    "hold_requests": lambda raw: _int(raw, 0),
+    "hold_seconds": _non_negative,
     "seed": lambda raw: None if raw is None else _int(raw, -(2**63)),
     "request_log_max": lambda raw: _int(raw, 1),
 }

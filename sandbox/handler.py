@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import select
 import socket
 import sys
 import time
@@ -265,8 +266,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         """The part of a stocks request that runs inside a parallel slot."""
         state = self.state
         faults = state.roll_faults()
-        if faults.latency_seconds:
-            time.sleep(faults.latency_seconds)
+        self._delay(faults.latency_seconds, entry)
         config = state.config  # read after the sleep: a test may have changed it meanwhile
         if faults.drop_before:
             entry["injected"] = "drop_before"
@@ -319,6 +319,29 @@ class SandboxHandler(BaseHTTPRequestHandler):
             raise _Drop
         if errors:
             raise _Answer.of(400, errors)
+
+    def _delay(self, latency: float, entry: dict[str, Any]) -> None:
+        """Injected latency, then a hold (`hold_requests`); _Drop when the client left meanwhile."""
+        if latency:
+            time.sleep(latency)
+        held = self.state.take_hold()
+        if held and not self._hold(held):
+            entry["injected"] = "held: client gone"
+            raise _Drop
+
+    def _hold(self, seconds: float) -> bool:
+        """Holds the request `seconds`, a `100 Continue` every second (a client's per-read timeout
+        never fires); False as soon as the client has hung up."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self.connection], [], [], min(1.0, left))
+            try:
+                if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                    return False  # end of stream: the client closed its side
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except OSError:
+                return False
+        return True
 
     def _check_auth(self) -> None:
         """Raises 401 when credentials are missing or malformed, 403 when they are wrong."""

@@ -166,6 +166,11 @@ class MarketSandbox:
         """Partial update of the read methods' limits (same as `POST /_sandbox/accounts/limits`)."""
         return self._state.accounts.configure(changes).as_json()
 
+    def read_calls(self) -> dict[str, int]:
+        """Admitted calls of each read method (getCampaigns, getPagedWarehouses, …) since the
+        last reset."""
+        return dict(self._state.accounts.calls)
+
     def configure_v3(self, **changes: Any) -> dict[str, Any]:
         """Partial update of the v3 limits (same as `POST /_sandbox/v3/config`)."""
         return self._state.v3.configure(changes).as_json()

@@ -7,6 +7,7 @@ sleeping or validating, so the lock is not what limits throughput.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 import random
 import threading
@@ -213,6 +214,15 @@ class SandboxState:
             error_420=rolls[2] < c.error_420_rate,
             drop_after=rolls[3] < c.drop_after_rate,
         )
+
+    def take_hold(self) -> float:
+        """Seconds this stock PUT is to be held (0: none); counts one of `hold_requests` down."""
+        with self._lock:
+            config = self._config
+            if config.hold_requests <= 0:
+                return 0.0
+            self._config = dataclasses.replace(config, hold_requests=config.hold_requests - 1)
+            return config.hold_seconds
 
     def reserve(self, campaign: int, skus: int) -> Reservation:
         """Counts `skus` against the campaign's window if they fit; else says when they would."""

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from worker.monitoring import CampaignFigures, V3BusinessFigures, read_figures
+from worker.routing_check import RoutingCheck, last_check
 from worker.settings import Settings
 
 
@@ -18,6 +19,8 @@ class StatusReport:
     campaigns: list[CampaignFigures]
     unreadable_messages: int
     rejected_without_campaign: int
+    # The last routing check of the settings against the Market; None before the first.
+    routing: RoutingCheck | None = field(default=None)
     v3_businesses: list[V3BusinessFigures] = field(default_factory=list)
 
     def too_old(self, max_age_seconds: float) -> list[CampaignFigures]:
@@ -38,7 +41,7 @@ class StatusReport:
         campaigns = []
         for campaign in self.campaigns:
             row = asdict(campaign)
-            for name in ("last_push_at", "blocked_until"):
+            for name in ("last_push_at", "blocked_until", "last_full_sweep_at"):
                 row[name] = row[name].isoformat() if row[name] else None
             campaigns.append(row)
         businesses = []
@@ -53,6 +56,7 @@ class StatusReport:
             "v3_businesses": businesses,
             "unreadable_messages": self.unreadable_messages,
             "rejected_without_campaign": self.rejected_without_campaign,
+            "routing": None if self.routing is None else self.routing.as_json(),
         }
 
 
@@ -63,5 +67,6 @@ def read_status(engine: Engine, settings: Settings) -> StatusReport:
         figures.campaigns,
         figures.unreadable_messages,
         figures.rejected_without_campaign,
+        last_check(engine),
         figures.v3_businesses,
     )

@@ -1,21 +1,22 @@
-"""`stocks.drain` (beat): claim each campaign's pending keys in batches, enqueue their pushes."""
+"""`stocks.drain` (beat): claim the pending keys of campaigns with work, enqueue their pushes."""
 
 from __future__ import annotations
 
 from tasks.push import enqueue
 from worker import runtime
 from worker.app import app
+from worker.drain_pass import run_pass
 from worker.settings import get_settings
 
 
 @app.task(name="stocks.drain")
 def drain() -> dict[str, int]:
-    """One pass over the campaigns with pending keys; overlapping passes are harmless."""
-    claims = runtime.claims()
-    batches = 0
-    campaigns = claims.campaigns_to_drain()
-    for campaign_id in campaigns:
-        claimed = claims.claim(campaign_id, get_settings().probe_interval_seconds)
-        enqueue(claimed)
-        batches += len(claimed)
-    return {"campaigns": len(campaigns), "batches": batches}
+    """One pass, bounded by the drain interval; overlapping passes are harmless."""
+    settings = get_settings()
+    result = run_pass(
+        runtime.claims(),
+        settings.probe_interval_seconds,
+        settings.drain_interval_seconds,
+        enqueue,
+    )
+    return {"campaigns": result.campaigns, "served": result.served, "batches": result.batches}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import Any, assert_never
 
 from celery import Task
@@ -22,7 +22,7 @@ from domain.market_payload import PendingStock, stocks_body, v3_stocks_body
 from domain.market_rules import items_named
 from domain.push_decision import Namer, PushOutcome, by_sku, decide
 from domain.route import Method, Route
-from worker import runtime
+from worker import counters, runtime
 from worker.app import app
 from worker.claims import Claim, Claims
 from worker.logs import log_event
@@ -35,12 +35,22 @@ log = logging.getLogger("stocksync.push")
 # A wait up to this long is slept in the task; anything longer hands the keys back to the drain,
 # so no message waits in a worker under a countdown.
 SHORT_WAIT_SECONDS = 3.0
+# The lease renewed before a PUT outlasts its total deadline by this much.
+LEASE_MARGIN = 5.0
+# updatedAt stays this far behind the database's clock: the Market's clock may lag it a little.
+CLOCK_MARGIN = timedelta(seconds=1)
 
 
 def enqueue(claims: list[Claim]) -> None:
     """One push task per claimed batch."""
     for claim in claims:
         push.apply_async(args=(claim.campaign_id, claim.claim_id, claim.skus))
+
+
+def count_retry(campaign_id: int) -> None:
+    """Counts one Celery retry of a push (stocksync_push_retries_total)."""
+    with runtime.engine().begin() as conn:
+        counters.add(conn, [((counters.PUSH_RETRIES, campaign_id, ""), 1)])
 
 
 def _send(
@@ -58,21 +68,26 @@ def _send(
         time.sleep(decision.seconds)
         if not box.renew(claim_id):  # the keys stay this push's while it waits for room
             return None
-    # The lease must outlast the request (connect and read timeouts): no other push may take
-    # these keys while this request can still arrive.
-    if not box.renew(claim_id, at_least=2 * get_settings().market_timeout_seconds + 5):
+    # The lease must outlast the request (its total deadline, STOCKSYNC_MARKET_TIMEOUT_SECONDS):
+    # no other push may take these keys while this request can still arrive.
+    # updatedAt comes from the database's clock, read in this same round trip: a worker whose own
+    # clock runs ahead would be refused "in the future", one behind would send times that go back.
+    now = box.renew_for_sending(
+        claim_id, at_least=get_settings().market_timeout_seconds + LEASE_MARGIN
+    )
+    if now is None:
         runtime.limiter().cancel(decision)
         return None
     started = time.monotonic()
     route = Route.of_key(campaign_id)
-    now = datetime.now(UTC)
+    updated_at = now - CLOCK_MARGIN
     client = runtime.market_client()
     if route.method is Method.V3:
         warehouse_of = runtime.routing().warehouse_of
-        body = v3_stocks_body([(s, warehouse_of(s.group_id)) for s in batch], now)
+        body = v3_stocks_body([(s, warehouse_of(s.group_id)) for s in batch], updated_at)
         answer = client.update_v3_stocks(route.target, body)
     else:
-        answer = client.put_stocks(campaign_id, stocks_body(batch, now))
+        answer = client.put_stocks(campaign_id, stocks_body(batch, updated_at))
     runtime.limiter().finish(decision, answer)
     log_event(
         log,
@@ -85,6 +100,15 @@ def _send(
         duration_ms=round((time.monotonic() - started) * 1000),
         attempt=attempt,
     )
+    if not box.renew(claim_id):
+        # The lease ran out before the answer came (a paused or stalled process): another push
+        # may have sent a newer value that this older one then overwrote. The keys go pending
+        # again, whatever the answer, so the current value is sent last.
+        box.send_again(campaign_id, claim_id, batch)
+        log_event(
+            log, logging.WARNING, "lease_lost_in_flight", campaign=campaign_id, skus=len(batch)
+        )
+        return None
     return answer
 
 
@@ -166,6 +190,7 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
                 return {"outcome": "campaign parked", "delivered": delivered}
             case PushOutcome.RETRY:
                 box.renew(claim_id)
+                count_retry(campaign_id)
                 raise self.retry(countdown=decision.countdown)
             case PushOutcome.GIVE_UP:
                 box.release(campaign_id, claim_id)

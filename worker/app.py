@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
+from celery.signals import after_setup_logger, after_setup_task_logger, beat_init, worker_init
 from kombu import Exchange, Queue
 
 from worker.database import database_url
@@ -18,6 +18,8 @@ from worker.settings import Settings, get_settings
 CHANGES_QUEUE = "stocks.changes"
 PUSH_QUEUE = "stocks.push"
 DRAIN_QUEUE = "stocks.drain"
+# Sweep passes on a queue of their own: a pass reading for seconds never holds up a drain.
+VERIFY_QUEUE = "stocks.verify"
 
 
 def _queue(name: str) -> Queue:
@@ -35,8 +37,27 @@ def broker_url(settings: Settings) -> str:
     return embedded_url(settings.broker_url or "sqla+" + database_url(settings))
 
 
+# How often `stocks.check_routing` compares the routing settings with the Market: a check costs a
+# few of the read methods' 1,000 and 100 calls an hour.
+ROUTING_CHECK_INTERVAL_SECONDS = 3600.0
 # How often `stocks.housekeeping` runs: expired claims and the request ledger, and the retention.
 HOUSEKEEPING_INTERVAL_SECONDS = 300.0
+
+
+def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
+    """Per task: the hard limit (the pool process is replaced) and a soft one 30 s before it for
+    the tasks that may simply stop (a push's keys wait for their lease, a drain is repeated).
+    `stocks.submit` gets no soft limit: it must never fail after taking its message."""
+    hard = settings.task_time_limit_seconds
+    soft = {"soft_time_limit": max(1.0, hard - 30), "time_limit": hard}
+    return {
+        "stocks.submit": {"time_limit": hard},
+        "stocks.push": soft,
+        "stocks.drain": soft,
+        "stocks.check_routing": soft,
+        "stocks.housekeeping": {"soft_time_limit": hard * 6 - 30, "time_limit": hard * 6},
+        "stocks.prune": {"soft_time_limit": hard * 6 - 30, "time_limit": hard * 6},
+    }
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -53,11 +74,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A task past its hard time limit (its pool process replaced) hands its message back.
+        "task_acks_on_timeout": False,
+        "task_annotations": time_limits(settings),
         # With late acks every prefetched message is one more a crash hands back: keep it to one.
         "worker_prefetch_multiplier": 1,
         # Celery's consumer, storing every message it drops (worker/unreadable_messages.py).
         "worker_consumer": "worker.unreadable_messages:RecordingConsumer",
-        "task_queues": [_queue(CHANGES_QUEUE), _queue(PUSH_QUEUE), _queue(DRAIN_QUEUE)],
+        "task_queues": [
+            _queue(CHANGES_QUEUE),
+            _queue(PUSH_QUEUE),
+            _queue(DRAIN_QUEUE),
+            _queue(VERIFY_QUEUE),
+        ],
         "task_default_queue": CHANGES_QUEUE,
         "task_routes": {
             "stocks.submit": {"queue": CHANGES_QUEUE},
@@ -65,6 +94,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "stocks.drain": {"queue": DRAIN_QUEUE},
             "stocks.housekeeping": {"queue": DRAIN_QUEUE},
             "stocks.prune": {"queue": DRAIN_QUEUE},
+            "stocks.check_routing": {"queue": DRAIN_QUEUE},
+            "stocks.verify": {"queue": VERIFY_QUEUE},
         },
         "beat_schedule": {
             "drain-outbox": {
@@ -73,6 +104,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 # A drain not started by the next tick is useless: the next one does its work.
                 "options": {"expires": max(1.0, settings.drain_interval_seconds * 2)},
             },
+            "check-routing": {
+                "task": "stocks.check_routing",
+                "schedule": ROUTING_CHECK_INTERVAL_SECONDS,
+                "options": {"expires": ROUTING_CHECK_INTERVAL_SECONDS},
+            },
+            **(
+                {
+                    "verify-stock": {
+                        "task": "stocks.verify",
+                        "schedule": settings.verify_interval_seconds,
+                        "options": {"expires": max(1.0, settings.verify_interval_seconds)},
+                    }
+                }
+                if settings.verify_hours > 0
+                else {}
+            ),
             "housekeeping": {
                 "task": "stocks.housekeeping",
                 "schedule": HOUSEKEEPING_INTERVAL_SECONDS,
@@ -90,7 +137,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 app = Celery(
-    "stocksync", include=["tasks.submit", "tasks.drain", "tasks.push", "tasks.housekeeping"]
+    "stocksync",
+    include=[
+        "tasks.submit",
+        "tasks.drain",
+        "tasks.push",
+        "tasks.housekeeping",
+        "tasks.routing_check",
+        "tasks.verify",
+    ],
 )
 app.add_defaults(lambda: celery_config(get_settings()))
 
@@ -115,3 +170,14 @@ def _route_campaigns(**_: Any) -> None:
         route_at_start(engine, settings)
     finally:
         engine.dispose()
+
+
+@beat_init.connect
+def _check_routing_at_start(sender: Any, **_: Any) -> None:
+    """When beat starts: one routing check (skipped by the task when a fresh one is stored)."""
+    sender.app.send_task(
+        "stocks.check_routing",
+        kwargs={"at_start": True},
+        queue=DRAIN_QUEUE,
+        expires=ROUTING_CHECK_INTERVAL_SECONDS,
+    )

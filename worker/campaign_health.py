@@ -16,8 +16,17 @@ _ENSURE = text(
 )
 
 _LOCK = text("""
-    SELECT blocked_until, parked_reason, clock_timestamp() AS now FROM campaign
+    SELECT blocked_until, parked_reason, verify_blocked_until, clock_timestamp() AS now
+    FROM campaign
     WHERE campaign_id = :c FOR UPDATE
+""")
+
+# A planner does not wait for a busy campaign (another planner, or a worker frozen or cut off
+# inside its transaction): it skips it, and the next drain tries again.
+_TRY_LOCK = text("""
+    SELECT blocked_until, parked_reason, verify_blocked_until, clock_timestamp() AS now
+    FROM campaign
+    WHERE campaign_id = :c FOR UPDATE SKIP LOCKED
 """)
 
 _KNOWN = text("SELECT campaign_id FROM campaign ORDER BY campaign_id")
@@ -27,10 +36,26 @@ _BLOCK = text("""
     WHERE campaign_id = :c
 """)
 
-_WORKS = text("""
-    UPDATE campaign SET last_push_at = clock_timestamp(), degraded_reason = NULL,
-        degraded_at = NULL, parked_reason = NULL, parked_at = NULL, probe_at = NULL
+_BLOCK_VERIFY = text("""
+    UPDATE campaign
+    SET verify_blocked_until = GREATEST(COALESCE(verify_blocked_until, :until), :until)
     WHERE campaign_id = :c
+""")
+
+_WORKS_FIELDS = """
+    last_push_at = clock_timestamp(), degraded_reason = NULL,
+    degraded_at = NULL, parked_reason = NULL, parked_at = NULL, probe_at = NULL
+"""
+_WORKS = text(f"UPDATE campaign SET {_WORKS_FIELDS} WHERE campaign_id = :c")  # noqa: S608
+# The common 200 only moves `last_push_at`: it need not wait while a planner holds the row.
+_TRY_WORKS = text(f"""
+    UPDATE campaign SET {_WORKS_FIELDS}
+    WHERE campaign_id = (SELECT campaign_id FROM campaign WHERE campaign_id = :c
+                         FOR UPDATE SKIP LOCKED)
+""")  # noqa: S608 - a constant fragment; every value is a bound parameter
+_UNWELL = text("""
+    SELECT 1 FROM campaign
+    WHERE campaign_id = :c AND (parked_reason IS NOT NULL OR degraded_reason IS NOT NULL)
 """)
 
 _PARK = text("""
@@ -60,6 +85,8 @@ class CampaignState:
     blocked_until: datetime | None
     parked_reason: str | None
     now: datetime
+    # After a 420 on a read: no read before it (pushes are not held by it).
+    verify_blocked_until: datetime | None = None
 
     @property
     def blocked(self) -> bool:
@@ -67,11 +94,16 @@ class CampaignState:
         return self.blocked_until is not None and self.blocked_until > self.now
 
 
-def lock(conn: Connection, campaign_id: int) -> CampaignState:
-    """Creates the campaign's row when new and locks it until `conn`'s transaction ends."""
+def lock(conn: Connection, campaign_id: int, wait: bool = True) -> CampaignState | None:
+    """Creates the campaign's row when new and locks it until `conn`'s transaction ends; with
+    `wait=False`, None (nothing locked) when another transaction holds it."""
     conn.execute(_ENSURE, {"c": campaign_id})
-    row = conn.execute(_LOCK, {"c": campaign_id}).one()
-    return CampaignState(row.blocked_until, row.parked_reason, row.now)
+    row = conn.execute(_LOCK if wait else _TRY_LOCK, {"c": campaign_id}).first()
+    if row is None:
+        if wait:
+            raise LookupError(f"campaign {campaign_id} has no row")
+        return None
+    return CampaignState(row.blocked_until, row.parked_reason, row.now, row.verify_blocked_until)
 
 
 def known_campaigns(conn: Connection) -> list[int]:
@@ -84,9 +116,18 @@ def block_until(conn: Connection, campaign_id: int, until: datetime) -> None:
     conn.execute(_BLOCK, {"c": campaign_id, "until": until})
 
 
+def block_reads_until(conn: Connection, campaign_id: int, until: datetime) -> None:
+    """A 420 on a read: no read of the campaign before `until`; sending goes on."""
+    conn.execute(_BLOCK_VERIFY, {"c": campaign_id, "until": until})
+
+
 def works_again(conn: Connection, campaign_id: int) -> None:
-    """A 200: the campaign is neither parked nor degraded, and was pushed to now."""
-    conn.execute(_WORKS, {"c": campaign_id})
+    """A 200: the campaign is neither parked nor degraded, and was pushed to now. While its row
+    is busy only a parked or degraded campaign waits for it (`last_push_at` can be late)."""
+    if conn.execute(_TRY_WORKS, {"c": campaign_id}).rowcount:
+        return
+    if conn.execute(_UNWELL, {"c": campaign_id}).first() is not None:
+        conn.execute(_WORKS, {"c": campaign_id})
 
 
 def probe_due(conn: Connection, campaign_id: int, probe_interval: float) -> bool:

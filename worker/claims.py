@@ -4,8 +4,9 @@ A claim is a `push_claim` row with a lease plus one `claimed_key` row per key. T
 `claimed_key` lets one claim hold a key at a time, so overlapping drains never take the same key;
 a key whose claim's lease ran out (its worker died) is taken over by the next claim. The
 outbox rows are not written to claim them, and planners of one campaign take turns on its row
-(`worker.campaign_health.lock`). A SKU the Market rejected with a 400 is *held* at its version
-(columns `parked_version`, `parked_reason`) until a newer change arrives.
+(`worker.campaign_health.lock`; a busy campaign is skipped until the next drain). A SKU the
+Market rejected with a 400 is *held* at its version (columns `parked_version`, `parked_reason`)
+until a newer change arrives.
 
 A claim belongs to a route (`domain.route`): a v2 route's claim holds keys of its one group; a v3
 route's claim (a business) holds keys of all the business's campaigns, taken round-robin across
@@ -16,8 +17,10 @@ them, oldest first within each, so a full request of 2,000 items is fair to ever
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Connection, Engine, Row, text
 
@@ -25,22 +28,53 @@ from domain.batching import pack, pack_v3
 from domain.market_payload import PendingStock
 from domain.market_rules import SKUS_PER_REQUEST_MAX
 from domain.route import Method, Route, Routing
-from worker import campaign_health
+from worker import campaign_health, counters
 from worker.rate_limiter import RateLimiter
 
-# Every campaign that has a pending key, by a skip scan of the pending index: its cost grows with
-# the number of campaigns, not of keys.
-_PENDING_CAMPAIGNS = text("""
-    WITH RECURSIVE g AS (
+# The campaigns with work, least recently drained first: every campaign with a pending key (a skip
+# scan of the pending index) and every campaign whose oldest acknowledgement is due for its
+# refresh (a skip scan of the refresh index, reading one entry per campaign: its oldest `acked_at`),
+# and every parked campaign whose probe is due (it may have nothing pending). A v3 campaign's work
+# is its business's route (minus the business id, `domain.route`), drained in that route's turn.
+# Its cost grows with the number of campaigns by one index probe each; no idle campaign is claimed
+# for.
+_CAMPAIGNS_WITH_WORK = text("""
+    WITH RECURSIVE pending AS (
         (SELECT group_id FROM stock WHERE version > acked_version ORDER BY group_id LIMIT 1)
         UNION ALL
         SELECT (SELECT s.group_id FROM stock s
-                WHERE s.version > s.acked_version AND s.group_id > g.group_id
+                WHERE s.version > s.acked_version AND s.group_id > p.group_id
                 ORDER BY s.group_id LIMIT 1)
-        FROM g WHERE g.group_id IS NOT NULL
+        FROM pending p WHERE p.group_id IS NOT NULL
+    ),
+    acked AS (
+        (SELECT group_id, acked_at FROM stock WHERE version = acked_version
+         ORDER BY group_id, acked_at LIMIT 1)
+        UNION ALL
+        SELECT n.group_id, n.acked_at FROM acked a,
+            LATERAL (SELECT s.group_id, s.acked_at FROM stock s
+                     WHERE s.version = s.acked_version AND s.group_id > a.group_id
+                     ORDER BY s.group_id, s.acked_at LIMIT 1) n
+    ),
+    work AS (
+        SELECT group_id FROM pending WHERE group_id IS NOT NULL
+        UNION
+        SELECT group_id FROM acked
+        WHERE acked_at < clock_timestamp() - make_interval(secs => :refresh_after)
+        UNION
+        SELECT campaign_id FROM campaign
+        WHERE parked_reason IS NOT NULL AND probe_at <= clock_timestamp()
+    ),
+    routed AS (
+        SELECT DISTINCT COALESCE(m.route_key, w.group_id) AS route_key FROM work w
+        LEFT JOIN unnest(CAST(:v3_campaigns AS bigint[]), CAST(:v3_routes AS bigint[]))
+                  AS m(campaign_id, route_key) ON m.campaign_id = w.group_id
     )
-    SELECT group_id FROM g WHERE group_id IS NOT NULL
+    SELECT r.route_key FROM routed r LEFT JOIN campaign c ON c.campaign_id = r.route_key
+    ORDER BY c.drained_at NULLS FIRST, r.route_key
 """)
+
+_DRAINED = text("UPDATE campaign SET drained_at = clock_timestamp() WHERE campaign_id = :c")
 
 _OUTSTANDING = text("""
     SELECT count(*), COALESCE(sum(skus), 0) FROM push_claim
@@ -48,7 +82,9 @@ _OUTSTANDING = text("""
 """)
 
 # Claims the keys `picked` selects: a key held by a live claim is skipped, one whose lease ran out
-# is taken over. Returns the keys actually taken, in the order picked.
+# is taken over. Returns the keys actually taken (unordered: a sort here would be planned under
+# `enable_sort = off` at a disabled node's cost, 10^10, and that cost makes PostgreSQL JIT-compile
+# the statement; the caller orders the few rows).
 _TAKE = """
     taken AS (
         INSERT INTO claimed_key (group_id, sku, claim_id)
@@ -59,9 +95,7 @@ _TAKE = """
                                 AND p.lease_until > clock_timestamp())
         RETURNING group_id, sku
     )
-    SELECT picked.group_id, picked.sku, picked.changed_at
-    FROM picked JOIN taken USING (group_id, sku)
-    ORDER BY picked.changed_at
+    SELECT picked.* FROM picked JOIN taken USING (group_id, sku)
 """
 
 _NOT_CLAIMED = """
@@ -86,12 +120,16 @@ _CLAIM = text(f"""
 """)  # noqa: S608 - built from the constant fragments above; every value is a bound parameter
 
 # Keys acknowledged longer ago than the refresh age, oldest first: the Market wants stock at least
-# once a day and refuses an updatedAt older than a day.
+# once a day and refuses an updatedAt older than a day. A SKU held (refused on a refresh) waits for
+# a change like a pending one: sent again, it would only be refused again, for ever. `now()`, not
+# `clock_timestamp()`: a stable bound is an index condition, a volatile one a filter over every
+# acknowledged key of the campaign (measured at 200,000 keys: 116 ms instead of 0.06 ms).
 _CLAIM_REFRESH = text(f"""
     WITH picked AS (
         SELECT s.group_id, s.sku, s.changed_at FROM stock s
         WHERE s.group_id = :c AND s.version = s.acked_version
-          AND s.acked_at < clock_timestamp() - make_interval(secs => :refresh_after)
+          AND s.acked_at < now() - make_interval(secs => :refresh_after)
+          AND (s.parked_version IS NULL OR s.parked_version < s.version)
           AND {_NOT_CLAIMED}
         ORDER BY s.acked_at
         LIMIT :n
@@ -101,7 +139,9 @@ _CLAIM_REFRESH = text(f"""
 
 # The claims must walk the pending index in order and stop after a batch. Right after a bulk load,
 # before autovacuum has analyzed `stock`, the planner otherwise picks a bitmap scan of every
-# pending row and a sort (measured: seconds per claim at 5 M rows instead of milliseconds).
+# pending row and a sort (measured: seconds per claim at 5 M rows instead of milliseconds). No
+# claim statement may contain a node these switches disable: its cost would pass `jit_above_cost`
+# (tests/integration/test_drain_cost.py checks the plans).
 _ORDERED_SCANS_ONLY = text("""
     SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)
 """)
@@ -123,7 +163,8 @@ _V3_REFRESH = f"""
            row_number() OVER (ORDER BY s.acked_at) AS turn
     FROM stock s
     WHERE s.group_id = w.id AND s.version = s.acked_version
-      AND s.acked_at < clock_timestamp() - make_interval(secs => :refresh_after)
+      AND s.acked_at < now() - make_interval(secs => :refresh_after)
+      AND (s.parked_version IS NULL OR s.parked_version < s.version)
       AND {_NOT_CLAIMED}
     ORDER BY s.acked_at
     LIMIT :n
@@ -133,7 +174,7 @@ _V3_REFRESH = f"""
 def _v3_claim(per_campaign: str) -> str:
     return f"""
     WITH picked AS (
-        SELECT x.group_id, x.sku, x.changed_at
+        SELECT x.group_id, x.sku, x.changed_at, x.turn
         FROM unnest(CAST(:campaigns AS bigint[])) AS w(id)
         CROSS JOIN LATERAL ({per_campaign}) AS x
         ORDER BY x.turn, x.changed_at
@@ -160,7 +201,7 @@ _NEW_CLAIM = text("""
 _RENEW = text("""
     UPDATE push_claim SET lease_until = clock_timestamp() + make_interval(secs => :lease)
     WHERE claim_id = :claim AND lease_until > clock_timestamp()
-    RETURNING campaign_id
+    RETURNING campaign_id, clock_timestamp() AS now
 """)
 
 _READ = text("""
@@ -203,6 +244,20 @@ _HOLD_SKUS = text("""
     WHERE s.group_id = n.group_id AND s.sku = n.sku
 """)
 
+# Keys sent by a push whose lease ran out in flight: pending again (as `resync` does), rows locked
+# in key order like the ingest's.
+_SEND_AGAIN = text("""
+    WITH locked AS (
+        SELECT s.ctid AS row_id FROM stock s
+        WHERE (s.group_id, s.sku) IN (
+            SELECT * FROM unnest(CAST(:groups AS bigint[]), CAST(:skus AS text[])))
+        ORDER BY s.group_id, s.sku
+        FOR UPDATE
+    )
+    UPDATE stock s SET version = s.version + 1, changed_at = now()
+    FROM locked WHERE s.ctid = locked.row_id
+""")
+
 _RELEASE = text("DELETE FROM claimed_key WHERE claim_id = :claim")
 _DROP_CLAIM = text("DELETE FROM push_claim WHERE claim_id = :claim")
 
@@ -234,39 +289,70 @@ class Claims:
         self.routing = routing or Routing({})
 
     def campaigns_to_drain(self) -> list[int]:
-        """Route keys with pending keys, and every route sent to before (for refreshes); a
-        route no longer configured (a campaign moved to v3, a business left) is left out."""
+        """Route keys with work (pending keys, a refresh due, a parked route's probe due), least
+        recently drained first; a route no longer configured (a campaign moved to v3, a business
+        left) is left out. A v3 campaign's work is its business's (minus the business id)."""
+        v3 = sorted(self.routing.v3.items())
         with self.engine.connect() as conn:
-            pending = {
-                self.routing.route_of(row[0]).key for row in conn.execute(_PENDING_CAMPAIGNS)
-            }
-            known = set(campaign_health.known_campaigns(conn))
-        routes = (Route.of_key(key) for key in pending | known)
-        return sorted(r.key for r in routes if self.routing.is_current(r))
+            rows = conn.execute(
+                _CAMPAIGNS_WITH_WORK,
+                {
+                    "refresh_after": self.refresh_after_seconds,
+                    "v3_campaigns": [campaign for campaign, _ in v3],
+                    "v3_routes": [-destination.business_id for _, destination in v3],
+                },
+            )
+            routes = [Route.of_key(row[0]) for row in rows]
+        return [r.key for r in routes if self.routing.is_current(r)]
 
-    def claim(self, campaign_id: int, probe_interval: float) -> list[Claim]:
-        """Claims the next batches of a campaign, within its rate budget and parallel slots.
+    def claim(
+        self, campaign_id: int, probe_interval: float, max_batches: int | None = None
+    ) -> list[Claim]:
+        """Claims the next batches (at most `max_batches`) of a campaign, within its rate budget
+        and parallel slots.
 
-        A parked campaign gets one single-SKU probe when its probe is due; a blocked one nothing.
+        A parked campaign gets one single-SKU probe when its probe is due (a pending key, else an
+        acknowledged one: a campaign parked on a refresh has none pending); a blocked one nothing.
         A v3 route (a business) is claimed by `_claim_v3`.
         """
         route = Route.of_key(campaign_id)
         if not self.routing.is_current(route):
             return []
         if route.method is Method.V3:
-            return self._claim_v3(route, probe_interval)
+            return self._claim_v3(route, probe_interval, max_batches)
+        return self._claim_v2(campaign_id, probe_interval, max_batches)
+
+    def _claim_v2(
+        self, campaign_id: int, probe_interval: float, max_batches: int | None
+    ) -> list[Claim]:
+        """The plan of a v2 campaign: SKUs within its per-minute budget and parallel slots."""
         with self.engine.begin() as conn:
             conn.execute(_ORDERED_SCANS_ONLY)
-            use = self.limiter.usage(conn, campaign_id)  # locks the campaign: one planner at once
+            # Locks the campaign: one planner at once. A busy one is skipped, not waited for: its
+            # holder may be frozen or cut off, and the other campaigns must go on.
+            use = self.limiter.try_usage(conn, campaign_id)
+            if use is None:
+                return []
+            # Its turn: the next drain pass serves the campaigns waiting longer first.
+            conn.execute(_DRAINED, {"c": campaign_id})
             if use.blocked_until is not None and use.blocked_until > use.now:
                 return []
             if use.parked_reason is not None:
-                due = campaign_health.probe_due(conn, campaign_id, probe_interval)
-                return self._claim_batches(conn, campaign_id, 1, 1)[0] if due else []
+                if not campaign_health.probe_due(conn, campaign_id, probe_interval):
+                    return []
+                probe = self._claim_batches(conn, campaign_id, 1, 1)[0]
+                return (
+                    probe
+                    or self._claim_batches(
+                        conn, campaign_id, 1, 1, refresh=True, refresh_after=0.0
+                    )[0]
+                )
             claims, claimed_skus = conn.execute(_OUTSTANDING, {"c": campaign_id}).one()
             budget = self.limiter.limit - use.used_in_window - int(claimed_skus)
             # One batch more than may be in flight, so a finished request is followed at once.
             slots = self.limiter.max_parallel + 1 - int(claims)
+            if max_batches is not None:
+                slots = min(slots, max_batches)
             fresh, exhausted = self._claim_batches(conn, campaign_id, budget, slots)
             budget -= sum(c.skus for c in fresh)
             if not exhausted or budget <= 0 or slots <= len(fresh):
@@ -275,9 +361,17 @@ class Claims:
             return fresh + self._claim_batches(conn, campaign_id, budget, 1, refresh=True)[0]
 
     def _claim_batches(
-        self, conn: Connection, campaign_id: int, budget: int, slots: int, refresh: bool = False
+        self,
+        conn: Connection,
+        campaign_id: int,
+        budget: int,
+        slots: int,
+        *,
+        refresh: bool = False,
+        refresh_after: float | None = None,
     ) -> tuple[list[Claim], bool]:
-        """Claims up to `slots` batches within `budget` SKUs; True when no key was left to claim."""
+        """Claims up to `slots` batches within `budget` SKUs (`refresh`: acknowledged keys older
+        than `refresh_after`, by default the refresh age); True when no key was left to claim."""
         claims: list[Claim] = []
         statement = _CLAIM_REFRESH if refresh else _CLAIM
         while slots > 0 and budget > 0:
@@ -285,7 +379,9 @@ class Claims:
             wanted = min(SKUS_PER_REQUEST_MAX, budget)
             params = {"c": campaign_id, "n": wanted, "claim": claim_id}
             if refresh:
-                params["refresh_after"] = self.refresh_after_seconds
+                params["refresh_after"] = (
+                    self.refresh_after_seconds if refresh_after is None else refresh_after
+                )
             rows = conn.execute(statement, params).all()
             if not rows:
                 return claims, True
@@ -324,23 +420,37 @@ class Claims:
             claims.append(Claim(batch_id, route_key, len(batch)))
         return claims
 
-    def _claim_v3(self, route: Route, probe_interval: float) -> list[Claim]:
+    def _claim_v3(
+        self, route: Route, probe_interval: float, max_batches: int | None = None
+    ) -> list[Claim]:
         """The v3 plan of a business: requests within its requests-per-minute budget and parallel
         slots, each as full as the pending items of all its campaigns allow (2,000 or 512 KB)."""
         campaigns = self.routing.campaigns_of(route.target)
         with self.engine.begin() as conn:
             conn.execute(_ORDERED_SCANS_ONLY)
-            use = self.limiter.usage(conn, route.key)  # locks the business: one planner at once
+            # Locks the business: one planner at once; a busy one is skipped, as in `claim`.
+            use = self.limiter.try_usage(conn, route.key)
+            if use is None:
+                return []
+            conn.execute(_DRAINED, {"c": route.key})
             if use.blocked_until is not None and use.blocked_until > use.now:
                 return []
             if use.parked_reason is not None:
                 if not campaign_health.probe_due(conn, route.key, probe_interval):
                     return []
-                return self._claim_v3_batches(conn, route.key, campaigns, 1, 1, size=1)[0]
+                probe = self._claim_v3_batches(conn, route.key, campaigns, 1, 1, size=1)[0]
+                return (
+                    probe
+                    or self._claim_v3_batches(
+                        conn, route.key, campaigns, 1, 1, size=1, refresh=True, refresh_after=0.0
+                    )[0]
+                )
             claims, _ = conn.execute(_OUTSTANDING, {"c": route.key}).one()
             # The budget counts requests: the window's and the claims not yet sent.
             budget = self.limiter.limit_of(route.key) - use.used_in_window - int(claims)
             slots = min(self.limiter.max_parallel + 1 - int(claims), budget)
+            if max_batches is not None:
+                slots = min(slots, max_batches)
             fresh, exhausted = self._claim_v3_batches(conn, route.key, campaigns, slots, budget)
             if not exhausted or slots <= len(fresh):
                 return fresh
@@ -359,6 +469,7 @@ class Claims:
         *,
         size: int = SKUS_PER_REQUEST_MAX,
         refresh: bool = False,
+        refresh_after: float | None = None,
     ) -> tuple[list[Claim], bool]:
         """Up to `slots` requests (at most `budget`) of up to `size` items each; True when no
         item was left to claim."""
@@ -368,8 +479,11 @@ class Claims:
             claim_id = uuid.uuid4().hex
             params = {"campaigns": campaigns, "n": size, "claim": claim_id}
             if refresh:
-                params["refresh_after"] = self.refresh_after_seconds
-            rows = conn.execute(statement, params).all()
+                params["refresh_after"] = (
+                    self.refresh_after_seconds if refresh_after is None else refresh_after
+                )
+            # The statement returns the taken keys unordered (see _TAKE): in turn order again.
+            rows = sorted(conn.execute(statement, params), key=lambda r: (r.turn, r.changed_at))
             if not rows:
                 return claims, True
             items = [(r.sku, self.routing.warehouse_of(r.group_id)) for r in rows]
@@ -388,6 +502,14 @@ class Claims:
         with self.engine.begin() as conn:
             row = conn.execute(_RENEW, {"claim": claim_id, "lease": lease}).first()
             return row is not None
+
+    def renew_for_sending(self, claim_id: str, at_least: float) -> datetime | None:
+        """`renew` right before a PUT: the database's clock then (the one clock every worker
+        shares, for `updatedAt`), or None when the lease ran out."""
+        lease = max(self.lease_seconds, at_least)
+        with self.engine.begin() as conn:
+            row = conn.execute(_RENEW, {"claim": claim_id, "lease": lease}).first()
+            return None if row is None else row.now
 
     def read(self, campaign_id: int, claim_id: str) -> list[PendingStock]:
         """The claimed keys as they are now: the values and versions to send."""
@@ -410,6 +532,10 @@ class Claims:
                 },
             )
             campaign_health.works_again(conn, campaign_id)
+            # Counted by the keys' campaigns: a v3 request holds several.
+            pushed = Counter(s.group_id for s in sent)
+            increments = [((counters.SKUS_PUSHED, group, ""), n) for group, n in pushed.items()]
+            counters.add(conn, increments)
 
     def hold_skus(
         self, campaign_id: int, claim_id: str, rejected: Sequence[tuple[PendingStock, str]]
@@ -425,6 +551,16 @@ class Claims:
                     "reasons": [reason for _, reason in rejected],
                 },
             )
+
+    def send_again(self, campaign_id: int, claim_id: str, sent: Sequence[PendingStock]) -> None:
+        """Keys whose request outlived the claim's lease: pending again, the claim given up."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                _SEND_AGAIN,
+                {"groups": [s.group_id for s in sent], "skus": [s.sku for s in sent]},
+            )
+            conn.execute(_RELEASE, {"c": campaign_id, "claim": claim_id})
+            conn.execute(_DROP_CLAIM, {"claim": claim_id})
 
     def release(self, campaign_id: int, claim_id: str) -> None:
         """Gives the claim's remaining keys back to the drain; they stay pending."""

@@ -1,6 +1,7 @@
 """Keeping PostgreSQL small: everything `stocks.housekeeping` deletes, in one place.
 
-Long-expired claims and the rate limiter's request ledger older than two hours go every pass.
+Long-expired claims and the rate limiter's request ledger older than two hours go every pass, and
+the per-campaign tallies of pending and held keys are folded into one row each.
 The change log and rejected changes go after the retention period (`prune`).
 
 Only change-log rows the value formula can never need again are deleted: deltas at or before the
@@ -50,6 +51,19 @@ _PRUNE_REQUESTS = text("""
     DELETE FROM market_request WHERE started_at < clock_timestamp() - interval '2 hours'
 """)
 
+# The tallies' delta rows folded into one row per campaign. The DELETE takes only rows committed
+# before it began; rows inserted meanwhile stay and are folded next time, so the sums never move.
+_FOLD_TALLIES = text("""
+    WITH gone AS (DELETE FROM stock_tally RETURNING group_id, pending, held)
+    INSERT INTO stock_tally (group_id, pending, held)
+    SELECT group_id, sum(pending), sum(held) FROM gone
+    GROUP BY group_id HAVING sum(pending) <> 0 OR sum(held) <> 0
+""")
+
+# Pruning batches of a large history may outlast the sessions' statement timeout; the task's own
+# time limit bounds them.
+_NO_STATEMENT_TIMEOUT = text("SELECT set_config('statement_timeout', '0', true)")
+
 _PRUNE_REDELIVERIES = text("""
     DELETE FROM redelivery WHERE last_at < clock_timestamp() - interval '1 day'
 """)
@@ -74,6 +88,7 @@ def prune(
     for name, statement in (("changes", _PRUNE_CHANGES), ("rejected", _PRUNE_REJECTED)):
         for _ in range(max_batches):
             with engine.begin() as conn:
+                conn.execute(_NO_STATEMENT_TIMEOUT)
                 deleted = conn.execute(
                     statement, {"days": retention_days, "batch": BATCH_ROWS, "now": now}
                 ).rowcount
@@ -86,11 +101,19 @@ def prune(
 
 
 def prune_claims_and_requests(engine: Engine) -> None:
-    """Forgets long-expired claims and request history older than two hours."""
+    """Forgets long-expired claims and request history older than two hours; folds the tallies."""
     with engine.begin() as conn:
+        conn.execute(_NO_STATEMENT_TIMEOUT)
         conn.execute(_PRUNE_CLAIMS)
         conn.execute(_PRUNE_CLAIMED_KEYS)
         conn.execute(_PRUNE_REQUESTS)
+    fold_tallies(engine)
+
+
+def fold_tallies(engine: Engine) -> None:
+    """Folds the pending/held tallies' delta rows into one row per campaign (same sums)."""
+    with engine.begin() as conn:
+        conn.execute(_FOLD_TALLIES)
 
 
 def housekeeping(engine: Engine, retention_days: float) -> Pruned:

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, text
 
 from domain.changes import Change, Rejection
 from domain.stock_value import KeyState, LoggedChange, apply_changes, new_winning_absolute
+from worker import counters
 
 Key = tuple[int, str]
 
@@ -85,6 +86,7 @@ _REJECT = text("""
     FROM unnest(CAST(:positions AS int[]), CAST(:campaigns AS bigint[]), CAST(:raws AS text[]),
                 CAST(:reasons AS text[])) AS x(p, c, r, why)
     ON CONFLICT (task_id, position) DO NOTHING
+    RETURNING position, campaign_id
 """)
 
 _COUNT_REDELIVERY = text("""
@@ -139,10 +141,16 @@ def campaign_of(raw: Any) -> int | None:
     return None
 
 
-def _store_rejections(conn: Connection, task_id: str, rejections: Sequence[Rejection]) -> None:
+def _store_rejections(
+    conn: Connection,
+    task_id: str,
+    rejections: Sequence[Rejection],
+    group_of: Callable[[int], int] = lambda c: c,
+) -> None:
+    """Keeps the rejections; counts those newly stored (a redelivery counts nothing twice)."""
     if not rejections:
         return
-    conn.execute(
+    stored = conn.execute(
         _REJECT,
         {
             "task_id": task_id,
@@ -151,6 +159,22 @@ def _store_rejections(conn: Connection, task_id: str, rejections: Sequence[Rejec
             "raws": [raw_text(r.raw) for r in rejections],
             "reasons": [r.reason for r in rejections],
         },
+    ).all()
+    counters.add(
+        conn,
+        (
+            ((counters.UNREADABLE_MESSAGES, counters.NO_CAMPAIGN, ""), 1)
+            if position == UNREADABLE_POSITION
+            else (
+                (
+                    counters.REJECTED_CHANGES,
+                    counters.NO_CAMPAIGN if campaign is None else group_of(campaign),
+                    "",
+                ),
+                1,
+            )
+            for position, campaign in stored
+        ),
     )
 
 
@@ -239,7 +263,6 @@ def store_message(
     """Commits one message: its new changes applied exactly once, its rejected changes kept."""
     logged: list[Any] = []
     with engine.begin() as conn:
-        _store_rejections(conn, task_id, rejected)
         if accepted:
             groups = [group_of(c.campaign_id) for _, c in accepted]
             skus = [c.sku for _, c in accepted]
@@ -263,6 +286,8 @@ def store_message(
             )
             if logged:
                 _apply(conn, states, logged)
+        # Last: the counter rows are locked for as short a time as the transaction allows.
+        _store_rejections(conn, task_id, rejected, group_of)
     return StoreResult(
         applied=len(logged), duplicates=len(accepted) - len(logged), rejected=len(rejected)
     )

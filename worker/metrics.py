@@ -1,122 +1,201 @@
-"""The Prometheus endpoint: domain figures read from PostgreSQL at each scrape.
+"""The Prometheus endpoint: counters and gauges read from PostgreSQL at each scrape.
 
-Flower shows Celery's tasks; these are the stock service's own figures. Read at scrape time from
-the shared tables, they cover every worker on every machine without multiprocess bookkeeping.
+Flower shows Celery's tasks; these are the stock service's own figures. Counters are rows every
+worker increments in the transaction that does the work (worker/counters.py), so they cover every
+worker on every machine and never fall when old rows are pruned; gauges are the state now. One
+scrape costs O(campaigns) (worker.monitoring.read_scrape).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
-from worker.monitoring import read_figures
+from worker import counters
+from worker.monitoring import CampaignGauges, read_scrape
+from worker.routing_check import RoutingCheck, last_check
 from worker.settings import Settings
 
-_PER_CAMPAIGN = [
-    ("pending_keys", "Keys whose value the Market has not acknowledged yet", "pending_keys"),
+PREFIX = "stocksync_"
+
+# (table name, exposed name without _total, help, label of the `label` column or None).
+COUNTERS: tuple[tuple[str, str, str, str | None], ...] = (
+    (counters.SKUS_PUSHED, "skus_pushed", "SKUs whose values the Market acknowledged", None),
     (
-        "oldest_pending_seconds",
-        "Age of the oldest pending change",
-        "oldest_pending_age_seconds",
+        counters.MARKET_REQUESTS,
+        "market_requests",
+        "Requests answered by the Market, by HTTP status (0: no answer, timeout or broken link)",
+        "status",
     ),
-    ("parked_skus", "SKUs the Market rejected (400), held until they change", "parked_skus"),
+    (counters.MARKET_RATE_LIMITED, "market_rate_limited", "420 answers from the Market", None),
     (
-        "skus_pushed_last_hour",
-        "SKUs acknowledged by the Market in the last hour",
-        "skus_pushed_last_hour",
+        counters.PUSH_RETRIES,
+        "push_retries",
+        "Celery retries of stocks.push after a 5xx or no answer",
+        None,
     ),
-    ("requests_last_hour", "Requests sent to the Market in the last hour", "requests_last_hour"),
-    ("rate_limited_last_hour", "420 answers in the last hour", "rate_limited_last_hour"),
     (
-        "retried_requests_last_hour",
-        "5xx answers, timeouts and broken connections in the last hour (each retried)",
-        "failed_last_hour",
+        counters.REJECTED_CHANGES,
+        "rejected_changes",
+        'Changes rejected at ingest, by the campaign group they name ("none": no valid campaign)',
+        None,
     ),
-    ("rejected_changes", "Changes rejected at ingest (stored with their reasons)", "rejected"),
-    ("rate_window_skus", "SKUs counted in the rolling 60-second window now", "skus_in_rate_window"),
-]
+    (counters.DRIFT_FOUND, "drift_found", "Keys whose Market stock differed from ours", None),
+    (counters.DRIFT_REPAIRED, "drift_repaired", "Drifted keys sent again to repair them", None),
+)
+UNREADABLE = "unreadable_messages"
+
+
+def package_version() -> str:
+    """The installed stocksync's version, from the package metadata."""
+    try:
+        return version("stocksync")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _campaign(route_key: int) -> str:
+    """The `campaign` label of a route key: a v3 business's (minus its id) is `business:<id>`."""
+    if route_key == counters.NO_CAMPAIGN:
+        return "none"
+    return str(route_key) if route_key > 0 else f"business:{-route_key}"
 
 
 class StockFigures(Collector):
-    """A Prometheus collector over `worker.monitoring.read_figures`."""
+    """A Prometheus collector over `worker.monitoring.read_scrape`."""
 
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
 
     def collect(self) -> Iterator[Metric]:
-        figures = read_figures(self.engine, self.settings)
-        for name, doc, attribute in _PER_CAMPAIGN:
-            family = GaugeMetricFamily(f"stocksync_{name}", doc, labels=["campaign"])
-            for c in figures.campaigns:
-                value = getattr(c, attribute)
-                family.add_metric([str(c.campaign_id)], 0.0 if value is None else float(value))
+        scrape = read_scrape(self.engine, self.settings)
+        by_name: dict[str, list[counters.CounterRow]] = defaultdict(list)
+        for row in scrape.counters:
+            by_name[row.name].append(row)
+
+        build = GaugeMetricFamily(
+            f"{PREFIX}build_info", "The running stocksync's version", labels=["version"]
+        )
+        build.add_metric([package_version()], 1.0)
+        yield build
+
+        known = [c.campaign_id for c in scrape.campaigns]
+        for table_name, name, doc, label in COUNTERS:
+            labels = ["campaign"] if label is None else ["campaign", label]
+            family = CounterMetricFamily(f"{PREFIX}{name}", doc, labels=labels)
+            values = {(row.campaign_id, row.label): row.value for row in by_name[table_name]}
+            if label is None:  # every campaign's series exists from 0, so increase() sees a first 1
+                values = {(c, ""): 0.0 for c in known} | values
+            for (campaign_id, label_value), value in sorted(values.items()):
+                extra = [] if label is None else [label_value]
+                family.add_metric([_campaign(campaign_id), *extra], value)
             yield family
-        parked = GaugeMetricFamily(
-            "stocksync_campaign_parked",
-            "1 while the campaign is parked (401/403/404)",
+        unreadable = CounterMetricFamily(
+            f"{PREFIX}{UNREADABLE}", "Messages that could not be read at all (kept aside)"
+        )
+        unreadable.add_metric([], sum(r.value for r in by_name[counters.UNREADABLE_MESSAGES]))
+        yield unreadable
+        yield self._durations(by_name)
+        yield from self._gauges(scrape.campaigns)
+        yield from _routing_families(last_check(self.engine))
+
+    def _durations(self, by_name: dict[str, list[counters.CounterRow]]) -> Metric:
+        """The request-duration histogram: the per-bucket rows summed into cumulative buckets."""
+        family = HistogramMetricFamily(
+            f"{PREFIX}market_request_duration_seconds",
+            "Time from a request's leave to send until the Market's answer",
             labels=["campaign"],
         )
-        degraded = GaugeMetricFamily(
-            "stocksync_campaign_degraded",
-            "1 while retries ran out for the campaign",
-            labels=["campaign"],
+        buckets: dict[int, dict[str, float]] = defaultdict(dict)
+        for row in by_name[counters.DURATION_BUCKET]:
+            buckets[row.campaign_id][row.label] = row.value
+        sums = {row.campaign_id: row.value for row in by_name[counters.DURATION_SUM]}
+        bounds = [f"{b:g}" for b in counters.DURATION_BOUNDS] + [counters.INF]
+        for campaign_id in sorted(buckets):
+            cumulative, total = [], 0.0
+            for bound in bounds:
+                total += buckets[campaign_id].get(bound, 0.0)
+                cumulative.append((bound, total))
+            family.add_metric(
+                [_campaign(campaign_id)], cumulative, sum_value=sums.get(campaign_id, 0.0)
+            )
+        return family
+
+    def _gauges(self, campaigns: list[CampaignGauges]) -> Iterator[Metric]:
+        per_campaign = (
+            ("pending_keys", "Keys whose value the Market has not acknowledged", "pending_keys"),
+            (
+                "oldest_pending_age_seconds",
+                "Age of the oldest pending change (0: nothing pending)",
+                "oldest_pending_age_seconds",
+            ),
+            ("held_skus", "SKUs the Market refused (400), held until they change", "held_skus"),
+            ("campaign_parked", "1 while the campaign is parked (401/403/404)", "parked"),
+            ("campaign_degraded", "1 while retries ran out for the campaign", "degraded"),
+            (
+                "campaign_blocked_seconds",
+                "Seconds until a 420's block ends (0: not blocked)",
+                "blocked_seconds",
+            ),
         )
-        for c in figures.campaigns:
-            parked.add_metric([str(c.campaign_id)], float(c.parked_reason is not None))
-            degraded.add_metric([str(c.campaign_id)], float(c.degraded_reason is not None))
-        yield parked
-        yield degraded
-        by_status = GaugeMetricFamily(
-            "stocksync_market_requests_last_hour",
-            "Requests to the Market in the last hour by answer (0: no answer)",
-            labels=["campaign", "status"],
-        )
-        v3_by_status = GaugeMetricFamily(
-            "stocksync_v3_requests_last_hour",
-            "v3 requests to the Market in the last hour by business and answer (0: no answer)",
-            labels=["business", "status"],
-        )
-        for (route_key, status), count in sorted(figures.requests_by_status.items()):
-            if route_key > 0:
-                by_status.add_metric([str(route_key), str(status)], float(count))
-            else:  # a v3 business (domain/route.py)
-                v3_by_status.add_metric([str(-route_key), str(status)], float(count))
-        yield by_status
-        yield v3_by_status
-        method = GaugeMetricFamily(
-            "stocksync_campaign_method",
-            "1 for the method a campaign's stock is sent by (v2 PUT, or v3 to its business)",
-            labels=["campaign", "method", "business"],
-        )
-        for c in figures.campaigns:
-            business = "" if c.business_id is None else str(c.business_id)
-            method.add_metric([str(c.campaign_id), c.method, business], 1.0)
-        yield method
-        v3_used = GaugeMetricFamily(
-            "stocksync_v3_requests_last_minute",
-            "v3 requests a business made in the last minute (its limit: "
-            "stocksync_v3_requests_per_minute)",
-            labels=["business"],
-        )
-        for b in figures.v3_businesses:
-            v3_used.add_metric([str(b.business_id)], float(b.requests_last_minute))
-        yield v3_used
-        v3_limit = GaugeMetricFamily(
-            "stocksync_v3_requests_per_minute", "The configured per-business v3 request limit"
-        )
-        v3_limit.add_metric([], float(self.settings.v3_requests_per_minute))
-        yield v3_limit
+        for name, doc, attribute in per_campaign:
+            family = GaugeMetricFamily(f"{PREFIX}{name}", doc, labels=["campaign"])
+            for c in campaigns:
+                family.add_metric([_campaign(c.campaign_id)], float(getattr(c, attribute)))
+            yield family
         limit = GaugeMetricFamily(
-            "stocksync_rate_limit_skus_per_minute", "The configured per-campaign limit"
+            f"{PREFIX}rate_limit_skus",
+            "The configured limit of SKUs per campaign in any rolling 60 seconds",
         )
         limit.add_metric([], float(self.settings.rate_limit_skus_per_minute))
         yield limit
-        unreadable = GaugeMetricFamily(
-            "stocksync_unreadable_messages", "Messages that could not be read at all"
+        v3 = self.settings.v3_campaigns
+        method = GaugeMetricFamily(
+            f"{PREFIX}campaign_method",
+            "1 for the method a campaign's stock is sent by (v2 PUT, or v3 to its business)",
+            labels=["campaign", "method", "business"],
         )
-        unreadable.add_metric([], float(figures.unreadable_messages))
-        yield unreadable
+        configured = {c.campaign_id for c in campaigns if c.campaign_id > 0} | set(v3)
+        for campaign_id in sorted(configured):
+            if campaign_id in v3:
+                method.add_metric([str(campaign_id), "v3", str(v3[campaign_id].business_id)], 1.0)
+            else:
+                method.add_metric([str(campaign_id), "v2", ""], 1.0)
+        yield method
+        v3_limit = GaugeMetricFamily(
+            f"{PREFIX}v3_requests_per_minute",
+            "The configured limit of v3 requests per business in any rolling 60 seconds",
+        )
+        v3_limit.add_metric([], float(self.settings.v3_requests_per_minute))
+        yield v3_limit
+
+
+def _routing_families(check: RoutingCheck | None) -> Iterator[Metric]:
+    """The last routing check: differences from the Market, and when it was made."""
+    mismatch = GaugeMetricFamily(
+        "stocksync_routing_mismatch",
+        "Differences between the routing settings and the Market at the last check "
+        "(-1: the Market could not be read)",
+    )
+    checked = GaugeMetricFamily(
+        "stocksync_routing_checked_timestamp_seconds",
+        "When the routing settings were last checked against the Market (0: never)",
+    )
+    if check is None:
+        checked.add_metric([], 0.0)
+    else:
+        mismatch.add_metric([], -1.0 if not check.readable else float(len(check.differences)))
+        checked.add_metric([], check.checked_at.timestamp())
+    yield mismatch
+    yield checked

@@ -12,6 +12,8 @@ from typing import Any
 
 from sqlalchemy import Engine, Row, text
 
+from worker import counters
+from worker.counters import CounterRow
 from worker.ingest import UNREADABLE_POSITION
 from worker.settings import Settings
 
@@ -43,8 +45,19 @@ _CAMPAIGN_FIGURES = text("""
                COALESCE(sum(skus) FILTER (WHERE COALESCE(finished_at, started_at)
                    > clock_timestamp() - interval '60 seconds'), 0) AS skus_in_window
         FROM market_request
-        WHERE started_at > clock_timestamp() - interval '1 hour'
+        WHERE started_at > clock_timestamp() - interval '1 hour' AND kind = 'push'
         GROUP BY campaign_id
+    ),
+    checked AS (
+        SELECT group_id AS campaign_id, count(*) AS keys_checked_day FROM stock
+        WHERE version = acked_version AND verified_at > clock_timestamp() - interval '24 hours'
+        GROUP BY group_id
+    ),
+    drifting AS (
+        SELECT group_id AS campaign_id, count(DISTINCT sku) AS keeps_drifting FROM drift
+        WHERE NOT repaired AND resolved_at IS NULL
+          AND found_at > clock_timestamp() - interval '24 hours'
+        GROUP BY group_id
     ),
     rejected_changes AS (
         SELECT COALESCE(grouping.group_id, r.campaign_id) AS campaign_id, count(*) AS rejected
@@ -68,19 +81,25 @@ _CAMPAIGN_FIGURES = text("""
            COALESCE(q.rate_limited_hour, 0) AS rate_limited_hour,
            COALESCE(q.failed_hour, 0) AS failed_hour,
            COALESCE(q.skus_in_window, 0) AS skus_in_window,
-           COALESCE(r.rejected, 0) AS rejected
+           COALESCE(r.rejected, 0) AS rejected,
+           c.last_full_sweep_at, COALESCE(k.keys_checked_day, 0) AS keys_checked_day,
+           COALESCE(c.drift_found_total, 0) AS drift_found_total,
+           COALESCE(c.drift_repaired_total, 0) AS drift_repaired_total,
+           COALESCE(d.keeps_drifting, 0) AS keeps_drifting
     FROM campaigns
     LEFT JOIN pending p USING (campaign_id)
     LEFT JOIN requests q USING (campaign_id)
     LEFT JOIN rejected_changes r USING (campaign_id)
     LEFT JOIN campaign c USING (campaign_id)
+    LEFT JOIN checked k USING (campaign_id)
+    LEFT JOIN drifting d USING (campaign_id)
     ORDER BY campaigns.campaign_id
 """)
 
 _REQUESTS_BY_STATUS = text("""
     SELECT campaign_id, COALESCE(status, -1), count(*) FROM market_request
     WHERE started_at > clock_timestamp() - interval '1 hour' AND NOT correction
-      AND status IS NOT NULL
+      AND status IS NOT NULL AND kind = 'push'
     GROUP BY 1, 2
 """)
 
@@ -115,6 +134,14 @@ class CampaignFigures:
     # requests, parking and 420s are the business's: see `Figures.v3_businesses`).
     method: str = "v2"
     business_id: int | None = None
+
+    # The verify sweep: when every key was last read back, keys read in the last 24 h, drift
+    # found and repaired (monotonic counters), keys left alone because they keep drifting.
+    last_full_sweep_at: datetime | None = None
+    keys_checked_last_day: int = 0
+    drift_found_total: int = 0
+    drift_repaired_total: int = 0
+    keeps_drifting: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,4 +238,91 @@ def _campaign(
         rejected=int(r.rejected),
         method="v2" if business_id is None else "v3",
         business_id=business_id,
+        last_full_sweep_at=r.last_full_sweep_at,
+        keys_checked_last_day=int(r.keys_checked_day),
+        drift_found_total=int(r.drift_found_total),
+        drift_repaired_total=int(r.drift_repaired_total),
+        keeps_drifting=int(r.keeps_drifting),
+    )
+
+
+# The metrics scrape: O(campaigns), whatever the backlog. Pending and held keys per campaign are
+# the sums of `stock_tally` (delta rows the triggers on `stock` write, folded by housekeeping);
+# the oldest pending change is the first entry of the campaign's range of the pending index.
+# Nothing reads `rejected` or the request ledger: those figures are counters.
+SCRAPE_TIMEOUT_MS = 5000
+
+_SCRAPE_CAMPAIGNS = text("""
+    WITH tallies AS (
+        SELECT group_id AS campaign_id, sum(pending) AS pending_keys, sum(held) AS held_skus
+        FROM stock_tally GROUP BY group_id
+    ),
+    campaigns AS (
+        SELECT campaign_id FROM tallies
+        UNION SELECT campaign_id FROM campaign
+        UNION SELECT unnest(CAST(:configured AS bigint[]))
+    )
+    SELECT c.campaign_id,
+           COALESCE(t.pending_keys, 0) AS pending_keys,
+           EXTRACT(EPOCH FROM clock_timestamp() - (
+               SELECT s.changed_at FROM stock s
+               WHERE s.group_id = c.campaign_id AND s.version > s.acked_version
+               ORDER BY s.changed_at LIMIT 1)) AS oldest_pending_age,
+           COALESCE(t.held_skus, 0) AS held_skus,
+           h.parked_reason IS NOT NULL AS parked,
+           h.degraded_reason IS NOT NULL AS degraded,
+           GREATEST(EXTRACT(EPOCH FROM h.blocked_until - clock_timestamp()), 0) AS blocked_seconds
+    FROM campaigns c
+    LEFT JOIN tallies t USING (campaign_id)
+    LEFT JOIN campaign h USING (campaign_id)
+    ORDER BY c.campaign_id
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignGauges:
+    """One campaign's state now: backlog, held SKUs, parked/degraded, seconds blocked by a 420."""
+
+    campaign_id: int
+    pending_keys: int
+    oldest_pending_age_seconds: float
+    held_skus: int
+    parked: bool
+    degraded: bool
+    blocked_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Scrape:
+    """What one metrics scrape reads: every campaign's gauges and every counter row."""
+
+    campaigns: list[CampaignGauges]
+    counters: list[CounterRow]
+
+
+def read_scrape(engine: Engine, settings: Settings, timeout_ms: int = SCRAPE_TIMEOUT_MS) -> Scrape:
+    """Reads the scrape in one snapshot under a statement timeout (a slow database fails the
+    scrape rather than piling scrapes up)."""
+    configured = sorted({group[0] for group in settings.warehouse_groups})
+    snapshot = engine.connect().execution_options(isolation_level="REPEATABLE READ")
+    with snapshot as conn, conn.begin():
+        conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
+        rows = conn.execute(_SCRAPE_CAMPAIGNS, {"configured": configured}).all()
+        counter_rows = counters.read_all(conn)
+    return Scrape(
+        [
+            CampaignGauges(
+                campaign_id=int(r.campaign_id),
+                pending_keys=int(r.pending_keys),
+                oldest_pending_age_seconds=(
+                    0.0 if r.oldest_pending_age is None else max(float(r.oldest_pending_age), 0.0)
+                ),
+                held_skus=int(r.held_skus),
+                parked=bool(r.parked),
+                degraded=bool(r.degraded),
+                blocked_seconds=float(r.blocked_seconds or 0.0),
+            )
+            for r in rows
+        ],
+        counter_rows,
     )

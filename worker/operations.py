@@ -80,6 +80,38 @@ _RESYNC_LISTED_KEYS = text("""
 """)
 
 
+# After a resync, keys with unresolved drift (they keep drifting, or were repaired lately) are
+# sent with updatedAt = now, never older than the Market's own; their drift is resolved, so the
+# sweep repairs them again by itself.
+_RESOLVE_DRIFT = text("""
+    WITH open_drift AS (
+        SELECT DISTINCT sku FROM drift
+        WHERE group_id = :g AND resolved_at IS NULL
+          AND (CAST(:skus AS text[]) IS NULL OR sku = ANY(CAST(:skus AS text[])))
+    ),
+    picked AS (
+        SELECT s.ctid AS row_id FROM stock s
+        WHERE s.group_id = :g AND s.sku IN (SELECT sku FROM open_drift)
+        ORDER BY s.sku
+        FOR UPDATE
+    ),
+    fresh AS (
+        UPDATE stock s SET last_occurred_at = GREATEST(s.last_occurred_at, now())
+        FROM picked WHERE s.ctid = picked.row_id
+    )
+    UPDATE drift SET resolved_at = now()
+    WHERE group_id = :g AND resolved_at IS NULL
+      AND (CAST(:skus AS text[]) IS NULL OR sku = ANY(CAST(:skus AS text[])))
+""")
+
+_DRIFTING_SKUS = text("""
+    SELECT DISTINCT sku FROM drift
+    WHERE group_id = :g AND NOT repaired AND resolved_at IS NULL
+      AND found_at > now() - interval '24 hours'
+    ORDER BY sku
+""")
+
+
 @dataclass(frozen=True, slots=True)
 class RejectedEntry:
     """One line of `stocksync rejected`: a rejected change, an unreadable message or a held SKU."""
@@ -142,6 +174,8 @@ def resync_group(engine: Engine, group_id: int, chunk_keys: int = RESYNC_CHUNK_K
             ).one()
         total += int(keys)
         if keys < chunk_keys:
+            with engine.begin() as conn:
+                conn.execute(_RESOLVE_DRIFT, {"g": group_id, "skus": None})
             return total
         after = last_sku
 
@@ -149,7 +183,17 @@ def resync_group(engine: Engine, group_id: int, chunk_keys: int = RESYNC_CHUNK_K
 def resync_skus(engine: Engine, group_id: int, skus: Sequence[str]) -> list[str]:
     """Bumps the group's listed keys that exist, in one transaction; returns the SKUs bumped."""
     with engine.begin() as conn:
-        return [sku for (sku,) in conn.execute(_RESYNC_LISTED_KEYS, {"g": group_id, "skus": skus})]
+        bumped = [
+            sku for (sku,) in conn.execute(_RESYNC_LISTED_KEYS, {"g": group_id, "skus": skus})
+        ]
+        conn.execute(_RESOLVE_DRIFT, {"g": group_id, "skus": list(skus)})
+        return bumped
+
+
+def drifting_skus(engine: Engine, group_id: int) -> list[str]:
+    """The group's keys that keep drifting (left alone by the sweep until a resync)."""
+    with engine.connect() as conn:
+        return [sku for (sku,) in conn.execute(_DRIFTING_SKUS, {"g": group_id})]
 
 
 @dataclass(slots=True)

@@ -10,6 +10,11 @@ flight. A request counts from its start until 60 s after it ended: the Market co
 arrives, somewhere in between. SKUs of 5xx answers are given back (the Market does not count
 them); `X-RateLimit-Resource-Remaining` raises the local count when the Market saw more; a 420
 blocks the campaign until `X-RateLimit-Resource-Until`.
+
+Two kinds of request share the ledger and the parallel slots: pushes (updateStocks, SKUs per
+window) and reads (getStocks, offers per window, its own limit: `read_limit`). Sending goes first:
+a read is let through only while no push of the campaign is claimed or pending, and never into
+the last free slot; a 420 on a read holds back only reads.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
 from domain.rate_window import seconds_until_room
 from domain.route import Method, Route
-from worker import campaign_health
+from worker import campaign_health, counters
+from worker.database import is_lock_timeout
 from worker.market_client import MarketAnswer
 
 WINDOW_SECONDS = 60.0
@@ -34,14 +41,27 @@ DEFAULT_BLOCK = timedelta(seconds=60)
 LONGEST_BLOCK = timedelta(hours=1)
 # While all parallel slots are taken, ask again after this long.
 PARALLEL_WAIT_SECONDS = 0.05
+# A push waits this long at most for its campaign's row (planners hold it for milliseconds);
+# then the campaign is busy and the push hands its keys back (a wait longer than the push sleeps).
+BUSY_LOCK_SECONDS = 2.0
+BUSY_WAIT_SECONDS = 5.0
+
+_BUSY_LOCK_TIMEOUT = text("SELECT set_config('lock_timeout', :ms, true)")
+
+# A read waiting for sending to finish asks again after this long.
+SENDING_FIRST_WAIT_SECONDS = 0.5
+
+PUSH = "push"
+READ = "read"
 
 # `amount` is what a request counts against its route's limit: SKUs (v2) or one request (v3;
 # a 5xx is not counted, a correction counts the requests the Market saw beyond ours).
 _WINDOW = text("""
-    SELECT CASE WHEN NOT :requests THEN skus
+    SELECT CASE WHEN NOT :requests OR kind = 'read' THEN skus
                 WHEN correction THEN skus
                 WHEN status >= 500 THEN 0
                 ELSE 1 END AS amount,
+           kind,
            COALESCE(finished_at, started_at + make_interval(secs => :unfinished))
                + make_interval(secs => :window) AS leaves_at,
            finished_at IS NULL
@@ -54,8 +74,8 @@ _WINDOW = text("""
 """)
 
 _START = text("""
-    INSERT INTO market_request (campaign_id, skus, started_at)
-    VALUES (:c, :skus, clock_timestamp()) RETURNING id
+    INSERT INTO market_request (campaign_id, skus, started_at, kind)
+    VALUES (:c, :skus, clock_timestamp(), :kind) RETURNING id
 """)
 
 _FINISH = text("""
@@ -63,13 +83,24 @@ _FINISH = text("""
     SET finished_at = clock_timestamp(), status = :status,
         skus = CASE WHEN :status >= 500 THEN 0 ELSE skus END
     WHERE id = :id
+    RETURNING EXTRACT(EPOCH FROM finished_at - started_at)
 """)
 
 _CANCEL = text("DELETE FROM market_request WHERE id = :id AND finished_at IS NULL")
 
 _CORRECT = text("""
-    INSERT INTO market_request (campaign_id, skus, started_at, finished_at, correction)
-    VALUES (:c, :skus, clock_timestamp(), clock_timestamp(), true)
+    INSERT INTO market_request (campaign_id, skus, started_at, finished_at, correction, kind)
+    VALUES (:c, :skus, clock_timestamp(), clock_timestamp(), true, :kind)
+""")
+
+# Is sending waiting for the campaign: a live claim (a push queued or under way), or a pending key
+# the drain can claim? Both walk an index and stop at the first row.
+_SENDING_WAITS = text("""
+    SELECT EXISTS (SELECT 1 FROM push_claim
+                   WHERE campaign_id = :c AND lease_until > clock_timestamp())
+        OR EXISTS (SELECT 1 FROM stock s
+                   WHERE s.group_id = :c AND s.version > s.acked_version
+                     AND (s.parked_version IS NULL OR s.parked_version < s.version))
 """)
 
 
@@ -79,11 +110,13 @@ class Permit:
 
     request_id: int
     campaign_id: int
+    kind: str = PUSH
 
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    """No leave yet: ask again after `seconds`, for `reason` (`420`, `window`, `parallel`)."""
+    """No leave yet: ask again after `seconds`, for `reason` (`420`, `window`, `parallel`,
+    `busy`, `sending first`)."""
 
     seconds: float
     reason: str
@@ -99,6 +132,15 @@ class Usage:
     now: datetime
     blocked_until: datetime | None
     parked_reason: str | None
+    # Reads: offers in their own window, and a 420 that holds back reads only.
+    reads_in_window: int = 0
+    read_window: list[tuple[int, datetime]] | None = None
+    reads_blocked_until: datetime | None = None
+
+
+def _counted(use: Usage, read: bool) -> int:
+    """What this limiter counted in the window of the answered request's kind."""
+    return use.reads_in_window if read else use.used_in_window
 
 
 class RateLimiter:
@@ -110,11 +152,13 @@ class RateLimiter:
         engine: Engine,
         skus_per_minute: int,
         max_parallel: int,
+        read_offers_per_minute: int = 50_000,
         v3_requests_per_minute: int = 50,
     ) -> None:
         self.engine = engine
         self.limit = skus_per_minute
         self.max_parallel = max_parallel
+        self.read_limit = read_offers_per_minute
         self.v3_limit = v3_requests_per_minute
 
     def limit_of(self, route_key: int) -> int:
@@ -128,6 +172,17 @@ class RateLimiter:
     def usage(self, conn: Connection, campaign_id: int) -> Usage:
         """Locks the route's row (callers serialize on it) and reads its use of the limit."""
         campaign = campaign_health.lock(conn, campaign_id)
+        assert campaign is not None  # a waiting lock always returns the row
+        return self._read_usage(conn, campaign_id, campaign)
+
+    def try_usage(self, conn: Connection, campaign_id: int) -> Usage | None:
+        """`usage`, or None without waiting when another transaction holds the campaign's row."""
+        campaign = campaign_health.lock(conn, campaign_id, wait=False)
+        return None if campaign is None else self._read_usage(conn, campaign_id, campaign)
+
+    def _read_usage(
+        self, conn: Connection, campaign_id: int, campaign: campaign_health.CampaignState
+    ) -> Usage:
         rows = conn.execute(
             _WINDOW,
             {
@@ -137,33 +192,73 @@ class RateLimiter:
                 "requests": Route.of_key(campaign_id).method is Method.V3,
             },
         ).all()
+        pushes = [r for r in rows if r.kind != READ]
+        reads = [r for r in rows if r.kind == READ]
         return Usage(
-            used_in_window=sum(r.amount for r in rows),
+            used_in_window=sum(r.amount for r in pushes),
             in_flight=sum(1 for r in rows if r.in_flight),
-            window=[(r.amount, r.leaves_at) for r in rows],
+            window=[(r.amount, r.leaves_at) for r in pushes],
             now=campaign.now,
             blocked_until=campaign.blocked_until,
             parked_reason=campaign.parked_reason,
+            reads_in_window=sum(r.amount for r in reads),
+            read_window=[(r.amount, r.leaves_at) for r in reads],
+            reads_blocked_until=campaign.verify_blocked_until,
         )
 
-    def acquire(self, campaign_id: int, skus: int) -> Permit | Wait:
-        """Leave for a request of `skus` SKUs now, or how long to wait for it."""
+    def acquire(self, campaign_id: int, skus: int, kind: str = PUSH) -> Permit | Wait:
+        """Leave for a request of `skus` SKUs (a read: offers) now, or how long to wait for it; a
+        campaign whose row stays busy for BUSY_LOCK_SECONDS (its holder frozen or cut off) is a
+        long `busy` wait, so the push hands its keys back instead of holding a pool process."""
+        try:
+            return self._acquire(campaign_id, skus, kind)
+        except OperationalError as exc:
+            if is_lock_timeout(exc):
+                return Wait(BUSY_WAIT_SECONDS, "busy")
+            raise
+
+    def _acquire(self, campaign_id: int, skus: int, kind: str) -> Permit | Wait:
         with self.engine.begin() as conn:
+            conn.execute(_BUSY_LOCK_TIMEOUT, {"ms": f"{round(BUSY_LOCK_SECONDS * 1000)}ms"})
             use = self.usage(conn, campaign_id)
             if use.blocked_until is not None and use.blocked_until > use.now:
                 return Wait((use.blocked_until - use.now).total_seconds(), "420")
-            if use.in_flight >= self.max_parallel:
-                return Wait(PARALLEL_WAIT_SECONDS, "parallel")
-            wait = seconds_until_room(
-                use.window,
-                self.limit_of(campaign_id),
-                self.amount_of(campaign_id, skus),
-                use.now,
-            )
-            if wait > 0:
-                return Wait(wait, "window")
-            request_id = conn.execute(_START, {"c": campaign_id, "skus": skus}).scalar_one()
-            return Permit(request_id, campaign_id)
+            if kind == READ:
+                wait_for = self._read_wait(conn, campaign_id, use, skus)
+                if wait_for is not None:
+                    return wait_for
+            else:
+                if use.in_flight >= self.max_parallel:
+                    return Wait(PARALLEL_WAIT_SECONDS, "parallel")
+                wait = seconds_until_room(
+                    use.window,
+                    self.limit_of(campaign_id),
+                    self.amount_of(campaign_id, skus),
+                    use.now,
+                )
+                if wait > 0:
+                    return Wait(wait, "window")
+            request_id = conn.execute(
+                _START, {"c": campaign_id, "skus": skus, "kind": kind}
+            ).scalar_one()
+            return Permit(request_id, campaign_id, kind)
+
+    def _read_wait(
+        self, conn: Connection, campaign_id: int, use: Usage, offers: int
+    ) -> Wait | None:
+        """Why a read must wait (sending first, its own 420, slots, its window), or None."""
+        blocked = use.reads_blocked_until
+        if blocked is not None and blocked > use.now:
+            return Wait((blocked - use.now).total_seconds(), "420")
+        # One slot stays free for sending (with a single slot, reads take it only when idle).
+        if use.in_flight >= max(1, self.max_parallel - 1):
+            return Wait(PARALLEL_WAIT_SECONDS, "parallel")
+        if conn.execute(_SENDING_WAITS, {"c": campaign_id}).scalar_one():
+            return Wait(SENDING_FIRST_WAIT_SECONDS, "sending first")
+        wait = seconds_until_room(use.read_window or [], self.read_limit, offers, use.now)
+        if wait > 0:
+            return Wait(wait, "window")
+        return None
 
     def cancel(self, permit: Permit) -> None:
         """Gives back the leave of a request that was not sent after all."""
@@ -171,19 +266,50 @@ class RateLimiter:
             conn.execute(_CANCEL, {"id": permit.request_id})
 
     def finish(self, permit: Permit, answer: MarketAnswer) -> None:
-        """Records the answer: 5xx SKUs given back, the Market's own count believed, 420 obeyed."""
+        """Records the answer: 5xx SKUs given back, the Market's own count believed, 420 obeyed;
+        the request counted by status and duration in the same transaction."""
         with self.engine.begin() as conn:
-            conn.execute(_FINISH, {"id": permit.request_id, "status": answer.status})
+            seconds = conn.execute(
+                _FINISH, {"id": permit.request_id, "status": answer.status}
+            ).scalar_one_or_none()
             if answer.status == 420 or (answer.limit is not None and answer.remaining is not None):
-                use = self.usage(conn, permit.campaign_id)
-                if answer.limit is not None and answer.remaining is not None:
-                    market_used = answer.limit - answer.remaining
-                    if market_used > use.used_in_window:
-                        conn.execute(
-                            _CORRECT,
-                            {"c": permit.campaign_id, "skus": market_used - use.used_in_window},
-                        )
+                # A 420's block must be written (waiting at most the lock timeout); the Market's
+                # count is only a correction, which the next answer brings again: skipped while
+                # the campaign's row is busy.
+                read = permit.kind == READ
                 if answer.status == 420:
+                    use: Usage | None = self.usage(conn, permit.campaign_id)
+                else:
+                    use = self.try_usage(conn, permit.campaign_id)
+                if (
+                    use is not None
+                    and answer.limit is not None
+                    and answer.remaining is not None
+                    and answer.limit - answer.remaining > _counted(use, read)
+                ):
+                    conn.execute(
+                        _CORRECT,
+                        {
+                            "c": permit.campaign_id,
+                            "skus": answer.limit - answer.remaining - _counted(use, read),
+                            "kind": permit.kind,
+                        },
+                    )
+                if answer.status == 420 and use is not None:
                     until = answer.until or use.now + DEFAULT_BLOCK
                     until = min(until, use.now + LONGEST_BLOCK)
-                    campaign_health.block_until(conn, permit.campaign_id, until)
+                    if read:  # a read's 420 holds back the sweep, never sending
+                        campaign_health.block_reads_until(conn, permit.campaign_id, until)
+                    else:
+                        campaign_health.block_until(conn, permit.campaign_id, until)
+            # Requests by status are the pushes' (reads are counted by the sweep's own figures).
+            if seconds is not None and permit.kind != READ:
+                c = permit.campaign_id
+                counters.add(
+                    conn,
+                    [
+                        ((counters.MARKET_REQUESTS, c, str(answer.status)), 1),
+                        ((counters.MARKET_RATE_LIMITED, c, ""), int(answer.status == 420)),
+                        *counters.duration_increments(c, float(seconds)),
+                    ],
+                )

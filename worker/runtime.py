@@ -22,7 +22,8 @@ from worker.claims import Claims
 from worker.database import database_url, make_engine
 from worker.market_client import MarketClient
 from worker.rate_limiter import RateLimiter
-from worker.settings import get_settings
+from worker.settings import Settings, get_settings
+from worker.verify import V2Reader, Verifier
 
 T = TypeVar("T")
 
@@ -76,6 +77,7 @@ def limiter() -> RateLimiter:
             engine(),
             settings.rate_limit_skus_per_minute,
             settings.max_parallel_requests_per_campaign,
+            read_budget(settings),
             settings.v3_requests_per_minute,
         ),
     )
@@ -93,6 +95,24 @@ def routing() -> Routing:
             }
         ),
     )
+
+
+def read_budget(settings: Settings) -> int:
+    """Offers a minute the sweep may read per campaign: its share of the read limit."""
+    return max(1, int(settings.verify_read_limit_per_minute * settings.verify_read_share))
+
+
+def verifier() -> Verifier:
+    """The verify sweep; every campaign is read as v2 (a v3 reader plugs in by campaign here)."""
+    settings = get_settings()
+
+    def build() -> Verifier:
+        reader = V2Reader(engine(), market_client(), settings.verify_stock_type)
+        return Verifier(
+            engine(), limiter(), lambda campaign_id: reader, settings.verify_hours * 3600
+        )
+
+    return _once("verifier", build)
 
 
 def claims() -> Claims:

@@ -9,17 +9,20 @@ from sqlalchemy import (
     Column,
     Computed,
     DateTime,
+    Float,
     Identity,
     Index,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
 
@@ -73,6 +76,10 @@ stock = Table(
     # A SKU the Market rejected with a 400: held at that version until the value changes.
     Column("parked_version", BigInteger),
     Column("parked_reason", Text),
+    # When the sweep last read the key back from the Market ('-infinity': never).
+    Column(
+        "verified_at", DateTime(timezone=True), nullable=False, server_default=text("'-infinity'")
+    ),
     PrimaryKeyConstraint("group_id", "sku", name="stock_pkey"),
     Index(
         "stock_pending",
@@ -84,6 +91,13 @@ stock = Table(
         "stock_refresh",
         "group_id",
         "acked_at",
+        postgresql_where=text("version = acked_version"),
+    ),
+    # The sweep's next keys: acknowledged ones, oldest check first (worker/verify.py).
+    Index(
+        "stock_verify",
+        "group_id",
+        "verified_at",
         postgresql_where=text("version = acked_version"),
     ),
 )
@@ -118,6 +132,20 @@ campaign = Table(
     Column("degraded_reason", Text),
     Column("degraded_at", DateTime(timezone=True)),
     Column("last_push_at", DateTime(timezone=True)),
+    # When a planner last took the campaign's turn: a drain pass serves the longest-waiting first.
+    Column("drained_at", DateTime(timezone=True)),
+    # The verify sweep (worker/verify.py): a read's 420 blocks only the sweep; the campaign's own
+    # warehouse in read answers once learned; the current round; monotonic counters.
+    Column("verify_blocked_until", DateTime(timezone=True)),
+    Column("warehouse_checked_at", DateTime(timezone=True)),
+    Column("round_started_at", DateTime(timezone=True)),
+    Column("warehouse_id", BigInteger),
+    Column("round_keys", BigInteger),
+    Column("last_full_sweep_at", DateTime(timezone=True)),
+    Column("round_checked", BigInteger, nullable=False, server_default="0"),
+    Column("keys_checked_total", BigInteger, nullable=False, server_default="0"),
+    Column("drift_found_total", BigInteger, nullable=False, server_default="0"),
+    Column("drift_repaired_total", BigInteger, nullable=False, server_default="0"),
 )
 
 # Every request to the Market: the rate limiter's ledger (SKUs in the rolling window, requests in
@@ -133,6 +161,8 @@ market_request = Table(
     # HTTP status; 0 for a timeout or broken connection; NULL while in flight or for a correction.
     Column("status", Integer),
     Column("correction", Boolean, nullable=False, server_default="false"),
+    # "push" (updateStocks) or "read" (getStocks): each has its own window, both share the slots.
+    Column("kind", Text, nullable=False, server_default=text("'push'")),
     Index("market_request_campaign_started", "campaign_id", "started_at"),
 )
 
@@ -184,4 +214,65 @@ campaign_route = Table(
     Column("routed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("v3_business_id", BigInteger),
     Column("v3_warehouse_id", BigInteger),
+)
+
+# The last routing check (worker/routing_check.py): one row, replaced by each check, read by
+# `stocksync status` and the metrics of any process.
+routing_check = Table(
+    "routing_check",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("checked_at", DateTime(timezone=True), nullable=False),
+    Column("readable", Boolean, nullable=False),
+    Column("differences", JSONB, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("calls", Integer, nullable=False),
+    Column("settings_fingerprint", Text, nullable=False),
+    CheckConstraint("id = 1", name="routing_check_one_row"),
+)
+
+# The metrics' counters and histogram buckets: one row per (name, campaign, label), only ever
+# incremented, in the transaction that does the counted work (worker/counters.py). Campaign 0 and
+# label '' stand for "none". Pruning never touches it, so no counter falls.
+counter = Table(
+    "counter",
+    metadata,
+    Column("name", Text, nullable=False),
+    Column("campaign_id", BigInteger, nullable=False, server_default="0"),
+    Column("label", Text, nullable=False, server_default=""),
+    Column("value", Float(precision=53), nullable=False, server_default="0"),
+    PrimaryKeyConstraint("name", "campaign_id", "label", name="counter_pkey"),
+)
+
+# Each campaign's pending and held keys, as delta rows: the triggers of revision 0011 add one row
+# per statement on `stock` and campaign whose figures changed (insert-only: no two transactions
+# wait on one row); housekeeping folds them into one row per campaign; the scrape sums them.
+stock_tally = Table(
+    "stock_tally",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("group_id", BigInteger, nullable=False),
+    Column("pending", BigInteger, nullable=False),
+    Column("held", BigInteger, nullable=False),
+)
+
+# Every key the sweep found different at the Market: missing there, or another count. A key with
+# more than 3 unresolved drifts in 24 hours "keeps drifting": recorded, not repaired (`repaired`
+# false) until `stocksync resync` resolves it.
+drift = Table(
+    "drift",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("group_id", BigInteger, nullable=False),
+    Column("sku", Text, nullable=False),
+    Column("found_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("kind", Text, nullable=False),
+    Column("market_count", BigInteger),
+    Column("market_updated_at", DateTime(timezone=True)),
+    Column("our_value", BigInteger),
+    Column("repaired", Boolean, nullable=False),
+    Column("resolved_at", DateTime(timezone=True)),
+    CheckConstraint("kind IN ('missing', 'count')", name="drift_kind"),
+    Index("drift_key_found", "group_id", "sku", "found_at"),
+    Index("drift_found_at", "found_at"),
 )

@@ -69,6 +69,25 @@ class Settings(BaseSettings):
     market_timeout_seconds: float = Field(default=10.0, gt=0)
     # Change-log rows and rejected changes older than this are pruned (see worker/housekeeping.py).
     retention_days: float = Field(default=7.0, ge=0)
+    # PostgreSQL limits of every session (worker/database.make_engine): a frozen or cut-off
+    # worker must not hold a lock, or a statement wait, for longer than these.
+    database_connect_timeout_seconds: int = Field(default=10, ge=2)
+    database_statement_timeout_seconds: float = Field(default=60.0, gt=0)
+    database_lock_timeout_seconds: float = Field(default=10.0, gt=0)
+    database_idle_in_transaction_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Hard limit of one task run (a push, a drain, a message's ingest; housekeeping gets 6x):
+    # its pool process is replaced and the message goes back to the broker.
+    task_time_limit_seconds: float = Field(default=300.0, ge=10)
+    # The verify sweep (worker/verify.py): every acknowledged key is read back at least this often
+    # (0: never); the stock type whose count is compared; the read limit and the share of it the
+    # sweep may use; how often beat starts a sweep pass.
+    verify_hours: float = Field(default=24.0, ge=0)
+    verify_stock_type: Literal[
+        "FIT", "FREEZE", "AVAILABLE", "QUARANTINE", "UTILIZATION", "DEFECT", "EXPIRED"
+    ] = "AVAILABLE"
+    verify_read_limit_per_minute: int = Field(default=100_000, ge=1)
+    verify_read_share: float = Field(default=0.5, gt=0, le=1)
+    verify_interval_seconds: float = Field(default=10.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from stocksync.commands import (
     demo,
+    discover,
     import_snapshot,
     metrics,
     migrate,
@@ -17,6 +18,7 @@ from stocksync.commands import (
     run,
     sandbox,
     status,
+    verify,
 )
 
 
@@ -45,6 +47,8 @@ COMMANDS: list[Command] = [
     Command("sandbox", sandbox.HELP, sandbox.run, passthrough=True),
     Command("rejected", rejected.HELP, rejected.run, rejected.configure),
     Command("resync", resync.HELP, resync.run, resync.configure),
+    Command("verify", verify.HELP, verify.run, verify.configure),
     Command("import", import_snapshot.HELP, import_snapshot.run, import_snapshot.configure),
     Command("demo", demo.HELP, demo.run, demo.configure),
+    Command("discover", discover.HELP, discover.run, discover.configure),
 ]

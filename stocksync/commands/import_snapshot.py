@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     except _BadOptions as exc:
         return _fail(str(exc))
     path = Path(args.file)
-    engine = make_engine(resolve_database_url(settings))
+    engine = make_engine(resolve_database_url(settings), settings, long_statements=True)
     try:
         with path.open("rb") as stream:
             before = os.fstat(stream.fileno())

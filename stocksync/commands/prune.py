@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Prunes and prints how many rows went."""
     settings = load_settings()
-    engine = make_engine(resolve_database_url(settings))
+    engine = make_engine(resolve_database_url(settings), settings, long_statements=True)
     try:
         days = settings.retention_days if args.days is None else args.days
         pruned = prune(engine, days, max_batches=1_000_000)

@@ -8,7 +8,7 @@ import sys
 from domain.market_rules import normalize_sku
 from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
-from worker.operations import resync_group, resync_skus
+from worker.operations import drifting_skus, resync_group, resync_skus
 from worker.settings import load_settings
 
 HELP = "send a campaign's current stock values (all, or the listed SKUs) to the Market again"
@@ -16,7 +16,8 @@ EPILOG = """\
 Each key's version grows by one (its value stays): the drain sends it again, and a SKU parked
 after a 400 becomes eligible again. N may be any campaign of a warehouse group: the group's keys
 are resynced. Exit 1 when the campaign has no keys or a listed SKU is unknown (the known ones
-are still resynced).
+are still resynced). --drifting resyncs the keys that keep drifting (the verify sweep left them
+alone); every resynced key is sent with updatedAt = now when it had drifted.
 """
 
 
@@ -33,6 +34,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="SKU",
         help="only these SKUs (default: every key of the campaign)",
     )
+    parser.add_argument(
+        "--drifting",
+        action="store_true",
+        help="only the keys that keep drifting (see `stocksync verify`)",
+    )
 
 
 def _scope(campaign_id: int, group_id: int) -> str:
@@ -48,6 +54,11 @@ def run(args: argparse.Namespace) -> int:
     scope = _scope(args.campaign, group_id)
     engine = make_engine(resolve_database_url(settings))
     try:
+        if args.drifting:
+            args.skus = drifting_skus(engine, group_id) + list(args.skus or [])
+            if not args.skus:
+                print(f"{scope}: no key keeps drifting: nothing to send")
+                return 0
         if args.skus is None:
             count = resync_group(engine, group_id)
             unknown: list[str] = []

@@ -59,6 +59,13 @@ def run(args: argparse.Namespace) -> int:
             f"{_age(campaign.oldest_pending_age_seconds)} old (more than {args.max_age:g}s)",
             file=sys.stderr,
         )
+    routing = report.routing
+    if routing is not None and routing.matches is False:
+        print(
+            f"stocksync: the routing settings differ from the Market "
+            f"({len(routing.differences)}): run `stocksync discover`",
+            file=sys.stderr,
+        )
     for campaign in report.parked():
         print(
             f"stocksync: campaign {campaign.campaign_id} is parked: {campaign.parked_reason}",
@@ -105,6 +112,16 @@ def _row(c: CampaignFigures) -> tuple[str, ...]:
     )
 
 
+def _verify_line(c: CampaignFigures) -> str:
+    sweep = c.last_full_sweep_at
+    when = sweep.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if sweep else "never"
+    return (
+        f"verify {c.campaign_id}: last full sweep {when}, keys checked 24h "
+        f"{c.keys_checked_last_day}, drift found {c.drift_found_total}, repaired "
+        f"{c.drift_repaired_total}, keep drifting {c.keeps_drifting}"
+    )
+
+
 def render_table(report: StatusReport) -> str:
     """The report as an aligned text table with the message-level counts below it."""
     lines: list[str] = []
@@ -117,6 +134,9 @@ def render_table(report: StatusReport) -> str:
                     cell.ljust(width) for cell, width in zip(row, widths, strict=True)
                 ).rstrip()
             )
+        for c in report.campaigns:
+            if c.last_full_sweep_at or c.keys_checked_last_day or c.drift_found_total:
+                lines.append(_verify_line(c))
     else:
         lines.append("no campaigns yet: nothing received")
     for b in report.v3_businesses:
@@ -133,4 +153,18 @@ def render_table(report: StatusReport) -> str:
         lines.append(
             f"rejected changes without a valid campaign: {report.rejected_without_campaign}"
         )
+    lines.append(_routing_line(report))
     return "\n".join(lines)
+
+
+def _routing_line(report: StatusReport) -> str:
+    routing = report.routing
+    if routing is None:
+        return "routing: not checked against the Market yet"
+    when = f"checked {routing.checked_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+    if routing.error is not None:
+        return f"routing: cannot read the Market ({when}): {routing.error}"
+    if not routing.differences:
+        return f"routing: the settings match the Market ({when})"
+    listed = "".join(f"\n  - {d}" for d in routing.differences)
+    return f"routing: {len(routing.differences)} difference(s) from the Market ({when}):{listed}"

@@ -236,9 +236,11 @@ def test_metrics_endpoint_serves_the_figures(database_url: str, engine: Engine) 
     import urllib.request
 
     from tests import services
+    from worker.ingest import store_unreadable
 
     with engine.begin() as conn:
         conn.execute(text(_KNOWN_STATE))
+    store_unreadable(engine, "t4", "garbage", "changes: must be a list")
     port = services.free_port()
     env = services.clean_env(STOCKSYNC_DATABASE_URL=database_url)
     proc = subprocess.Popen(
@@ -260,5 +262,5 @@ def test_metrics_endpoint_serves_the_figures(database_url: str, engine: Engine) 
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
     assert 'stocksync_pending_keys{campaign="1001"} 2.0' in body
-    assert "stocksync_unreadable_messages 1.0" in body
+    assert "stocksync_unreadable_messages_total 1.0" in body
     assert proc.returncode == 0

@@ -63,9 +63,15 @@ def counts_at(sandbox: MarketSandbox, campaign: int) -> dict[str, int]:
 
 @contextmanager
 def running_worker(
-    database_url: str, broker_url: str, sandbox: MarketSandbox, log_path: Path, **settings: str
+    database_url: str,
+    broker_url: str,
+    sandbox: MarketSandbox,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    **settings: str,
 ) -> Iterator[WorkerProcess]:
-    """A worker with embedded beat pushing to `sandbox`; `settings` are STOCKSYNC_* by suffix."""
+    """A worker with embedded beat pushing to `sandbox`; `settings` are STOCKSYNC_* by suffix,
+    `extra_env` other variables (LD_PRELOAD …)."""
     with services.running_worker(
         database_url,
         broker_url,
@@ -75,5 +81,6 @@ def running_worker(
         STOCKSYNC_MARKET_API_KEY=SECRET_KEY,
         STOCKSYNC_DRAIN_INTERVAL_SECONDS="0.5",
         **{f"STOCKSYNC_{k.upper()}": v for k, v in settings.items()},
+        **(extra_env or {}),
     ) as worker:
         yield worker

@@ -61,13 +61,20 @@ def test_figures_per_campaign_match_the_known_state(
     assert figures.requests_by_status[(5, 200)] == 2
 
 
-def test_metrics_endpoint_exposes_the_same_figures(known_state: Engine) -> None:
+def test_metrics_endpoint_exposes_the_state_as_gauges(known_state: Engine) -> None:
     registry = CollectorRegistry()
     registry.register(StockFigures(known_state, Settings()))
     exposition = generate_latest(registry).decode()
     assert 'stocksync_pending_keys{campaign="5"} 2.0' in exposition
-    assert 'stocksync_parked_skus{campaign="5"} 1.0' in exposition
+    assert 'stocksync_held_skus{campaign="5"} 1.0' in exposition
     assert 'stocksync_campaign_parked{campaign="6"} 1.0' in exposition
-    assert 'stocksync_market_requests_last_hour{campaign="5",status="420"} 1.0' in exposition
-    assert "stocksync_rate_limit_skus_per_minute 100000.0" in exposition
-    assert "stocksync_unreadable_messages 1.0" in exposition
+    assert 'stocksync_campaign_parked{campaign="5"} 0.0' in exposition
+    assert "stocksync_rate_limit_skus 100000.0" in exposition
+
+
+def test_metrics_have_no_windowed_gauges(known_state: Engine) -> None:
+    registry = CollectorRegistry()
+    registry.register(StockFigures(known_state, Settings()))
+    exposition = generate_latest(registry).decode()
+
+    assert "_last_hour" not in exposition and "_last_minute" not in exposition

@@ -126,12 +126,16 @@ def test_two_workers_never_exceed_the_requests_per_minute_of_a_business(
             for i in range(backlog // len(WAREHOUSES))
         ],
     )
-    settings = {"v3_campaigns": V3, "v3_requests_per_minute": str(limit)}
     with ExitStack() as stack:
         for n in range(2):
             stack.enter_context(
                 running_worker(
-                    database_url, rabbit_url, sandbox, tmp_path / f"w{n}.log", **settings
+                    database_url,
+                    rabbit_url,
+                    sandbox,
+                    tmp_path / f"w{n}.log",
+                    v3_campaigns=V3,
+                    v3_requests_per_minute=str(limit),
                 )
             )
         wait_for(

@@ -29,8 +29,20 @@ DOCKERFILE = ROOT / "Dockerfile"
 # from compose-spec/compose-spec), so no copy of it lives in this repository.
 SCHEMA_FILE = files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json")
 
-SERVICES = {"postgres", "rabbitmq", "migrate", "worker", "beat", "flower"}
-OUR_SERVICES = {"migrate", "worker", "beat", "flower"}
+SERVICES = {
+    "postgres",
+    "rabbitmq",
+    "migrate",
+    "worker",
+    "beat",
+    "flower",
+    "metrics",
+    "prometheus",
+    "grafana",
+}
+OUR_SERVICES = {"migrate", "worker", "beat", "flower", "metrics"}
+MONITORING = {"prometheus", "grafana"}
+DEPLOY = ROOT / "deploy"
 # Configured by the stack itself (URLs) or by the image (data directory).
 SET_BY_THE_STACK = {"STOCKSYNC_DATABASE_URL", "STOCKSYNC_BROKER_URL", "STOCKSYNC_DATA_DIR"}
 
@@ -89,7 +101,13 @@ def test_stack_has_the_services_and_declares_its_named_volumes(
         for volume in service.get("volumes", [])
         if not volume.startswith((".", "/"))
     }
-    assert used == {"postgres-data", "rabbitmq-data", "beat-schedule"}
+    assert used == {
+        "postgres-data",
+        "rabbitmq-data",
+        "beat-schedule",
+        "prometheus-data",
+        "grafana-data",
+    }
     assert used <= set(compose["volumes"])
 
 
@@ -228,3 +246,91 @@ def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
 
     assert {".venv", ".env", ".git"} <= set(ignored)
+
+
+def _bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """A service's bind mounts: target in the container -> source in the repository."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        if source.startswith("./"):
+            mounts[target] = ROOT / source
+    return mounts
+
+
+def test_prometheus_and_grafana_are_optional_under_the_monitoring_profile(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in MONITORING:
+        assert services[name]["profiles"] == ["monitoring"], name
+    assert all("profiles" not in services[name] for name in SERVICES - MONITORING)
+
+
+def test_metrics_service_listens_beyond_its_container_and_publishes_on_loopback(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    metrics = services["metrics"]
+    args = build_parser().parse_args(_argv(metrics["command"])[1:])
+
+    assert (args.command, args.host, args.port) == ("metrics", "0.0.0.0", 9464)
+    assert metrics["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    for name in {"metrics", *MONITORING}:
+        for port in services[name]["ports"]:
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_monitoring_mounts_files_that_exist_in_the_repository(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    prometheus = _bind_mounts(services["prometheus"])
+    grafana = _bind_mounts(services["grafana"])
+
+    assert prometheus == {"/etc/prometheus": DEPLOY / "prometheus"}
+    assert grafana["/etc/grafana/provisioning"] == DEPLOY / "grafana" / "provisioning"
+    for source in [*prometheus.values(), *grafana.values()]:
+        assert source.exists(), source
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+
+
+def test_prometheus_scrapes_the_metrics_service_and_flower_and_loads_the_rules(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text("utf-8"))
+    targets = {
+        job["job_name"]: [t for static in job["static_configs"] for t in static["targets"]]
+        for job in config["scrape_configs"]
+    }
+    metrics_port = build_parser().parse_args(_argv(services["metrics"]["command"])[1:]).port
+    flower_port = _argv(services["flower"]["command"])[-1].removeprefix("--port=")
+
+    assert targets == {
+        "stocksync": [f"metrics:{metrics_port}"],
+        "flower": [f"flower:{flower_port}"],
+    }
+    for rule_file in config["rule_files"]:
+        assert (DEPLOY / "prometheus" / rule_file).is_file(), rule_file
+
+
+def test_grafana_is_provisioned_with_the_prometheus_datasource_and_the_dashboard(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "stocksync.yml").read_text())[
+        "providers"
+    ]
+    dashboard = json.loads((DEPLOY / "grafana" / "stocksync.json").read_text("utf-8"))
+    mounted = {target: path for target, path in _bind_mounts(services["grafana"]).items()}
+
+    assert (source["type"], source["url"]) == ("prometheus", "http://prometheus:9090")
+    assert mounted[provider["options"]["path"] + "/stocksync.json"] == (
+        DEPLOY / "grafana" / "stocksync.json"
+    )
+    uids = {
+        target["datasource"]["uid"]
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    }
+    assert uids == {source["uid"]}

@@ -1,0 +1,130 @@
+"""`stocksync verify [--campaign N] [--json]`: read every acknowledged key back now and repair."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from sqlalchemy import text
+from tqdm import tqdm
+
+from stocksync.migrations_runner import resolve_database_url
+from worker.database import make_engine
+from worker.market_client import MarketClient
+from worker.rate_limiter import RateLimiter
+from worker.runtime import read_budget
+from worker.settings import load_settings
+from worker.verify import SweepResult, V2Reader, Verifier, keeps_drifting
+
+HELP = "read every acknowledged key back from the Market now, repair what drifted, report it"
+EPILOG = """\
+A sweep now, beside the worker's own paced one: every key acknowledged and not pending is read
+back (in batches of 500, within the sweep's share of the read limit, after sending). A key the
+Market does not hold, or holds with another count, has drifted: it is made pending again and goes
+with the next drain, unless it keeps drifting (more than 3 times in 24 hours): then it is left
+alone and listed; `stocksync resync --campaign N --drifting` sends those. A progress bar is drawn
+on stderr when it is a terminal. Exit 2 when something drifted, 1 when a campaign could not be
+read through (the reason is printed), else 0.
+"""
+DRIFT_EXIT_CODE = 2
+SKUS_SHOWN = 20
+
+_CAMPAIGNS = text("SELECT campaign_id FROM campaign ORDER BY campaign_id")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """--campaign and --json."""
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--campaign", type=int, metavar="N", help="only this campaign")
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead")
+
+
+def _campaign_json(campaign: int, result: SweepResult, drifting: list[str]) -> dict[str, Any]:
+    return {
+        "campaign": campaign,
+        "checked": result.checked,
+        "drifted": dict(result.drifted),
+        "repaired": result.repaired,
+        "still_drifting": drifting,
+        "drifted_skus": sorted(result.drifted_skus),
+        "complete": result.complete,
+        "stopped": None if result.complete else result.stopped,
+    }
+
+
+def _shown(skus: list[str]) -> str:
+    more = f" … and {len(skus) - SKUS_SHOWN} more" if len(skus) > SKUS_SHOWN else ""
+    return ", ".join(skus[:SKUS_SHOWN]) + more
+
+
+def run(args: argparse.Namespace) -> int:
+    """Sweeps, prints the report; 2 when something drifted."""
+    settings = load_settings()
+    engine = make_engine(resolve_database_url(settings))
+    client = MarketClient(
+        settings.market_base_url,
+        settings.market_api_key,
+        settings.market_oauth_token,
+        settings.market_timeout_seconds,
+    )
+    limiter = RateLimiter(
+        engine,
+        settings.rate_limit_skus_per_minute,
+        settings.max_parallel_requests_per_campaign,
+        read_budget(settings),
+    )
+    reader = V2Reader(engine, client, settings.verify_stock_type)
+    verifier = Verifier(engine, limiter, lambda campaign_id: reader, settings.verify_hours * 3600)
+    try:
+        if args.campaign is not None:
+            campaigns = [settings.group_of(args.campaign)]
+        else:
+            with engine.connect() as conn:
+                campaigns = [int(r[0]) for r in conn.execute(_CAMPAIGNS)]
+        before = verifier.now()
+        total = sum(verifier.due(c, before) for c in campaigns)
+        reports = []
+        with tqdm(
+            total=total, unit="keys", file=sys.stderr, disable=not sys.stderr.isatty()
+        ) as bar:
+            for campaign in campaigns:
+                result = verifier.sweep_now(campaign, before, on_batch=bar.update)
+                with engine.connect() as conn:
+                    drifting = keeps_drifting(conn, campaign)
+                reports.append(_campaign_json(campaign, result, drifting))
+    finally:
+        engine.dispose()
+    drifted = {kind: sum(r["drifted"][kind] for r in reports) for kind in ("missing", "count")}
+    summary = {
+        "checked": sum(r["checked"] for r in reports),
+        "drifted": drifted,
+        "repaired": sum(r["repaired"] for r in reports),
+        "still_drifting": sum(len(r["still_drifting"]) for r in reports),
+        "campaigns": reports,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for r in reports:
+            found = r["drifted"]["missing"] + r["drifted"]["count"]
+            print(
+                f"campaign {r['campaign']}: {r['checked']:,} keys checked, {found:,} drifted "
+                f"({r['drifted']['missing']:,} missing, {r['drifted']['count']:,} another count), "
+                f"{r['repaired']:,} repaired, {len(r['still_drifting']):,} still drifting"
+            )
+            if r["drifted_skus"]:
+                print(f"  drifted: {_shown(r['drifted_skus'])}")
+            if r["still_drifting"]:
+                print(f"  keep drifting (left alone): {_shown(r['still_drifting'])}")
+    failed = [r for r in reports if not r["complete"]]
+    for r in failed:
+        print(
+            f"stocksync verify: campaign {r['campaign']} not read through: {r['stopped']}",
+            file=sys.stderr,
+        )
+    if drifted["missing"] + drifted["count"] > 0:
+        return DRIFT_EXIT_CODE
+    return 1 if failed else 0

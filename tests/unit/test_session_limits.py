@@ -1,0 +1,29 @@
+"""Every PostgreSQL session and task run has limits (issue 13 item 8)."""
+
+from __future__ import annotations
+
+from worker.app import time_limits
+from worker.database import connect_args
+from worker.settings import Settings
+
+
+def test_every_session_has_timeouts_and_keepalives_but_no_idle_session_timeout() -> None:
+    args = connect_args(Settings(database_lock_timeout_seconds=2.5))
+    assert args["connect_timeout"] == 10
+    assert args["keepalives"] == 1
+    assert "-c lock_timeout=2500" in args["options"]
+    assert "-c statement_timeout=60000" in args["options"]
+    assert "-c idle_in_transaction_session_timeout=60000" in args["options"]
+    assert "idle_session_timeout" not in args["options"]
+
+
+def test_long_work_has_no_statement_timeout_but_keeps_the_lock_timeout() -> None:
+    options = connect_args(Settings(), long_statements=True)["options"]
+    assert "-c statement_timeout=0" in options
+    assert "-c lock_timeout=10000" in options
+
+
+def test_submit_has_only_a_hard_time_limit() -> None:
+    limits = time_limits(Settings(task_time_limit_seconds=100))
+    assert limits["stocks.submit"] == {"time_limit": 100}
+    assert limits["stocks.push"] == {"soft_time_limit": 70, "time_limit": 100}

@@ -1,0 +1,58 @@
+"""One drain pass: the campaigns with work take turns, least recently drained first.
+
+A pass is bounded in time: it stops after `budget_seconds` (the drain interval), and the next pass
+begins with the campaigns this one did not reach, because each claim records the campaign's turn
+(`campaign.drained_at`). Every campaign first gets one batch; only then, while time is left, do
+campaigns with a full batch get the rest of their parallel slots, so one big backlog never
+delays the first batch of the others. A push that finishes claims its campaign's next batch
+itself, so a campaign's pipeline fills between passes too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from domain.market_rules import SKUS_PER_REQUEST_MAX
+from worker.claims import Claim, Claims
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    """What one pass did: campaigns with work it found and served, and batches it claimed."""
+
+    campaigns: int
+    served: int
+    batches: int
+
+
+def run_pass(
+    claims: Claims,
+    probe_interval: float,
+    budget_seconds: float,
+    enqueue: Callable[[list[Claim]], None],
+) -> PassResult:
+    """Claims batches for the campaigns with work, fairly, for about `budget_seconds`; every
+    claimed batch goes to `enqueue` at once."""
+    deadline = time.monotonic() + budget_seconds
+    campaigns = claims.campaigns_to_drain()
+    served = 0
+    batches = 0
+    wants_more: list[int] = []
+    for campaign_id in campaigns:
+        if served and time.monotonic() >= deadline:
+            break
+        claimed = claims.claim(campaign_id, probe_interval, max_batches=1)
+        enqueue(claimed)
+        served += 1
+        batches += len(claimed)
+        if sum(c.skus for c in claimed) >= SKUS_PER_REQUEST_MAX:
+            wants_more.append(campaign_id)
+    for campaign_id in wants_more:
+        if time.monotonic() >= deadline:
+            break
+        claimed = claims.claim(campaign_id, probe_interval)
+        enqueue(claimed)
+        batches += len(claimed)
+    return PassResult(len(campaigns), served, batches)
