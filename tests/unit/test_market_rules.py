@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
-from domain.backoff import backoff_seconds
 from domain.market_rules import answer_kind, skus_named
-from domain.rate_window import seconds_until_room
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -42,27 +39,3 @@ def test_refused_skus_are_found_in_the_markets_messages() -> None:
     named = skus_named(messages, {"A-1", "B-2", "C-3"})
     assert set(named) == {"B-2", "C-3"}
     assert named["B-2"] == messages[0]
-
-
-def test_room_is_immediate_while_under_the_limit() -> None:
-    window = [(40_000, NOW + timedelta(seconds=10))]
-    assert seconds_until_room(window, 100_000, 2_000, NOW) == 0.0
-
-
-def test_room_waits_for_the_oldest_requests_to_leave_the_window() -> None:
-    window = [(50_000, NOW + timedelta(seconds=30)), (49_000, NOW + timedelta(seconds=10))]
-    # 99,000 used; 2,000 more need 1,000 freed: the request leaving in 10 s frees 49,000.
-    assert seconds_until_room(window, 100_000, 2_000, NOW) == 10.0
-
-
-def test_a_request_larger_than_the_limit_waits_for_an_empty_window() -> None:
-    window = [(10, NOW + timedelta(seconds=5)), (10, NOW + timedelta(seconds=20))]
-    assert seconds_until_room(window, 100, 2_000, NOW) == 20.0
-
-
-def test_backoff_grows_is_bounded_and_never_zero() -> None:
-    rng = random.Random(7)
-    delays = [[backoff_seconds(a, base=0.5, cap=4.0, rng=rng) for a in range(8)] for _ in range(50)]
-    assert all(0.25 <= d[0] <= 0.5 for d in delays)
-    assert all(2.0 <= d[7] <= 4.0 for d in delays)
-    assert min(min(d) for d in delays) > 0

@@ -1,0 +1,170 @@
+"""The verify sweep under load and limits: a real worker with beat, PostgreSQL, RabbitMQ and the
+sandbox over HTTP; the Market's stock changed behind the service's back through its controls."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from sandbox.server import MarketSandbox
+from tests.integration.drain_support import (
+    SECRET_KEY,
+    counts_at,
+    pending_keys,
+    put_changes,
+    running_worker,
+)
+from tests.integration.test_verify import (
+    FAST,
+    acked,
+    drifts,
+    one,
+    rows,
+    run_verify,
+)
+from tests.services import ROOT, service_env, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def sandbox() -> Iterator[MarketSandbox]:
+    with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
+        yield box
+
+
+CAMPAIGN = 7
+
+
+def test_a_key_rewritten_by_someone_else_keeps_drifting_after_its_fourth_drift_and_is_left_alone(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    acked(engine, 10)  # K0005 is ours at 6
+    fast = {"verify_hours": "0.001", "verify_interval_seconds": "0.3"}  # a round per 3.6 s
+    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log", None, **fast):
+        wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 30)
+        # Another integration writes the SKU again each time our repair has landed.
+        for n in range(1, 5):
+            wait_for(
+                f"ours at the Market ({n})", lambda: counts_at(sandbox, CAMPAIGN)["K0005"] == 6, 30
+            )
+            sandbox.drift(CAMPAIGN, {"K0005": 9000 + n})
+            wait_for(f"drift {n} found", partial(lambda k: len(drifts(engine)) >= k, n), 30)
+        sends_then = len([r for r in sandbox.requests(CAMPAIGN) if r.get("method") == "PUT"])
+        # Left alone: not pending, not sent again, for two more rounds.
+        time.sleep(8)
+        assert pending_keys(engine) == 0
+        assert counts_at(sandbox, CAMPAIGN)["K0005"] == 9004  # the other writer's, not ours
+        sends_after = len([r for r in sandbox.requests(CAMPAIGN) if r.get("method") == "PUT"])
+        assert sends_after == sends_then
+        found = drifts(engine)
+        assert {r.sku for r in found} == {"K0005"}
+        assert [r.repaired for r in found[:4]] == [True, True, True, False]
+        assert not any(r.repaired for r in found[4:])
+        figures = rows(
+            engine,
+            "SELECT drift_found_total, drift_repaired_total FROM campaign WHERE campaign_id = :c",
+            c=CAMPAIGN,
+        )[0]
+        assert figures.drift_repaired_total == 3
+        assert figures.drift_found_total == len(found)
+        # `stocksync resync --drifting` sends ours on demand.
+        env = service_env(database_url, rabbit_url)
+        resync = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stocksync",
+                "resync",
+                "--campaign",
+                str(CAMPAIGN),
+                "--drifting",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert resync.returncode == 0, resync.stderr
+        assert "1 key" in resync.stdout, resync.stdout
+        wait_for("our value sent again", lambda: counts_at(sandbox, CAMPAIGN)["K0005"] == 6, 30)
+
+
+def test_pending_and_in_flight_keys_are_never_reported_as_drift(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    acked(engine, 300)
+    sandbox.configure(latency_ms=150, latency_jitter_ms=150)  # pushes stay in flight a while
+    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log", None, **FAST):
+        wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 60)
+        # A stream of changes for 15 s while the sweep runs: the Market lags behind every one.
+        # (One a second: a change every 0.2 s leaves the sweep no moment at all, as sending goes
+        # first while any key is pending; see the report.)
+        for n in range(15):
+            put_changes(
+                engine,
+                [
+                    {"campaign_id": CAMPAIGN, "sku": f"K{(n * 7 + j) % 300:04d}", "delta": 1}
+                    for j in range(5)
+                ],
+            )
+            time.sleep(1.0)
+        wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 60)
+        checked = one(
+            engine, "SELECT keys_checked_total FROM campaign WHERE campaign_id = :c", c=CAMPAIGN
+        )
+    assert checked > 0  # the sweep did read meanwhile
+    assert drifts(engine) == []
+
+
+def test_the_returns_warehouse_is_ignored(
+    engine: Engine, database_url: str, rabbit_url: str, tmp_path: Path
+) -> None:
+    accounts = {
+        "businesses": [
+            {
+                "id": 901,
+                "campaigns": [{"id": CAMPAIGN, "warehouses": [{"id": 7001}]}],
+            }
+        ]
+    }
+    with MarketSandbox(
+        port=0,
+        api_keys=[SECRET_KEY],
+        accounts=accounts,
+        warehouse_ids={str(CAMPAIGN): 7001},
+        returns_warehouse_campaigns=[CAMPAIGN],
+    ) as box:
+        acked(engine, 100)
+        with running_worker(database_url, rabbit_url, box, tmp_path / "w.log", None, **FAST):
+            wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 30)
+            wait_for(
+                "a full sweep",
+                lambda: one(
+                    engine,
+                    "SELECT last_full_sweep_at IS NOT NULL AND keys_checked_total >= 100 "
+                    "FROM campaign WHERE campaign_id = :c",
+                    c=CAMPAIGN,
+                ),
+                40,
+            )
+        assert drifts(engine) == []  # the returns warehouse's other counts were not compared
+        assert (
+            one(engine, "SELECT warehouse_id FROM campaign WHERE campaign_id = :c", c=CAMPAIGN)
+            == 7001
+        )
+        # Its own warehouse drifting is still found.
+        box.drift(CAMPAIGN, {"K0001": 55})
+        result = run_verify(database_url, box, "--campaign", str(CAMPAIGN), "--json")
+        assert result.returncode == 2, result.stderr
+        assert json.loads(result.stdout)["campaigns"][0]["drifted_skus"] == ["K0001"]
