@@ -36,7 +36,7 @@ import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qs
@@ -392,16 +392,27 @@ def request_body(raw: bytes, allowed: set[str]) -> dict[str, Any]:
     return body
 
 
+def _chosen_page(
+    every: list[Warehouse],
+    wanted: list[int] | None,
+    id_of: Callable[[Warehouse], int],
+    offset: int,
+    limit: int,
+) -> tuple[list[Warehouse], dict[str, str]]:
+    """One page of the warehouses whose `id_of` is `wanted` (None: all)."""
+    if wanted is not None:
+        chosen = set(wanted)
+        every = [w for w in every if id_of(w) in chosen]
+    return page(every, offset, limit)
+
+
 def paged_warehouses_answer(
     business: Business | None, body: Mapping[str, Any], offset: int, limit: int
 ) -> dict[str, Any]:
     """getPagedWarehouses' body (v2): every warehouse, `groupInfo` for those in a group."""
     campaign_ids = _id_list(body, "campaignIds", CAMPAIGN_IDS_MAX)
     every = list(business.warehouses) if business else []
-    if campaign_ids is not None:
-        wanted = set(campaign_ids)
-        every = [w for w in every if w.campaign_id in wanted]
-    chunk, paging = page(every, offset, limit)
+    chunk, paging = _chosen_page(every, campaign_ids, lambda w: w.campaign_id, offset, limit)
     warehouses = []
     for w in chunk:
         item: dict[str, Any] = {
@@ -427,10 +438,7 @@ def partner_warehouses_answer(
         for w in (business.warehouses if business else ())
         if w.group is None and campaigns[w.campaign_id].placement_type in ("FBS", "DBS")
     ]
-    if warehouse_ids is not None:
-        wanted = set(warehouse_ids)
-        every = [w for w in every if w.id in wanted]
-    chunk, paging = page(every, offset, limit)
+    chunk, paging = _chosen_page(every, warehouse_ids, lambda w: w.id, offset, limit)
     warehouses = []
     for w in chunk:
         campaign = campaigns[w.campaign_id]
@@ -681,8 +689,7 @@ def read_answer(
 
 def _control(handler: SandboxHandler, method: str, path: str) -> None:
     """`GET|POST /_sandbox/accounts` (replace), `POST /_sandbox/accounts/add`, `…/limits`."""
-    from sandbox.handler import _errors
-    from sandbox.rules import ApiError
+    from sandbox.handler import control_changes
 
     books = handler.state.accounts
     raw = handler._read_body() or b""
@@ -697,12 +704,9 @@ def _control(handler: SandboxHandler, method: str, path: str) -> None:
         elif (method, path) == ("GET", "/_sandbox/accounts/limits"):
             handler._send(200, books.limits.as_json())
         elif (method, path) == ("POST", "/_sandbox/accounts/limits"):
-            changes = json.loads(raw or b"{}")
-            if not isinstance(changes, dict):
-                raise ConfigError("a JSON object of read limits expected")
+            changes = control_changes(raw, "read limits")
             handler._send(200, books.configure(changes).as_json())
         else:
-            error = ApiError("NOT_FOUND", f"No such endpoint: {method} {path}")
-            handler._send(404, _errors(error))
+            handler._no_endpoint(method, path)
     except (ConfigError, ValueError) as exc:
-        handler._send(400, _errors(ApiError("BAD_REQUEST", str(exc))))
+        handler._bad_control(exc)

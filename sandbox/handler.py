@@ -9,10 +9,10 @@ import select
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from domain.market_rules import BODY_BYTES_MAX
@@ -23,9 +23,14 @@ from sandbox.rules import (
     RequestRejected,
     decode_body,
     parse_campaign_id,
+    settle,
     validate_skus,
 )
 from sandbox.state import SandboxState
+
+if TYPE_CHECKING:
+    from sandbox.config import SandboxConfig
+    from sandbox.state import Faults
 
 _STOCKS_PATH = re.compile(r"^/v2/campaigns/([^/]+)/offers/stocks/?$")
 _V3_READ_PATH = re.compile(r"^/v3/businesses/([^/]+)/offers/stocks/?$")
@@ -182,32 +187,32 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def _stocks(self, raw_campaign: str) -> None:
         """Answers (or drops) one stocks request and records it in the log and counters."""
-        entry: dict[str, Any] = {
-            "method": "PUT",
-            "path": self.path,
-            "campaign": parse_campaign_id(raw_campaign),
-            "status": None,
-            "outcome": "error",
-            "skus": 0,
-            "skus_accepted": 0,
-            "skus_refused": 0,
-            "skus_lost": 0,
-            "bytes": 0,
-            "parallel_limited": False,
-            "rate_limited": False,
-            "injected": None,
-            "first_error": None,
-            "started_monotonic": time.monotonic(),
-            "started_at": datetime.now(UTC).isoformat(),
-        }
+        keys = {"campaign": parse_campaign_id(raw_campaign)}
+        counters = {"skus": 0, "skus_accepted": 0, "skus_refused": 0, "skus_lost": 0}
+        entry = new_entry("PUT", self.path, keys, **counters)
+        self._run_logged(
+            entry,
+            lambda: self._stocks_checks(raw_campaign, entry),
+            self.state.record,
+            lambda until: self.state.rate_headers(entry["campaign"], until),
+        )
+
+    def _run_logged(
+        self,
+        entry: dict[str, Any],
+        checks: Callable[[], None],
+        record: Callable[[dict[str, Any]], None],
+        headers: Callable[[float | None], dict[str, str]],
+    ) -> None:
+        """Runs a stock update's checks, logs the request, answers it (or drops the connection)."""
         status, errors, until = 200, cast(Sequence[ApiError], ()), None
         try:
-            self._stocks_checks(raw_campaign, entry)
+            checks()
         except _Answer as answer:
             status, errors, until = answer.status, answer.errors, answer.until
         except _Drop:
             entry["outcome"] = entry["injected"]
-            self._finish(entry)
+            finish(entry, record)
             self._drop()
             return
         entry["status"] = status
@@ -215,20 +220,11 @@ class SandboxHandler(BaseHTTPRequestHandler):
             entry["outcome"] = "ok"
         else:
             entry["first_error"] = errors[0].message
-        self._finish(entry)
-        headers = self.state.rate_headers(entry["campaign"], until)
-        self._send(status, _errors(*errors) if errors else {"status": "OK"}, headers)
+        finish(entry, record)
+        self._send(status, _errors(*errors) if errors else {"status": "OK"}, headers(until))
 
-    def _finish(self, entry: dict[str, Any]) -> None:
-        """Stamps the end of a request and hands its log entry to the state."""
-        entry["ended_monotonic"] = time.monotonic()
-        entry["ended_at"] = datetime.now(UTC).isoformat()
-        self.state.record(entry)
-
-    def _stocks_checks(self, raw_campaign: str, entry: dict[str, Any]) -> None:
-        """Runs the request; returns for 200, raises _Answer for any other status or _Drop."""
-        state = self.state
-        config = state.config
+    def _checked_body(self, entry: dict[str, Any]) -> bytes:
+        """The request body once the credentials are checked; 400 when it cannot be read."""
         raw = self._read_body()
         if raw is None:
             raise _Answer(
@@ -236,28 +232,27 @@ class SandboxHandler(BaseHTTPRequestHandler):
             )
         entry["bytes"] = len(raw)
         self._check_auth()
-        campaign: int | None = entry["campaign"]
-        if campaign is None:
-            message = f"campaignId must be an integer ≥ 1: {raw_campaign!r}"
-            raise _Answer(400, "BAD_REQUEST", message)
-        if config.known_campaigns is not None and campaign not in config.known_campaigns:
-            raise _Answer(404, "NOT_FOUND", f"Campaign {campaign} not found")
-        forced = config.forced_status.get(campaign)
-        if forced is not None:
-            entry["injected"] = "forced"
-            raise _forced(forced, campaign, config.injected_420_wait_seconds)
+        return raw
 
+    def _require_json(self) -> None:
+        """400 unless the request says its body is JSON."""
+        content_type = self.headers.get("Content-Type", "")
+        if content_type.partition(";")[0].strip().lower() != "application/json":
+            message = f"Content-Type must be application/json, got {content_type!r}"
+            raise _Answer(400, "UNSUPPORTED_MEDIA_TYPE", message)
+
+    def _stocks_checks(self, raw_campaign: str, entry: dict[str, Any]) -> None:
+        """Runs the request; returns for 200, raises _Answer for any other status or _Drop."""
+        state = self.state
+        config = state.config
+        raw = self._checked_body(entry)
+        campaign = check_campaign(config, entry["campaign"], raw_campaign, entry)
         admitted = state.begin(campaign)
         try:
             if not admitted:
-                entry["parallel_limited"] = True
-                message = (
-                    f"Hit rate limit of {config.max_parallel_requests} parallel requests "
-                    f"for campaignId {campaign}"
-                )
-                # A slot frees when any running request ends: a short wait, not the SKU window's.
-                until = time.monotonic() + config.injected_420_wait_seconds
-                raise _Answer(420, "LIMIT_EXCEEDED", message, until)
+                slots = config.max_parallel_requests
+                wait = config.injected_420_wait_seconds
+                raise parallel_refusal(entry, slots, f"campaignId {campaign}", wait)
             self._admitted(campaign, raw, entry)
         finally:
             state.end(campaign, admitted)
@@ -268,18 +263,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
         faults = state.roll_faults()
         self._delay(faults.latency_seconds, entry)
         config = state.config  # read after the sleep: a test may have changed it meanwhile
-        if faults.drop_before:
-            entry["injected"] = "drop_before"
-            raise _Drop
-        if faults.error_500 or faults.error_420:
-            entry["injected"] = "500" if faults.error_500 else "420"
-            status = 500 if faults.error_500 else 420
-            raise _forced(status, campaign, config.injected_420_wait_seconds)
-
-        content_type = self.headers.get("Content-Type", "")
-        if content_type.partition(";")[0].strip().lower() != "application/json":
-            message = f"Content-Type must be application/json, got {content_type!r}"
-            raise _Answer(400, "UNSUPPORTED_MEDIA_TYPE", message)
+        wait = config.injected_420_wait_seconds
+        raise_injected(faults, entry, lambda status: _forced(status, campaign, wait))
+        self._require_json()
         try:
             skus = decode_body(raw)
         except RequestRejected as rejected:
@@ -287,29 +273,20 @@ class SandboxHandler(BaseHTTPRequestHandler):
         entry["skus"] = len(skus)
         reservation = state.reserve(campaign, len(skus))
         if not reservation.ok:
-            entry["rate_limited"] = True
-            message = (
-                f"Hit rate limit of '{config.rate_limit_skus_per_minute}' requests per "
-                f"'{_period(config.rate_window_seconds)}' for resource 'req.skus' "
-                f"of campaignId {campaign}: {len(skus)} SKUs asked"
+            limit, window = config.rate_limit_skus_per_minute, config.rate_window_seconds
+            scope = f"campaignId {campaign}: {len(skus)} SKUs asked"
+            raise window_refusal(
+                entry, limit, window, "req.skus", scope=scope, until=reservation.until
             )
-            raise _Answer(420, "LIMIT_EXCEEDED", message, reservation.until)
 
         entry["skus_refused"] = len(skus)  # until some are applied
         try:
             validated = validate_skus(skus, datetime.now(UTC), campaign)
         except RequestRejected as rejected:
             raise _Answer.of(400, [rejected.error]) from None
-        errors, updates = validated.errors, validated.updates
-        refused = [u for u in updates if u.sku in config.refuse_skus]
-        if refused:
-            updates = [u for u in updates if u.sku not in config.refuse_skus]
-            errors = errors + [
-                ApiError("BAD_REQUEST", f"Stock for '{u.sku}' is refused by the sandbox")
-                for u in refused
-            ]
-        if errors and not config.partial_400:
-            updates = []  # the whole request is refused: nothing is applied
+        updates, errors = settle(
+            validated.updates, validated.errors, config.refuse_skus, config.partial_400
+        )
         if updates and state.take_lost_update(campaign):  # answered as usual, never applied
             entry["skus_lost"], updates = len(updates), []
         entry["skus_accepted"] = state.apply(campaign, updates)
@@ -378,9 +355,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 else:
                     self._send(200, {"campaign": campaign, "skus": state.stock(campaign)})
             elif (method, path) == ("GET", "/_sandbox/requests"):
-                since = _query_int(query, "since") or 0
-                limit = _query_int(query, "limit")
-                self._send(200, {"requests": state.requests(campaign, since, limit)})
+                self._send(200, {"requests": state.requests(campaign, *since_limit(query))})
             elif (method, path) == ("GET", "/_sandbox/stats"):
                 self._send(200, state.stats())
             elif (method, path) == ("GET", "/_sandbox/config"):
@@ -388,19 +363,105 @@ class SandboxHandler(BaseHTTPRequestHandler):
             elif (method, path) == ("GET", "/_sandbox/health"):
                 self._send(200, {"status": "OK"})
             elif (method, path) == ("POST", "/_sandbox/config"):
-                changes = json.loads(raw or b"{}")
-                if not isinstance(changes, dict):
-                    raise ConfigError("a JSON object of settings expected")
-                self._send(200, state.configure(changes).as_json())
+                self._send(200, state.configure(control_changes(raw, "settings")).as_json())
             elif (method, path) == ("POST", "/_sandbox/reset"):
                 state.reset()
                 self._send(200, {"status": "OK"})
             else:
-                self._send(
-                    404, _errors(ApiError("NOT_FOUND", f"No such endpoint: {method} {path}"))
-                )
+                self._no_endpoint(method, path)
         except (ConfigError, ValueError) as exc:
-            self._send(400, _errors(ApiError("BAD_REQUEST", str(exc))))
+            self._bad_control(exc)
+
+    def _no_endpoint(self, method: str, path: str) -> None:
+        """The 404 of a control path the sandbox does not have."""
+        self._send(404, _errors(ApiError("NOT_FOUND", f"No such endpoint: {method} {path}")))
+
+    def _bad_control(self, exc: Exception) -> None:
+        """The 400 of a control request with a bad field or value, naming it."""
+        self._send(400, _errors(ApiError("BAD_REQUEST", str(exc))))
+
+
+def new_entry(method: str, path: str, keys: Mapping[str, Any], **counters: Any) -> dict[str, Any]:
+    """A request's log entry as it starts: its `keys` and `counters`, and what all methods log."""
+    return {
+        "method": method,
+        "path": path,
+        **keys,
+        "status": None,
+        "outcome": "error",
+        **counters,
+        "bytes": 0,
+        "parallel_limited": False,
+        "rate_limited": False,
+        "injected": None,
+        "first_error": None,
+        "started_monotonic": time.monotonic(),
+        "started_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def finish(entry: dict[str, Any], record: Callable[[dict[str, Any]], None]) -> None:
+    """Stamps the end of a request and hands its log entry to `record`."""
+    entry["ended_monotonic"] = time.monotonic()
+    entry["ended_at"] = datetime.now(UTC).isoformat()
+    record(entry)
+
+
+def check_campaign(
+    config: SandboxConfig, campaign: int | None, raw_campaign: str, entry: dict[str, Any]
+) -> int:
+    """The campaign of a v2 request; 400 if the path's is not one, 404 or a forced status."""
+    if campaign is None:
+        raise _Answer(400, "BAD_REQUEST", f"campaignId must be an integer ≥ 1: {raw_campaign!r}")
+    if config.known_campaigns is not None and campaign not in config.known_campaigns:
+        raise _Answer(404, "NOT_FOUND", f"Campaign {campaign} not found")
+    forced = config.forced_status.get(campaign)
+    if forced is not None:
+        entry["injected"] = "forced"
+        raise _forced(forced, campaign, config.injected_420_wait_seconds)
+    return campaign
+
+
+def limited(entry: dict[str, Any], flag: str, message: str, until: float) -> _Answer:
+    """The 420 of a limit hit; `flag` ("rate_limited" or "parallel_limited") marks the entry."""
+    entry[flag] = True
+    return _Answer(420, "LIMIT_EXCEEDED", message, until)
+
+
+def window_refusal(
+    entry: dict[str, Any],
+    limit: int | None,
+    window: float,
+    resource: str,
+    *,
+    scope: str,
+    until: float,
+) -> _Answer:
+    """The 420 of a request over a rolling window's `limit` of `resource` for `scope`."""
+    message = (
+        f"Hit rate limit of '{limit}' requests per '{_period(window)}' "
+        f"for resource '{resource}' of {scope}"
+    )
+    return limited(entry, "rate_limited", message, until)
+
+
+def parallel_refusal(entry: dict[str, Any], slots: int, scope: str, wait_420: float) -> _Answer:
+    """The 420 of a request over the parallel limit of `scope` ("campaignId 5")."""
+    message = f"Hit rate limit of {slots} parallel requests for {scope}"
+    # A slot frees when any running request ends: a short wait, not the window's.
+    return limited(entry, "parallel_limited", message, time.monotonic() + wait_420)
+
+
+def raise_injected(
+    faults: Faults, entry: dict[str, Any], answer: Callable[[int], Exception]
+) -> None:
+    """_Drop for an injected drop before the answer, `answer(500 or 420)` for an injected error."""
+    if faults.drop_before:
+        entry["injected"] = "drop_before"
+        raise _Drop
+    if faults.error_500 or faults.error_420:
+        entry["injected"] = "500" if faults.error_500 else "420"
+        raise answer(500 if faults.error_500 else 420)
 
 
 def _forced(status: int, campaign: int, wait_420: float) -> _Answer:
@@ -424,7 +485,20 @@ def _period(seconds: float) -> str:
     return "1 minute" if seconds == 60 else f"{seconds:g} seconds"
 
 
-def _query_int(query: dict[str, list[str]], name: str) -> int | None:
+def control_changes(raw: bytes | None, what: str) -> dict[str, Any]:
+    """The JSON object of a control POST (no body: {}); ConfigError naming `what` otherwise."""
+    changes = json.loads(raw or b"{}")
+    if not isinstance(changes, dict):
+        raise ConfigError(f"a JSON object of {what} expected")
+    return changes
+
+
+def since_limit(query: Mapping[str, list[str]]) -> tuple[int, int | None]:
+    """The `since` (default 0) and `limit` query parameters of a request-log endpoint."""
+    return _query_int(query, "since") or 0, _query_int(query, "limit")
+
+
+def _query_int(query: Mapping[str, list[str]], name: str) -> int | None:
     values = query.get(name)
     if not values:
         return None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,7 +14,7 @@ from typing import Any
 
 from domain.market_rules import BODY_BYTES_MAX, COUNT_MAX, SKU_PATTERN, normalize_sku
 from sandbox.config import SandboxConfig
-from sandbox.rules import ApiError, RequestRejected
+from sandbox.rules import check_item_count, json_object, reject
 
 READ_OFFER_IDS_MAX = 500
 READ_PAGE_LIMIT_MAX = 100  # the Market cut the page from 200 to 100 in August 2026
@@ -29,10 +28,6 @@ _V3_FIELDS = frozenset({"partnerWarehouseId", "offerIds", "archived"})
 _TOKEN_PREFIX = "stocksync-sandbox:"  # noqa: S105 - a page marker, not a secret
 
 Offer = tuple[str, int, datetime]  # (offerId, count, updatedAt)
-
-
-def _reject(code: str, message: str) -> RequestRejected:
-    return RequestRejected(ApiError(code, message))
 
 
 def read_limit(config: SandboxConfig, method: str) -> int | None:
@@ -63,9 +58,7 @@ def decode_page_token(token: str) -> str:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         text = ""
     if not text.startswith(_TOKEN_PREFIX):
-        raise _reject(
-            "BAD_REQUEST", f"Query parameter 'page_token' is not a valid token: {token!r}"
-        )
+        raise reject("BAD_REQUEST", f"Query parameter 'page_token' is not a valid token: {token!r}")
     return text[len(_TOKEN_PREFIX) :]
 
 
@@ -84,7 +77,7 @@ def _positive_id(body: Mapping[str, Any], name: str) -> int | None:
     if value is None:
         return None
     if type(value) is not int or value < 1:
-        raise _reject("BAD_REQUEST", f"Field '{name}' must be an integer ≥ 1, got {value!r}")
+        raise reject("BAD_REQUEST", f"Field '{name}' must be an integer ≥ 1, got {value!r}")
     return value
 
 
@@ -92,50 +85,36 @@ def _offer_ids(raw: object) -> list[str] | None:
     if raw is None:
         return None
     if not isinstance(raw, list):
-        raise _reject("BAD_REQUEST", "Field 'offerIds' must be an array")
-    if not 1 <= len(raw) <= READ_OFFER_IDS_MAX:
-        raise _reject(
-            "BAD_REQUEST",
-            f"Field 'offerIds' must contain 1 … {READ_OFFER_IDS_MAX} items, got {len(raw)}",
-        )
+        raise reject("BAD_REQUEST", "Field 'offerIds' must be an array")
+    check_item_count("offerIds", raw, READ_OFFER_IDS_MAX)
     skus: list[str] = []
     for index, item in enumerate(raw):
         sku = normalize_sku(item) if isinstance(item, str) else None
         if sku is None or SKU_PATTERN.fullmatch(sku) is None:
-            raise _reject("INVALID_SHOP_SKU", f"offerIds[{index}] is not a valid SKU: {item!r}")
+            raise reject("INVALID_SHOP_SKU", f"offerIds[{index}] is not a valid SKU: {item!r}")
         skus.append(sku)
     if len(set(skus)) != len(skus):
         duplicate = next(s for s in skus if skus.count(s) > 1)
-        raise _reject("BAD_REQUEST", f"Field 'offerIds' must be unique: '{duplicate}' repeats")
+        raise reject("BAD_REQUEST", f"Field 'offerIds' must be unique: '{duplicate}' repeats")
     return skus
 
 
 def parse_read(raw: bytes, query: Mapping[str, list[str]], *, v3: bool) -> ReadQuery:
     """The read a body and query ask for; RequestRejected names the field and the rule broken."""
     if len(raw) > BODY_BYTES_MAX:
-        raise _reject("BAD_REQUEST", f"Request body of {len(raw)} bytes exceeds {BODY_BYTES_MAX}")
-    body: Any = {}
-    if raw.strip():
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise _reject("BAD_REQUEST", f"Request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise _reject("BAD_REQUEST", "Request body must be a JSON object")
-    unknown = body.keys() - (_V3_FIELDS if v3 else _V2_FIELDS)
-    if unknown:
-        raise _reject("UNKNOWN_PARAMETER", f"Unknown field '{sorted(unknown)[0]}' in request")
+        raise reject("BAD_REQUEST", f"Request body of {len(raw)} bytes exceeds {BODY_BYTES_MAX}")
+    body = json_object(raw, _V3_FIELDS if v3 else _V2_FIELDS, empty_is_object=True)
     for name in ("hasStocks", "withTurnover", "archived"):
         if body.get(name) is not None and type(body[name]) is not bool:
-            raise _reject("BAD_REQUEST", f"Field '{name}' must be true or false")
+            raise reject("BAD_REQUEST", f"Field '{name}' must be true or false")
     if v3 and body.get("partnerWarehouseId") is None:
-        raise _reject("MISSING_PARAM", "Field 'partnerWarehouseId' is required")
+        raise reject("MISSING_PARAM", "Field 'partnerWarehouseId' is required")
     warehouse = _positive_id(body, "partnerWarehouseId" if v3 else "stocksWarehouseId")
     offer_ids = _offer_ids(body.get("offerIds"))
     tokens, limits = query.get("page_token") or query.get("pageToken"), query.get("limit")
     token, raw_limit = tokens[0] if tokens else None, limits[0] if limits else None
     if offer_ids is not None and (token is not None or raw_limit is not None):
-        raise _reject(
+        raise reject(
             "BAD_REQUEST",
             "Field 'offerIds' cannot be combined with page_token or limit: "
             "the list is answered whole",
@@ -144,7 +123,7 @@ def parse_read(raw: bytes, query: Mapping[str, list[str]], *, v3: bool) -> ReadQ
     if raw_limit is not None:
         limit = int(raw_limit) if raw_limit.isdigit() else 0
         if not 1 <= limit <= READ_PAGE_LIMIT_MAX:
-            raise _reject(
+            raise reject(
                 "BAD_REQUEST",
                 f"Query parameter 'limit' must be an integer 1 … {READ_PAGE_LIMIT_MAX}, "
                 f"got {raw_limit!r}",

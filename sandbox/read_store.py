@@ -6,6 +6,8 @@ import threading
 from collections import defaultdict, deque
 from typing import Any
 
+from sandbox.ledger import plain, select
+
 
 def _read_stats() -> dict[str, Any]:
     return {
@@ -63,25 +65,15 @@ class ReadBook:
     ) -> list[dict[str, Any]]:
         """Logged reads (oldest first) with seq > since, of one campaign or business if given."""
         with self._lock:
-            entries = [
-                dict(e)
-                for e in self._log
-                if e["seq"] > since
-                and (campaign is None or e["campaign"] == campaign)
-                and (business is None or e["business"] == business)
-            ]
-        return entries if limit is None else entries[-limit:]
+            return select(self._log, since, limit, campaign=campaign, business=business)
 
     def stats(self) -> dict[str, Any]:
         """The counters as JSON: totals, `campaigns` (v2 reads) and `businesses` (v3 reads)."""
         with self._lock:
-            totals = {k: dict(v) if isinstance(v, dict) else v for k, v in self._totals.items()}
+            totals = plain(self._totals)
             del totals["max_in_window"]  # a window is per campaign or business, not overall
             per = {
-                name: {
-                    str(k): {n: dict(x) if isinstance(x, dict) else x for n, x in v.items()}
-                    for k, v in sorted(self._by[method].items())
-                }
+                name: {str(k): plain(v) for k, v in sorted(self._by[method].items())}
                 for name, method in (("campaigns", "v2"), ("businesses", "v3"))
             }
         return {**totals, **per}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from domain.market_rules import (
     BODY_BYTES_MAX,
@@ -68,6 +68,30 @@ class Validated:
     bad_skus: list[str]
 
 
+class _HasSku(Protocol):
+    @property
+    def sku(self) -> str: ...
+
+
+_Update = TypeVar("_Update", bound=_HasSku)
+
+
+def settle(
+    updates: list[_Update], errors: list[ApiError], refuse: Collection[str], partial_400: bool
+) -> tuple[list[_Update], list[ApiError]]:
+    """The updates to apply and the errors to answer once `refuse` SKUs get a 400 each."""
+    refused = [u for u in updates if u.sku in refuse]
+    if refused:
+        updates = [u for u in updates if u.sku not in refuse]
+        errors = errors + [
+            ApiError("BAD_REQUEST", f"Stock for '{u.sku}' is refused by the sandbox")
+            for u in refused
+        ]
+    if errors and not partial_400:
+        updates = []  # the whole request is refused: nothing is applied
+    return updates, errors
+
+
 def parse_campaign_id(raw: str) -> int | None:
     """The campaign id of a path segment, or None when it is not an integer ≥ 1."""
     if not _CAMPAIGN_ID.match(raw):
@@ -76,31 +100,53 @@ def parse_campaign_id(raw: str) -> int | None:
     return value if value >= 1 else None
 
 
-def _reject(code: str, message: str) -> RequestRejected:
+def reject(code: str, message: str) -> RequestRejected:
+    """The RequestRejected of one Market error."""
     return RequestRejected(ApiError(code, message))
+
+
+def json_object(raw: bytes, allowed: frozenset[str], *, empty_is_object: bool = False) -> Any:
+    """The JSON object of a body, all its fields in `allowed`; RequestRejected otherwise."""
+    body: Any = {}
+    if raw.strip() or not empty_is_object:
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise reject("BAD_REQUEST", f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise reject("BAD_REQUEST", "Request body must be a JSON object")
+    unknown = body.keys() - allowed
+    if unknown:
+        raise reject("UNKNOWN_PARAMETER", f"Unknown field '{sorted(unknown)[0]}' in request")
+    return body
+
+
+def body_list(raw: bytes, allowed: frozenset[str], field: str) -> list[Any]:
+    """The array `field` of a stock-update body; RequestRejected for size, JSON or shape."""
+    if len(raw) > BODY_BYTES_MAX:
+        raise reject(
+            "BAD_REQUEST", f"Request body of {len(raw)} bytes exceeds the limit of {BODY_BYTES_MAX}"
+        )
+    body = json_object(raw, allowed)
+    if field not in body:
+        raise reject("MISSING_PARAM", f"Field '{field}' is required")
+    items = body[field]
+    if not isinstance(items, list):
+        raise reject("BAD_REQUEST", f"Field '{field}' must be an array")
+    return items
+
+
+def check_item_count(field: str, items: Sequence[Any], most: int) -> None:
+    """RequestRejected unless the array `field` has 1 … `most` items."""
+    if not 1 <= len(items) <= most:
+        raise reject(
+            "BAD_REQUEST", f"Field '{field}' must contain 1 … {most} items, got {len(items)}"
+        )
 
 
 def decode_body(raw: bytes) -> list[Any]:
     """The `skus` list of a body; raises RequestRejected for size, JSON or top-level errors."""
-    if len(raw) > BODY_BYTES_MAX:
-        raise _reject(
-            "BAD_REQUEST", f"Request body of {len(raw)} bytes exceeds the limit of {BODY_BYTES_MAX}"
-        )
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _reject("BAD_REQUEST", f"Request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise _reject("BAD_REQUEST", "Request body must be a JSON object")
-    unknown = body.keys() - _TOP_LEVEL_FIELDS
-    if unknown:
-        raise _reject("UNKNOWN_PARAMETER", f"Unknown field '{sorted(unknown)[0]}' in request")
-    if "skus" not in body:
-        raise _reject("MISSING_PARAM", "Field 'skus' is required")
-    skus = body["skus"]
-    if not isinstance(skus, list):
-        raise _reject("BAD_REQUEST", "Field 'skus' must be an array")
-    return skus
+    return body_list(raw, _TOP_LEVEL_FIELDS, "skus")
 
 
 _FUTURE = "future"
@@ -184,7 +230,7 @@ def validate_skus(skus: list[Any], now: datetime, warehouse: int) -> Validated:
     `warehouse` only names the place in the duplicate message, as the Market's text does.
     """
     if not 1 <= len(skus) <= SKUS_PER_REQUEST_MAX:
-        raise _reject(
+        raise reject(
             "BAD_REQUEST",
             f"Field 'skus' must contain 1 … {SKUS_PER_REQUEST_MAX} items, got {len(skus)}",
         )

@@ -20,6 +20,7 @@ from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
 from sandbox.config import SandboxConfig
+from sandbox.ledger import plain, select
 from sandbox.read_rules import read_limit
 from sandbox.read_store import ReadBook
 from sandbox.rules import StockUpdate
@@ -94,7 +95,101 @@ def http_date(monotonic_at: float) -> str:
     return format_datetime(datetime.fromtimestamp(math.ceil(wall), UTC), usegmt=True)
 
 
-def _campaign_stats() -> dict[str, Any]:
+class ParallelGate:
+    """Requests in flight and admitted per key (campaign or business); the caller holds its lock."""
+
+    def __init__(self) -> None:
+        self.in_flight: dict[int, int] = defaultdict(int)
+        self.admitted: dict[int, int] = defaultdict(int)
+
+    def begin(self, key: int, limit: int, stats: dict[str, Any]) -> bool:
+        """Counts a request in flight (peak in `stats`); True when it is within `limit`."""
+        self.in_flight[key] += 1
+        stats["max_parallel_seen"] = max(stats["max_parallel_seen"], self.in_flight[key])
+        if self.admitted[key] >= limit:
+            return False
+        self.admitted[key] += 1
+        return True
+
+    def end(self, key: int, admitted: bool) -> None:
+        """Undoes `begin`."""
+        self.in_flight[key] -= 1
+        if admitted:
+            self.admitted[key] -= 1
+
+    def busy(self) -> dict[str, int]:
+        """The keys with requests in flight, as JSON."""
+        return {str(k): n for k, n in sorted(self.in_flight.items()) if n}
+
+
+def reserve_in(rate: RollingWindow, amount: int, limit: int | None, window: float) -> Reservation:
+    """The rolling-window rule shared by every limited resource; the caller holds the lock."""
+    now = time.monotonic()
+    rate.purge(now, window)
+    if limit is not None and rate.total + amount > limit:
+        until = rate.time_until_free(now, window, rate.total + amount - limit)
+        return Reservation(ok=False, until=until)
+    rate.add(now, amount)
+    return Reservation(ok=True, until=now)
+
+
+def window_headers(
+    rate: RollingWindow | None, limit: int | None, window: float, until: float | None
+) -> dict[str, str]:
+    """The three X-RateLimit-Resource-* headers of a window; the caller holds the lock."""
+    now = time.monotonic()
+    used, oldest = 0, now + window
+    if rate is not None:
+        rate.purge(now, window)
+        used, oldest = rate.total, rate.oldest_leaves(now, window)
+    shown_limit = UNLIMITED_HEADER_VALUE if limit is None else limit
+    return {
+        "X-RateLimit-Resource-Limit": str(shown_limit),
+        "X-RateLimit-Resource-Remaining": str(max(0, shown_limit - used)),
+        "X-RateLimit-Resource-Until": http_date(oldest if until is None else until),
+    }
+
+
+class GatedStore:
+    """`begin`/`end` and the request log of a store sharing a parallel limit per key."""
+
+    _lock: threading.Lock
+    _gate: ParallelGate
+    _log: deque[dict[str, Any]]
+    _key_field: str  # the log entries' name of the key: "campaign" or "business"
+    _seq: int
+
+    def _logged(self, entry: dict[str, Any]) -> str:
+        """Numbers and logs one entry; returns its status for the counters (lock held)."""
+        self._seq += 1
+        entry["seq"] = self._seq
+        self._log.append(entry)
+        return "dropped" if entry["status"] is None else str(entry["status"])
+
+    def requests(
+        self, key: int | None = None, since: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Logged requests (oldest first) with seq > since, of one key if given."""
+        with self._lock:
+            return select(self._log, since, limit, **{self._key_field: key})
+
+    def _slots(self, key: int) -> tuple[int, dict[str, Any]]:
+        """The parallel limit and the counters of `key`; the caller holds the lock."""
+        raise NotImplementedError
+
+    def begin(self, key: int) -> bool:
+        """Counts a request in flight; True when it is within the parallel limit (admitted)."""
+        with self._lock:
+            limit, stats = self._slots(key)
+            return self._gate.begin(key, limit, stats)
+
+    def end(self, key: int, admitted: bool) -> None:
+        """Undoes `begin` once the answer is written or the connection dropped."""
+        with self._lock:
+            self._gate.end(key, admitted)
+
+
+def _put_counters() -> dict[str, Any]:
     return {
         "requests": 0,
         "requests_by_status": defaultdict(int),
@@ -103,13 +198,17 @@ def _campaign_stats() -> dict[str, Any]:
         "stale_overwrites": 0,
         "skus_lost": 0,
         "lost_requests": 0,
-        "max_parallel_seen": 0,
-        "max_skus_accepted_in_window": 0,
     }
 
 
-class SandboxState:
+def _campaign_stats() -> dict[str, Any]:
+    return {**_put_counters(), "max_parallel_seen": 0, "max_skus_accepted_in_window": 0}
+
+
+class SandboxState(GatedStore):
     """Everything the sandbox remembers; every method is thread-safe."""
+
+    _key_field = "campaign"
 
     def __init__(self, config: SandboxConfig) -> None:
         self._lock = threading.Lock()
@@ -117,8 +216,7 @@ class SandboxState:
         # Fault injection needs reproducibility, not secrecy: a seeded Random is the point.
         self._rng = random.Random(config.seed)  # noqa: S311
         # In-flight counts survive a reset: the requests they count are still running.
-        self._in_flight: dict[int, int] = defaultdict(int)
-        self._admitted: dict[int, int] = defaultdict(int)
+        self._gate = ParallelGate()
         self._seq = 0
         self._clear()
         # Accounts, read methods and the v3 method keep their own state (they import this module).
@@ -135,13 +233,7 @@ class SandboxState:
         self._accepted: dict[int, RollingWindow] = defaultdict(RollingWindow)
         self._log: deque[dict[str, Any]] = deque(maxlen=self._config.request_log_max)
         self._totals: dict[str, Any] = {
-            "requests": 0,
-            "requests_by_status": defaultdict(int),
-            "skus_accepted": 0,
-            "skus_refused": 0,
-            "stale_overwrites": 0,
-            "skus_lost": 0,
-            "lost_requests": 0,
+            **_put_counters(),
             "parallel_limited": 0,
             "rate_limited": 0,
             "injected": defaultdict(int),
@@ -182,23 +274,8 @@ class SandboxState:
         self.accounts.reset()
         self.v3.reset()
 
-    def begin(self, campaign: int) -> bool:
-        """Counts a request in flight; True when it is within the parallel limit (admitted)."""
-        with self._lock:
-            self._in_flight[campaign] += 1
-            stats = self._campaigns[campaign]
-            stats["max_parallel_seen"] = max(stats["max_parallel_seen"], self._in_flight[campaign])
-            if self._admitted[campaign] >= self._config.max_parallel_requests:
-                return False
-            self._admitted[campaign] += 1
-            return True
-
-    def end(self, campaign: int, admitted: bool) -> None:
-        """Undoes `begin` once the answer is written or the connection dropped."""
-        with self._lock:
-            self._in_flight[campaign] -= 1
-            if admitted:
-                self._admitted[campaign] -= 1
+    def _slots(self, key: int) -> tuple[int, dict[str, Any]]:
+        return self._config.max_parallel_requests, self._campaigns[key]
 
     def roll_faults(self) -> Faults:
         """Draws this request's injected latency and faults from the seeded generator."""
@@ -255,30 +332,12 @@ class SandboxState:
             return self._headers_of(window, read_limit(self._config, method), until)
 
     def _reserve_in(self, rate: RollingWindow, amount: int, limit: int | None) -> Reservation:
-        """The rolling-window rule shared by every limited resource; the caller holds the lock."""
-        now, window = time.monotonic(), self._config.rate_window_seconds
-        rate.purge(now, window)
-        if limit is not None and rate.total + amount > limit:
-            until = rate.time_until_free(now, window, rate.total + amount - limit)
-            return Reservation(ok=False, until=until)
-        rate.add(now, amount)
-        return Reservation(ok=True, until=now)
+        return reserve_in(rate, amount, limit, self._config.rate_window_seconds)
 
     def _headers_of(
         self, rate: RollingWindow | None, limit: int | None, until: float | None
     ) -> dict[str, str]:
-        """The three X-RateLimit-Resource-* headers of a window; the caller holds the lock."""
-        now, window = time.monotonic(), self._config.rate_window_seconds
-        used, oldest = 0, now + window
-        if rate is not None:
-            rate.purge(now, window)
-            used, oldest = rate.total, rate.oldest_leaves(now, window)
-        shown_limit = UNLIMITED_HEADER_VALUE if limit is None else limit
-        return {
-            "X-RateLimit-Resource-Limit": str(shown_limit),
-            "X-RateLimit-Resource-Remaining": str(max(0, shown_limit - used)),
-            "X-RateLimit-Resource-Until": http_date(oldest if until is None else until),
-        }
+        return window_headers(rate, limit, self._config.rate_window_seconds, until)
 
     def apply(self, campaign: int, updates: Sequence[StockUpdate]) -> int:
         """Stores updates (last write wins; an older updatedAt counts as stale); returns a count."""
@@ -314,11 +373,8 @@ class SandboxState:
 
     def record(self, entry: dict[str, Any]) -> None:
         """Logs one Market request (bounded log) and counts it (exact counters)."""
-        status = "dropped" if entry["status"] is None else str(entry["status"])
         with self._lock:
-            self._seq += 1
-            entry["seq"] = self._seq
-            self._log.append(entry)
+            status = self._logged(entry)
             totals = self._totals
             totals["requests"] += 1
             totals["requests_by_status"][status] += 1
@@ -426,46 +482,30 @@ class SandboxState:
         """Accepted stock as JSON: {campaign: {sku: entry}}, or {sku: entry} of one campaign."""
         with self._lock:
             if campaign is not None:
-                return {sku: _stock_json(v) for sku, v in self._stock.get(campaign, {}).items()}
+                return {sku: stock_json(v) for sku, v in self._stock.get(campaign, {}).items()}
             return {
-                str(cid): {sku: _stock_json(v) for sku, v in skus.items()}
+                str(cid): {sku: stock_json(v) for sku, v in skus.items()}
                 for cid, skus in sorted(self._stock.items())
             }
-
-    def requests(
-        self, campaign: int | None = None, since: int = 0, limit: int | None = None
-    ) -> list[dict[str, Any]]:
-        """Logged requests (oldest first) with seq > since, of one campaign if given."""
-        with self._lock:
-            entries = [
-                dict(e)
-                for e in self._log
-                if e["seq"] > since and (campaign is None or e["campaign"] == campaign)
-            ]
-        return entries if limit is None else entries[-limit:]
 
     def stats(self) -> dict[str, Any]:
         """Exact counters since the last reset, totals and per campaign, as JSON."""
         with self._lock:
-            result = _plain(self._totals)
-            result["in_flight"] = {str(k): v for k, v in sorted(self._in_flight.items()) if v}
+            result = plain(self._totals)
+            result["in_flight"] = self._gate.busy()
             result["requests_logged"] = len(self._log)
-            result["campaigns"] = {str(k): _plain(v) for k, v in sorted(self._campaigns.items())}
+            result["campaigns"] = {str(k): plain(v) for k, v in sorted(self._campaigns.items())}
         # The v3 methods' one per-business counter (reads and updates) lives in the v3 store.
         result["business_in_flight"] = self.v3.stats()["in_flight"]
         result["reads"] = self.reads.stats()
         return result
 
 
-def _stock_json(value: tuple[int, datetime, datetime]) -> dict[str, Any]:
+def stock_json(value: tuple[int, datetime, datetime]) -> dict[str, Any]:
+    """One held SKU as JSON: count, updatedAt and when the sandbox accepted it."""
     count, updated_at, accepted_at = value
     return {
         "count": count,
         "updatedAt": updated_at.isoformat(),
         "accepted_at": accepted_at.isoformat(),
     }
-
-
-def _plain(counters: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy with defaultdicts turned into plain dicts, safe to serialize outside the lock."""
-    return {k: dict(v) if isinstance(v, dict) else v for k, v in counters.items()}

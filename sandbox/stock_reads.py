@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sandbox.read_rules import (
@@ -61,25 +60,10 @@ if TYPE_CHECKING:
 
 
 def _entry(method: str, path: str, campaign: int | None, business: int | None) -> dict[str, Any]:
-    return {
-        "method": method,
-        "path": path,
-        "campaign": campaign,
-        "business": business,
-        "partner_warehouse_id": None,
-        "status": None,
-        "outcome": "error",
-        "paged": False,
-        "offers_asked": 0,
-        "offers_returned": 0,
-        "bytes": 0,
-        "parallel_limited": False,
-        "rate_limited": False,
-        "injected": None,
-        "first_error": None,
-        "started_monotonic": time.monotonic(),
-        "started_at": datetime.now(UTC).isoformat(),
-    }
+    from sandbox.handler import new_entry
+
+    keys = {"campaign": campaign, "business": business, "partner_warehouse_id": None}
+    return new_entry(method, path, keys, paged=False, offers_asked=0, offers_returned=0)
 
 
 def _serve(
@@ -89,7 +73,7 @@ def _serve(
     headers: Callable[[float | None], dict[str, str]],
 ) -> None:
     """Runs a read, logs it, and writes its answer (or drops the connection)."""
-    from sandbox.handler import _Answer, _Drop, _errors
+    from sandbox.handler import _Answer, _Drop, _errors, finish
 
     status, until = 200, None
     try:
@@ -100,52 +84,28 @@ def _serve(
         entry["first_error"] = answer.errors[0].message
     except _Drop:
         entry["outcome"] = entry["injected"]
-        _finish(h, entry)
+        finish(entry, h.state.record_read)
         h._drop()
         return
     entry["status"] = status
     entry["outcome"] = "ok" if status == 200 else "error"
-    _finish(h, entry)
+    finish(entry, h.state.record_read)
     h._send(status, body, headers(until))
-
-
-def _finish(h: SandboxHandler, entry: dict[str, Any]) -> None:
-    entry["ended_monotonic"] = time.monotonic()
-    entry["ended_at"] = datetime.now(UTC).isoformat()
-    h.state.record_read(entry)
-
-
-def _body(h: SandboxHandler, entry: dict[str, Any]) -> bytes:
-    """The request body after the credentials are checked; 400 when it cannot be read."""
-    from sandbox.handler import _READ_CAP, _Answer
-
-    raw = h._read_body()
-    if raw is None:
-        raise _Answer(400, "BAD_REQUEST", f"Content-Length missing, invalid or over {_READ_CAP}")
-    entry["bytes"] = len(raw)
-    h._check_auth()
-    return raw
 
 
 def _faults_and_type(h: SandboxHandler, key: int, raw: bytes, entry: dict[str, Any]) -> bool:
     """Injected latency and faults as for the PUT, then the JSON content type; True: drop after."""
-    from sandbox.handler import _Answer, _Drop, _forced
+    from sandbox.handler import _forced, raise_injected
 
     state = h.state
     faults = state.roll_faults()
     if faults.latency_seconds:
         time.sleep(faults.latency_seconds)
-    if faults.drop_before:
-        entry["injected"] = "drop_before"
-        raise _Drop
-    if faults.error_500 or faults.error_420:
-        entry["injected"] = "500" if faults.error_500 else "420"
-        status = 500 if faults.error_500 else 420
-        raise _forced(status, key, state.config.injected_420_wait_seconds)
-    content_type = h.headers.get("Content-Type", "")
-    if raw.strip() and content_type.partition(";")[0].strip().lower() != "application/json":
-        message = f"Content-Type must be application/json, got {content_type!r}"
-        raise _Answer(400, "UNSUPPORTED_MEDIA_TYPE", message)
+    raise_injected(
+        faults, entry, lambda status: _forced(status, key, state.config.injected_420_wait_seconds)
+    )
+    if raw.strip():  # a read may have no body at all
+        h._require_json()
     return faults.drop_after
 
 
@@ -164,81 +124,60 @@ def _parse(
     return read
 
 
-def _period(seconds: float) -> str:
-    return "1 minute" if seconds == 60 else f"{seconds:g} seconds"
-
-
 def serve_v2_read(h: SandboxHandler, raw_campaign: str, query: Mapping[str, list[str]]) -> None:
     """`POST /v2/campaigns/{campaignId}/offers/stocks` (getStocks)."""
-    from sandbox.handler import _Answer, _Drop, _forced
+    from sandbox.handler import _Drop, check_campaign, parallel_refusal, window_refusal
 
     state = h.state
     campaign = parse_campaign_id(raw_campaign)
     entry = _entry("getStocks", h.path, campaign, None)
 
     def run() -> dict[str, Any]:
-        raw = _body(h, entry)
+        raw = h._checked_body(entry)
         config = state.config
-        if campaign is None:
-            raise _Answer(
-                400, "BAD_REQUEST", f"campaignId must be an integer ≥ 1: {raw_campaign!r}"
-            )
-        if config.known_campaigns is not None and campaign not in config.known_campaigns:
-            raise _Answer(404, "NOT_FOUND", f"Campaign {campaign} not found")
-        forced = config.forced_status.get(campaign)
-        if forced is not None:
-            entry["injected"] = "forced"
-            raise _forced(forced, campaign, config.injected_420_wait_seconds)
-        admitted = state.begin(campaign)  # the same slots as the PUTs of this campaign
+        known = check_campaign(config, campaign, raw_campaign, entry)
+        admitted = state.begin(known)  # the same slots as the PUTs of this campaign
         try:
             if not admitted:
-                entry["parallel_limited"] = True
-                message = (
-                    f"Hit rate limit of {config.max_parallel_requests} parallel requests "
-                    f"for campaignId {campaign}"
-                )
-                until = time.monotonic() + config.injected_420_wait_seconds
-                raise _Answer(420, "LIMIT_EXCEEDED", message, until)
-            drop_after = _faults_and_type(h, campaign, raw, entry)
+                slots, wait = config.max_parallel_requests, config.injected_420_wait_seconds
+                raise parallel_refusal(entry, slots, f"campaignId {known}", wait)
+            drop_after = _faults_and_type(h, known, raw, entry)
             read = _parse(raw, query, False, entry)
             if read.offer_ids is not None:
-                offers, more = state.read_offers(campaign, read.offer_ids), False
+                offers, more = state.read_offers(known, read.offer_ids), False
             else:
-                offers, more = state.read_page(campaign, read.after, read.limit)
-            reservation = state.reserve_read("v2", campaign, len(offers))
+                offers, more = state.read_page(known, read.after, read.limit)
+            reservation = state.reserve_read("v2", known, len(offers))
             config = state.config
             if not reservation.ok:
-                entry["rate_limited"] = True
-                message = (
-                    f"Hit rate limit of '{config.read_offers_per_minute}' requests per "
-                    f"'{_period(config.rate_window_seconds)}' for resource "
-                    f"'resp.result.warehouses.offers.offerId' of campaignId {campaign}: "
-                    f"{len(offers)} offers to return"
-                )
-                raise _Answer(420, "LIMIT_EXCEEDED", message, reservation.until)
+                limit, window = config.read_offers_per_minute, config.rate_window_seconds
+                resource = "resp.result.warehouses.offers.offerId"
+                scope = f"campaignId {known}: {len(offers)} offers to return"
+                until = reservation.until
+                raise window_refusal(entry, limit, window, resource, scope=scope, until=until)
             entry["offers_returned"] = len(offers)
-            listed = state.accounts.accounts.campaign_warehouse(campaign)
-            result = v2_result(config, campaign, offers, more, read.warehouse, listed=listed)
+            listed = state.accounts.accounts.campaign_warehouse(known)
+            result = v2_result(config, known, offers, more, read.warehouse, listed=listed)
             if drop_after:
                 entry["injected"] = "drop_after"
                 raise _Drop
             return result
         finally:
-            state.end(campaign, admitted)
+            state.end(known, admitted)
 
     _serve(h, entry, run, lambda until: state.read_headers("v2", campaign, until))
 
 
 def serve_v3_read(h: SandboxHandler, raw_business: str, query: Mapping[str, list[str]]) -> None:
     """`POST /v3/businesses/{businessId}/offers/stocks` (getStocksOnPartnerWarehouses)."""
-    from sandbox.handler import _Answer, _Drop
+    from sandbox.handler import _Answer, _Drop, parallel_refusal, window_refusal
 
     state = h.state
     business = parse_campaign_id(raw_business)
     entry = _entry("getStocksOnPartnerWarehouses", h.path, None, business)
 
     def run() -> dict[str, Any]:
-        raw = _body(h, entry)
+        raw = h._checked_body(entry)
         if business is None:
             raise _Answer(
                 400, "BAD_REQUEST", f"businessId must be an integer ≥ 1: {raw_business!r}"
@@ -247,21 +186,15 @@ def serve_v3_read(h: SandboxHandler, raw_business: str, query: Mapping[str, list
         try:
             config = state.config
             if not admitted:
-                entry["parallel_limited"] = True
                 slots = state.v3.settings.max_parallel_requests
-                message = f"Hit rate limit of {slots} parallel requests for businessId {business}"
-                until = time.monotonic() + config.injected_420_wait_seconds
-                raise _Answer(420, "LIMIT_EXCEEDED", message, until)
+                wait = config.injected_420_wait_seconds
+                raise parallel_refusal(entry, slots, f"businessId {business}", wait)
             drop_after = _faults_and_type(h, business, raw, entry)
             reservation = state.reserve_read("v3", business, 1)  # a 400 counts, as on the PUT
             if not reservation.ok:
-                entry["rate_limited"] = True
-                message = (
-                    f"Hit rate limit of '{config.v3_read_requests_per_minute}' requests per "
-                    f"'{_period(config.rate_window_seconds)}' for resource 'resp' "
-                    f"of businessId {business}"
-                )
-                raise _Answer(420, "LIMIT_EXCEEDED", message, reservation.until)
+                limit, window = config.v3_read_requests_per_minute, config.rate_window_seconds
+                scope, until = f"businessId {business}", reservation.until
+                raise window_refusal(entry, limit, window, "resp", scope=scope, until=until)
             read = _parse(raw, query, True, entry)
             warehouse = read.warehouse or 0  # parse_read requires it for v3
             stock = state.v3
@@ -299,16 +232,6 @@ CONTROLS = frozenset(
 )
 
 
-def _query_int(query: Mapping[str, list[str]], name: str) -> int | None:
-    values = query.get(name)
-    if not values:
-        return None
-    try:
-        return int(values[0])
-    except ValueError:
-        raise ValueError(f"query parameter {name!r} must be an integer") from None
-
-
 def control(
     h: SandboxHandler, method: str, path: str, query: Mapping[str, list[str]], raw: bytes | None
 ) -> None:
@@ -324,13 +247,14 @@ def control(
 def _control(
     h: SandboxHandler, method: str, path: str, query: Mapping[str, list[str]], raw: bytes | None
 ) -> None:
+    from sandbox.handler import _query_int, since_limit
+
     state = h.state
     campaign, business = _query_int(query, "campaign"), _query_int(query, "business")
     if (method, path) == ("GET", "/_sandbox/reads"):
         h._send(200, state.reads.stats())
     elif (method, path) == ("GET", "/_sandbox/read-requests"):
-        since, limit = _query_int(query, "since") or 0, _query_int(query, "limit")
-        h._send(200, {"requests": state.reads.requests(campaign, business, since, limit)})
+        h._send(200, {"requests": state.reads.requests(campaign, business, *since_limit(query))})
     elif (method, path) == ("GET", "/_sandbox/lost-updates"):
         h._send(200, {"campaigns": state.lost_updates()})
     elif (method, path) == ("GET", "/_sandbox/v3-stock"):

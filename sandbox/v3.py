@@ -32,14 +32,31 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qs
 
-from domain.market_rules import BODY_BYTES_MAX, PARALLEL_REQUESTS_MAX, SKU_PATTERN, normalize_sku
+from domain.market_rules import PARALLEL_REQUESTS_MAX, SKU_PATTERN, normalize_sku
 from sandbox.config import ConfigError
+from sandbox.ledger import plain
 from sandbox.read_rules import Offer
-from sandbox.rules import ApiError, RequestRejected, StockUpdate, _check_entry, parse_campaign_id
-from sandbox.state import UNLIMITED_HEADER_VALUE, RollingWindow, http_date
+from sandbox.rules import (
+    ApiError,
+    RequestRejected,
+    StockUpdate,
+    _check_entry,
+    body_list,
+    check_item_count,
+    parse_campaign_id,
+    settle,
+)
+from sandbox.state import (
+    GatedStore,
+    ParallelGate,
+    RollingWindow,
+    reserve_in,
+    stock_json,
+    window_headers,
+)
 
 if TYPE_CHECKING:
     from sandbox.handler import SandboxHandler
@@ -72,35 +89,10 @@ class ValidatedV3:
     errors: list[ApiError]
 
 
-def _reject(code: str, message: str) -> RequestRejected:
-    return RequestRejected(ApiError(code, message))
-
-
 def decode_v3_body(raw: bytes) -> list[Any]:
     """The `skuItems` list of a body; RequestRejected for size, JSON, shape or item count."""
-    if len(raw) > BODY_BYTES_MAX:
-        raise _reject(
-            "BAD_REQUEST", f"Request body of {len(raw)} bytes exceeds the limit of {BODY_BYTES_MAX}"
-        )
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _reject("BAD_REQUEST", f"Request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise _reject("BAD_REQUEST", "Request body must be a JSON object")
-    unknown = body.keys() - _TOP_LEVEL_FIELDS
-    if unknown:
-        raise _reject("UNKNOWN_PARAMETER", f"Unknown field '{sorted(unknown)[0]}' in request")
-    if "skuItems" not in body:
-        raise _reject("MISSING_PARAM", "Field 'skuItems' is required")
-    items = body["skuItems"]
-    if not isinstance(items, list):
-        raise _reject("BAD_REQUEST", "Field 'skuItems' must be an array")
-    if not 1 <= len(items) <= ITEMS_PER_REQUEST_MAX:
-        raise _reject(
-            "BAD_REQUEST",
-            f"Field 'skuItems' must contain 1 … {ITEMS_PER_REQUEST_MAX} items, got {len(items)}",
-        )
+    items = body_list(raw, _TOP_LEVEL_FIELDS, "skuItems")
+    check_item_count("skuItems", items, ITEMS_PER_REQUEST_MAX)
     return items
 
 
@@ -239,14 +231,15 @@ def _business_stats() -> dict[str, Any]:
     }
 
 
-class V3Store:
+class V3Store(GatedStore):
     """v3 stock, rate windows, in-flight counts, request log and counters; thread-safe."""
+
+    _key_field = "business"
 
     def __init__(self, request_log_max: int = 10_000) -> None:
         self._lock = threading.Lock()
         self.settings = V3Settings()
-        self._in_flight: dict[int, int] = defaultdict(int)
-        self._admitted: dict[int, int] = defaultdict(int)
+        self._gate = ParallelGate()
         self._seq = 0
         self._log_max = request_log_max
         self._clear()
@@ -337,7 +330,7 @@ class V3Store:
                 return {
                     "business": business,
                     "warehouse": warehouse,
-                    "skus": {s: _stock_json(v) for s, v in skus.items()},
+                    "skus": {s: stock_json(v) for s, v in skus.items()},
                 }
             if business is not None:
                 return {"business": business, "warehouses": _warehouses_json(self._stock, business)}
@@ -347,79 +340,36 @@ class V3Store:
                 }
             }
 
-    def requests(
-        self, business: int | None = None, since: int = 0, limit: int | None = None
-    ) -> list[dict[str, Any]]:
-        """Logged requests (oldest first) with seq > since, of one business if given."""
-        with self._lock:
-            entries = [
-                dict(e)
-                for e in self._log
-                if e["seq"] > since and (business is None or e["business"] == business)
-            ]
-        return entries if limit is None else entries[-limit:]
-
     def stats(self) -> dict[str, Any]:
         """Exact counters per business since the last reset, and requests in flight."""
         with self._lock:
             return {
-                "businesses": {
-                    str(b): {k: dict(v) if isinstance(v, dict) else v for k, v in s.items()}
-                    for b, s in sorted(self._stats.items())
-                },
-                "in_flight": {str(b): n for b, n in sorted(self._in_flight.items()) if n},
+                "businesses": {str(b): plain(s) for b, s in sorted(self._stats.items())},
+                "in_flight": self._gate.busy(),
             }
 
     # --- the request's bookkeeping ---------------------------------------------------------------
 
-    def begin(self, business: int) -> bool:
-        """Counts a request in flight; True when it is within the parallel limit (admitted)."""
-        with self._lock:
-            self._in_flight[business] += 1
-            stats = self._stats[business]
-            stats["max_parallel_seen"] = max(stats["max_parallel_seen"], self._in_flight[business])
-            if self._admitted[business] >= self.settings.max_parallel_requests:
-                return False
-            self._admitted[business] += 1
-            return True
-
-    def end(self, business: int, admitted: bool) -> None:
-        """Undoes `begin`."""
-        with self._lock:
-            self._in_flight[business] -= 1
-            if admitted:
-                self._admitted[business] -= 1
+    def _slots(self, key: int) -> tuple[int, dict[str, Any]]:
+        return self.settings.max_parallel_requests, self._stats[key]
 
     def reserve(self, business: int) -> tuple[bool, float]:
         """Counts one request in the business's window if it fits; else (False, when it would)."""
-        now = time.monotonic()
         with self._lock:
             limit, window = self.settings.requests_per_minute, self.settings.window_seconds
             rate = self._rate[business]
-            rate.purge(now, window)
-            if limit is not None and rate.total + 1 > limit:
-                return False, rate.time_until_free(now, window, rate.total + 1 - limit)
-            rate.add(now, 1)
-            stats = self._stats[business]
-            stats["max_requests_in_window"] = max(stats["max_requests_in_window"], rate.total)
-            return True, now
+            reservation = reserve_in(rate, 1, limit, window)
+            if reservation.ok:
+                stats = self._stats[business]
+                stats["max_requests_in_window"] = max(stats["max_requests_in_window"], rate.total)
+            return reservation.ok, reservation.until
 
     def rate_headers(self, business: int | None, until: float | None = None) -> dict[str, str]:
         """X-RateLimit-Resource-* of the business's request window; `until` overrides -Until."""
-        now = time.monotonic()
         with self._lock:
             limit, window = self.settings.requests_per_minute, self.settings.window_seconds
-            used, oldest = 0, now + window
             rate = self._rate.get(business) if business is not None else None
-            if rate is not None:
-                rate.purge(now, window)
-                used, oldest = rate.total, rate.oldest_leaves(now, window)
-        shown = UNLIMITED_HEADER_VALUE if limit is None else limit
-        return {
-            "X-RateLimit-Resource-Limit": str(shown),
-            "X-RateLimit-Resource-Remaining": str(max(0, shown - used)),
-            "X-RateLimit-Resource-Until": http_date(oldest if until is None else until),
-        }
+            return window_headers(rate, limit, window, until)
 
     def apply(self, business: int, updates: Sequence[WarehouseUpdate]) -> int:
         """Stores updates (last write wins); returns how many."""
@@ -441,11 +391,8 @@ class V3Store:
 
     def record(self, entry: dict[str, Any]) -> None:
         """Logs one request (bounded log) and counts it (exact counters)."""
-        status = "dropped" if entry["status"] is None else str(entry["status"])
         with self._lock:
-            self._seq += 1
-            entry["seq"] = self._seq
-            self._log.append(entry)
+            status = self._logged(entry)
             if entry["business"] is not None:
                 stats = self._stats[entry["business"]]
                 stats["requests"] += 1
@@ -455,19 +402,11 @@ class V3Store:
                 stats["parallel_limited"] += entry["parallel_limited"]
 
 
-def _stock_json(value: tuple[int, datetime, datetime]) -> dict[str, Any]:
-    return {
-        "count": value[0],
-        "updatedAt": value[1].isoformat(),
-        "accepted_at": value[2].isoformat(),
-    }
-
-
 def _warehouses_json(
     stock: Mapping[int, Mapping[int, Mapping[str, tuple[int, datetime, datetime]]]], business: int
 ) -> dict[str, Any]:
     return {
-        str(w): {s: _stock_json(v) for s, v in skus.items()}
+        str(w): {s: stock_json(v) for s, v in skus.items()}
         for w, skus in sorted(stock.get(business, {}).items())
     }
 
@@ -496,76 +435,37 @@ def dispatch(handler: SandboxHandler, method: str, url: SplitResult) -> bool:
 
 def _update(handler: SandboxHandler, raw_business: str) -> None:
     """Answers (or drops) one v3 update request and records it."""
-    from sandbox.handler import _Answer, _Drop, _errors
+    from sandbox.handler import new_entry
 
     store = handler.state.v3
-    entry: dict[str, Any] = {
-        "method": "POST",
-        "path": handler.path,
-        "business": parse_campaign_id(raw_business),
-        "status": None,
-        "outcome": "error",
-        "items": 0,
-        "items_accepted": 0,
-        "items_refused": 0,
-        "warehouses": {},
-        "bytes": 0,
-        "parallel_limited": False,
-        "rate_limited": False,
-        "injected": None,
-        "first_error": None,
-        "started_monotonic": time.monotonic(),
-        "started_at": datetime.now(UTC).isoformat(),
-    }
-    status, errors, until = 200, cast(Sequence[ApiError], ()), None
-    try:
-        _checks(handler, raw_business, entry)
-    except _Answer as answer:
-        status, errors, until = answer.status, answer.errors, answer.until
-    except _Drop:
-        entry["outcome"] = entry["injected"]
-        _finish(store, entry)
-        handler._drop()
-        return
-    entry["status"] = status
-    if status == 200:
-        entry["outcome"] = "ok"
-    else:
-        entry["first_error"] = errors[0].message
-    _finish(store, entry)
-    headers = store.rate_headers(entry["business"], until)
-    handler._send(status, _errors(*errors) if errors else {"status": "OK"}, headers)
-
-
-def _finish(store: V3Store, entry: dict[str, Any]) -> None:
-    entry["ended_monotonic"] = time.monotonic()
-    entry["ended_at"] = datetime.now(UTC).isoformat()
-    store.record(entry)
+    keys = {"business": parse_campaign_id(raw_business)}
+    counters: dict[str, Any] = {"items": 0, "items_accepted": 0, "items_refused": 0}
+    entry = new_entry("POST", handler.path, keys, **counters, warehouses={})
+    handler._run_logged(
+        entry,
+        lambda: _checks(handler, raw_business, entry),
+        store.record,
+        lambda until: store.rate_headers(entry["business"], until),
+    )
 
 
 def _checks(handler: SandboxHandler, raw_business: str, entry: dict[str, Any]) -> None:
     """Runs the request; returns for 200, raises _Answer for another status, or _Drop."""
-    from sandbox.handler import _READ_CAP, _Answer
+    from sandbox.handler import _Answer, parallel_refusal
 
     state, store = handler.state, handler.state.v3
-    raw = handler._read_body()
-    if raw is None:
-        raise _Answer(400, "BAD_REQUEST", f"Content-Length missing, invalid or over {_READ_CAP}")
-    entry["bytes"] = len(raw)
-    handler._check_auth()
+    raw = handler._checked_body(entry)
     business: int | None = entry["business"]
     if business is None:
         raise _Answer(400, "BAD_REQUEST", f"businessId must be an integer ≥ 1: {raw_business!r}")
     admitted = store.begin(business)
     try:
         if not admitted:
-            entry["parallel_limited"] = True
-            message = (
-                f"Hit rate limit of {store.settings.max_parallel_requests} parallel requests "
-                f"for businessId {business}"
+            slots, wait = (
+                store.settings.max_parallel_requests,
+                state.config.injected_420_wait_seconds,
             )
-            until = time.monotonic() + state.config.injected_420_wait_seconds
-            raise _Answer(420, "LIMIT_EXCEEDED", message, until)
+            raise parallel_refusal(entry, slots, f"businessId {business}", wait)
         _admitted(handler, business, raw, entry)
     finally:
         store.end(business, admitted)
@@ -573,23 +473,16 @@ def _checks(handler: SandboxHandler, raw_business: str, entry: dict[str, Any]) -
 
 def _admitted(handler: SandboxHandler, business: int, raw: bytes, entry: dict[str, Any]) -> None:
     """The part of a request inside a parallel slot: faults, body, window, items, store."""
-    from sandbox.handler import _Answer, _Drop, _period
+    from sandbox.handler import _Answer, _Drop, raise_injected, window_refusal
 
     state, store = handler.state, handler.state.v3
     faults = state.roll_faults()  # the v2 fault settings and generator, shared
     if faults.latency_seconds:
         time.sleep(faults.latency_seconds)
     config = state.config
-    if faults.drop_before:
-        entry["injected"] = "drop_before"
-        raise _Drop
-    if faults.error_500 or faults.error_420:
-        entry["injected"] = "500" if faults.error_500 else "420"
-        raise injected_answer(faults.error_500, business, config.injected_420_wait_seconds)
-    content_type = handler.headers.get("Content-Type", "")
-    if content_type.partition(";")[0].strip().lower() != "application/json":
-        message = f"Content-Type must be application/json, got {content_type!r}"
-        raise _Answer(400, "UNSUPPORTED_MEDIA_TYPE", message)
+    wait = config.injected_420_wait_seconds
+    raise_injected(faults, entry, lambda status: injected_answer(status == 500, business, wait))
+    handler._require_json()
     try:
         items = decode_v3_body(raw)
     except RequestRejected as rejected:
@@ -598,26 +491,15 @@ def _admitted(handler: SandboxHandler, business: int, raw: bytes, entry: dict[st
     entry["warehouses"] = items_per_warehouse(items)
     ok, until = store.reserve(business)
     if not ok:
-        entry["rate_limited"] = True
-        settings = store.settings
-        message = (
-            f"Hit rate limit of '{settings.requests_per_minute}' requests per "
-            f"'{_period(settings.window_seconds)}' for resource 'resp' of businessId {business}"
-        )
-        raise _Answer(420, "LIMIT_EXCEEDED", message, until)
+        limit, window = store.settings.requests_per_minute, store.settings.window_seconds
+        scope = f"businessId {business}"
+        raise window_refusal(entry, limit, window, "resp", scope=scope, until=until)
     entry["items_refused"] = len(items)  # until some are applied
     known = state.accounts.accounts.warehouse_ids(business)
     validated = validate_v3_items(items, datetime.now(UTC), business, known)
-    errors, updates = validated.errors, validated.updates
-    refused = [u for u in updates if u.sku in config.refuse_skus]
-    if refused:
-        updates = [u for u in updates if u.sku not in config.refuse_skus]
-        errors = errors + [
-            ApiError("BAD_REQUEST", f"Stock for '{u.sku}' is refused by the sandbox")
-            for u in refused
-        ]
-    if errors and not config.partial_400:
-        updates = []
+    updates, errors = settle(
+        validated.updates, validated.errors, config.refuse_skus, config.partial_400
+    )
     entry["items_accepted"] = store.apply(business, updates)
     entry["items_refused"] = len(items) - entry["items_accepted"]
     if faults.drop_after:
@@ -640,7 +522,7 @@ def injected_answer(error_500: bool, business: int, wait_420: float) -> Exceptio
 
 def _control(handler: SandboxHandler, method: str, path: str, query: dict[str, list[str]]) -> None:
     """`GET /_sandbox/v3/{state,requests,stats,config}`, `POST /_sandbox/v3/config`."""
-    from sandbox.handler import _errors, _query_int
+    from sandbox.handler import _query_int, control_changes, since_limit
 
     store = handler.state.v3
     raw = handler._read_body() or b""
@@ -652,20 +534,15 @@ def _control(handler: SandboxHandler, method: str, path: str, query: dict[str, l
                 raise ValueError("query parameter 'warehouse' needs 'business'")
             handler._send(200, store.state_json(business, warehouse))
         elif (method, path) == ("GET", "/_sandbox/v3/requests"):
-            since = _query_int(query, "since") or 0
-            limit = _query_int(query, "limit")
-            handler._send(200, {"requests": store.requests(business, since, limit)})
+            handler._send(200, {"requests": store.requests(business, *since_limit(query))})
         elif (method, path) == ("GET", "/_sandbox/v3/stats"):
             handler._send(200, store.stats())
         elif (method, path) == ("GET", "/_sandbox/v3/config"):
             handler._send(200, store.settings.as_json())
         elif (method, path) == ("POST", "/_sandbox/v3/config"):
-            changes = json.loads(raw or b"{}")
-            if not isinstance(changes, dict):
-                raise ConfigError("a JSON object of v3 settings expected")
+            changes = control_changes(raw, "v3 settings")
             handler._send(200, store.configure(changes).as_json())
         else:
-            error = ApiError("NOT_FOUND", f"No such endpoint: {method} {path}")
-            handler._send(404, _errors(error))
+            handler._no_endpoint(method, path)
     except (ConfigError, ValueError) as exc:
-        handler._send(400, _errors(ApiError("BAD_REQUEST", str(exc))))
+        handler._bad_control(exc)

@@ -45,6 +45,9 @@ ALIAS = "stocksync-sqla"
 # (the migrator's is a one-key lock, a separate key space in PostgreSQL).
 LOCK_CLASS = 0x53_59_4E  # "SYN"
 # kombu's own consumers leave `version` at 1 or more; a row this transport hands out says -1.
+# The advisory lock under which kombu's tables are created (message ids, the other keys of
+# LOCK_CLASS, are positive).
+TABLES_LOCK_KEY = -1
 CLAIMED_VERSION = -1
 CLAIM_SESSION_SETTINGS = (
     "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3"
@@ -123,6 +126,23 @@ class Channel(kombu_sqla.Channel):
         self._claims: _Claims = connection.claims
         self._queue_ids: dict[str, int] = {}
         super().__init__(connection, **kwargs)
+
+    def _open(self) -> Any:
+        """kombu's engine and session factory; its tables are created under an advisory lock, so
+        processes starting together (a worker and its embedded beat) do not race on CREATE."""
+        hostname = self.connection.client.hostname
+        if hostname not in self._engines:
+            with kombu_sqla._MUTEX:
+                if hostname not in self._engines:
+                    engine = self._engine_from_config()
+                    with engine.begin() as connection:
+                        connection.execute(
+                            text("SELECT pg_advisory_xact_lock(:lock_class, :key)"),
+                            {"lock_class": LOCK_CLASS, "key": TABLES_LOCK_KEY},
+                        )
+                        kombu_sqla.metadata.create_all(connection)
+                    self._engines[hostname] = engine, kombu_sqla.sessionmaker(bind=engine)
+        return self._engines[hostname]
 
     @property
     def _table(self) -> Table:

@@ -8,10 +8,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
 import pytest
+import requests
 from sqlalchemy import Engine
 
 from sandbox.server import MarketSandbox
@@ -127,6 +129,62 @@ def test_pending_and_in_flight_keys_are_never_reported_as_drift(
     assert drifts(engine) == []
 
 
+def test_sending_goes_first_and_both_limits_hold_while_a_backlog_is_sent(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # The sandbox's own parallel limit at the worker's setting: one request more gets a 420.
+    sandbox.configure(read_offers_per_minute=3000, latency_ms=50, max_parallel_requests=2)
+    acked(engine, 3000)
+    limits = {
+        **FAST,
+        "verify_read_limit_per_minute": "3000",
+        "verify_read_share": "0.5",  # 1,500 offers a minute
+        "max_parallel_requests_per_campaign": "2",
+        "rate_limit_skus_per_minute": "100000",
+    }
+    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log", None, **limits):
+        wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 60)
+        wait_for(
+            "the sweep to read",
+            lambda: (
+                one(
+                    engine,
+                    "SELECT keys_checked_total FROM campaign WHERE campaign_id = :c",
+                    c=CAMPAIGN,
+                )
+                > 0
+            ),
+            30,
+        )
+        backlog_at = datetime.now(UTC)
+        put_changes(
+            engine,
+            [{"campaign_id": CAMPAIGN, "sku": f"B{i:05d}", "count": i} for i in range(12_000)],
+        )
+        wait_for("the backlog to be sent", lambda: pending_keys(engine) == 0, 90)
+        time.sleep(3)
+    reads = requests.get(
+        f"{sandbox.url}/_sandbox/read-requests", params={"campaign": CAMPAIGN}, timeout=10
+    ).json()["requests"]
+    stats = sandbox.read_stats()["campaigns"][str(CAMPAIGN)]
+    assert stats["rate_limited"] == 0  # the Market's read limit never hit
+    assert not any(r["parallel_limited"] for r in reads)
+    assert all(r["status"] != 420 for r in sandbox.requests(CAMPAIGN))  # nor the parallel one
+    assert stats["max_in_window"] <= 1500  # the sweep kept to its share
+    # Sending first: no read started while the backlog was pending (one already in flight at
+    # its start may finish).
+    puts = [
+        datetime.fromisoformat(r["started_at"])
+        for r in sandbox.requests(CAMPAIGN)
+        if datetime.fromisoformat(r["started_at"]) > backlog_at
+    ]
+    assert len(puts) >= 6  # the backlog went in many requests (2,000 SKUs each at most)
+    started = [datetime.fromisoformat(r["started_at"]) for r in reads]
+    during = [t for t in started if min(puts) < t < max(puts)]
+    assert len(during) <= 1, during
+    assert any(t > max(puts) for t in started)  # the sweep went on once the backlog was sent
+
+
 def test_the_returns_warehouse_is_ignored(
     engine: Engine, database_url: str, rabbit_url: str, tmp_path: Path
 ) -> None:
@@ -168,3 +226,38 @@ def test_the_returns_warehouse_is_ignored(
         result = run_verify(database_url, box, "--campaign", str(CAMPAIGN), "--json")
         assert result.returncode == 2, result.stderr
         assert json.loads(result.stdout)["campaigns"][0]["drifted_skus"] == ["K0001"]
+
+
+def test_a_420_on_reading_delays_the_sweep_and_nothing_else(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    acked(engine, 600)
+    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log", None, **FAST):
+        wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 30)
+        sandbox.configure(read_offers_per_minute=100)  # every read of more offers gets a 420
+        wait_for(
+            "a read 420",
+            lambda: one(
+                engine,
+                "SELECT verify_blocked_until IS NOT NULL FROM campaign WHERE campaign_id = :c",
+                c=CAMPAIGN,
+            ),
+            30,
+        )
+        # Sending goes on at once while the sweep waits.
+        put_changes(engine, [{"campaign_id": CAMPAIGN, "sku": "K0001", "count": 4242}])
+        wait_for("a change sent", lambda: counts_at(sandbox, CAMPAIGN).get("K0001") == 4242, 10)
+        blocked = one(
+            engine, "SELECT blocked_until FROM campaign WHERE campaign_id = :c", c=CAMPAIGN
+        )
+        assert blocked is None  # pushes were never blocked
+        until = one(
+            engine, "SELECT verify_blocked_until FROM campaign WHERE campaign_id = :c", c=CAMPAIGN
+        )
+        reads_then = sandbox.read_stats()["campaigns"][str(CAMPAIGN)]["requests"]
+        time.sleep(3)
+        reads_after = sandbox.read_stats()["campaigns"][str(CAMPAIGN)]["requests"]
+        assert until > datetime.now(UTC)  # the Market's window is a minute: still held back
+        assert reads_after == reads_then  # no read before the Market's -Until
+    assert all(r["status"] == 200 for r in sandbox.requests(CAMPAIGN))
+    assert drifts(engine) == []
