@@ -13,6 +13,7 @@ from worker.settings import get_settings
 def drain() -> dict[str, int]:
     """One pass, bounded by the drain interval; overlapping passes are harmless."""
     settings = get_settings()
+    runtime.routed()
     result = run_pass(
         runtime.claims(),
         settings.probe_interval_seconds,

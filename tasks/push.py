@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, assert_never
 
 from celery import Task
@@ -55,8 +55,9 @@ def count_retry(campaign_id: int) -> None:
 
 def _send(
     box: Claims, campaign_id: int, claim_id: str, batch: list[PendingStock], attempt: int
-) -> MarketAnswer | float | None:
-    """One request through the limiter: the answer, the seconds to wait when that is long, or
+) -> tuple[MarketAnswer, datetime] | float | None:
+    """One request through the limiter: the answer and the moment its body was built at, the
+    seconds to wait when that is long, or
     None when the claim's lease ran out: its keys may be another push's by now, and the values
     read before could overwrite a newer value at the Market."""
     while True:
@@ -80,14 +81,14 @@ def _send(
         return None
     started = time.monotonic()
     route = Route.of_key(campaign_id)
-    updated_at = now - CLOCK_MARGIN
+    sent_at = now - CLOCK_MARGIN
     client = runtime.market_client()
     if route.method is Method.V3:
         warehouse_of = runtime.routing().warehouse_of
-        body = v3_stocks_body([(s, warehouse_of(s.group_id)) for s in batch], updated_at)
+        body = v3_stocks_body([(s, warehouse_of(s.group_id)) for s in batch], sent_at)
         answer = client.update_v3_stocks(route.target, body)
     else:
-        answer = client.put_stocks(campaign_id, stocks_body(batch, updated_at))
+        answer = client.put_stocks(campaign_id, stocks_body(batch, sent_at))
     runtime.limiter().finish(decision, answer)
     log_event(
         log,
@@ -109,7 +110,7 @@ def _send(
             log, logging.WARNING, "lease_lost_in_flight", campaign=campaign_id, skus=len(batch)
         )
         return None
-    return answer
+    return answer, sent_at
 
 
 def _labels(route_key: int, batch: list[PendingStock]) -> tuple[dict[str, PendingStock], Namer]:
@@ -148,12 +149,13 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
         batch = work.pop()
         if not batch:
             continue
-        answer = _send(box, campaign_id, claim_id, batch, self.request.retries)
-        if answer is None:
+        sent = _send(box, campaign_id, claim_id, batch, self.request.retries)
+        if sent is None:
             return {"outcome": "lease lost", "delivered": delivered}
-        if isinstance(answer, float):
+        if isinstance(sent, float):
             box.release(campaign_id, claim_id)
-            return {"outcome": f"released: wait {answer:.1f}s", "delivered": delivered}
+            return {"outcome": f"released: wait {sent:.1f}s", "delivered": delivered}
+        answer, sent_at = sent
         labels, namer = _labels(campaign_id, batch)
         decision = decide(
             answer.status,
@@ -166,7 +168,7 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
         )
         match decision.kind:
             case PushOutcome.ACKNOWLEDGE:
-                box.acknowledge(campaign_id, claim_id, batch)
+                box.acknowledge(campaign_id, claim_id, batch, sent_at)
                 delivered += len(batch)
             case PushOutcome.ISOLATE | PushOutcome.WAIT:
                 # On WAIT the limiter now holds the campaign until -Until; the batch goes again.

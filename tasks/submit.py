@@ -9,13 +9,20 @@ from typing import Any, TypeVar
 
 from celery import Task
 from celery.exceptions import Reject
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from domain.changes import UnreadableMessage, parse_message
+from domain.changes import ParsedMessage, UnreadableMessage, parse_message
 from worker import runtime
 from worker.app import app
 from worker.database import paused_while_down
-from worker.ingest import campaign_of, count_redelivery, store_message, store_unreadable
+from worker.ingest import (
+    StoreResult,
+    campaign_of,
+    count_redelivery,
+    store_message,
+    store_unreadable,
+)
 from worker.logs import log_event
 from worker.settings import get_settings
 
@@ -44,11 +51,7 @@ def submit(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
     except UnreadableMessage as exc:
         _keep_unreadable(task_id, raw, str(exc))
         return {"applied": 0, "duplicates": 0, "rejected": 1}
-    result = _with_database(
-        lambda: store_message(
-            engine, task_id, parsed.accepted, parsed.rejected, get_settings().group_of
-        )
-    )
+    result = _with_database(lambda: _routed_then_stored(engine, task_id, parsed))
     for rejection in parsed.rejected:
         log_event(
             log,
@@ -69,6 +72,12 @@ def submit(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
         rejected=result.rejected,
     )
     return {"applied": result.applied, "duplicates": result.duplicates, "rejected": result.rejected}
+
+
+def _routed_then_stored(engine: Engine, task_id: str, parsed: ParsedMessage) -> StoreResult:
+    """The message's changes stored under the configured routing (applied first, once)."""
+    runtime.routed()
+    return store_message(engine, task_id, parsed.accepted, parsed.rejected, get_settings().group_of)
 
 
 def _with_database(work: Callable[[], T]) -> T:

@@ -25,7 +25,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, Row, text
 
 from domain.batching import pack, pack_v3
-from domain.market_payload import PendingStock
+from domain.market_payload import PendingStock, updated_at_to_send
 from domain.market_rules import SKUS_PER_REQUEST_MAX
 from domain.route import Method, Route, Routing
 from worker import campaign_health, counters
@@ -205,7 +205,8 @@ _RENEW = text("""
 """)
 
 _READ = text("""
-    SELECT s.group_id, s.sku, s.value, s.version, s.last_occurred_at FROM claimed_key k
+    SELECT s.group_id, s.sku, s.value, s.version, s.last_occurred_at, s.sent_updated_at
+    FROM claimed_key k
     JOIN stock s ON s.group_id = k.group_id AND s.sku = k.sku
     WHERE k.claim_id = :claim
     ORDER BY s.changed_at
@@ -213,12 +214,14 @@ _READ = text("""
 
 # A 200 acknowledges the version that was sent (the Market has that version, whoever holds the
 # key's claim now); a change committed meanwhile keeps the key pending. Rows are locked in key
-# order, the order the ingest locks them in, so the two never deadlock.
+# order, the order the ingest locks them in, so the two never deadlock. The updatedAt sent is
+# recorded when the ack applies (a refresh's too) and never lowered: the next send starts from it.
 _ACK = text("""
     WITH sent AS (
         SELECT * FROM unnest(CAST(:groups AS bigint[]), CAST(:skus AS text[]),
-                             CAST(:versions AS bigint[]), CAST(:vals AS bigint[]))
-                 AS n(group_id, sku, version, value)
+                             CAST(:versions AS bigint[]), CAST(:vals AS bigint[]),
+                             CAST(:updated_ats AS timestamptz[]))
+                 AS n(group_id, sku, version, value, updated_at)
     ),
     locked AS (
         SELECT s.ctid AS row_id, s.group_id, s.sku FROM stock s
@@ -229,6 +232,9 @@ _ACK = text("""
     UPDATE stock s SET
         acked_value = CASE WHEN sent.version > s.acked_version THEN sent.value
                            ELSE s.acked_value END,
+        sent_updated_at = CASE WHEN sent.version >= s.acked_version
+                               THEN GREATEST(s.sent_updated_at, sent.updated_at)
+                               ELSE s.sent_updated_at END,
         acked_version = GREATEST(s.acked_version, sent.version),
         acked_at = clock_timestamp(),
         parked_version = NULL,
@@ -515,12 +521,27 @@ class Claims:
         """The claimed keys as they are now: the values and versions to send."""
         with self.engine.connect() as conn:
             return [
-                PendingStock(r.sku, r.value, r.version, r.last_occurred_at, r.group_id)
+                PendingStock(
+                    r.sku,
+                    r.value,
+                    r.version,
+                    r.last_occurred_at,
+                    sent_updated_at=r.sent_updated_at,
+                    group_id=r.group_id,
+                )
                 for r in conn.execute(_READ, {"claim": claim_id})
             ]
 
-    def acknowledge(self, campaign_id: int, claim_id: str, sent: Sequence[PendingStock]) -> None:
-        """Records a 200 for the versions sent; the campaign works again."""
+    def acknowledge(
+        self,
+        campaign_id: int,
+        claim_id: str,
+        sent: Sequence[PendingStock],
+        sent_at: datetime | None = None,
+    ) -> None:
+        """Records a 200 for the versions sent (and, given the moment the body was built at,
+        each key's updatedAt sent); the campaign works again."""
+        updated_ats = [None if sent_at is None else updated_at_to_send(s, sent_at) for s in sent]
         with self.engine.begin() as conn:
             conn.execute(
                 _ACK,
@@ -529,6 +550,7 @@ class Claims:
                     "skus": [s.sku for s in sent],
                     "versions": [s.version for s in sent],
                     "vals": [s.value for s in sent],
+                    "updated_ats": updated_ats,
                 },
             )
             campaign_health.works_again(conn, campaign_id)

@@ -77,10 +77,15 @@ def is_lock_timeout(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) == "55P03"
 
 
+def is_connection_problem(exc: DBAPIError) -> bool:
+    """True when `exc` means PostgreSQL is unreachable (or the connection broke)."""
+    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+
+
 def paused_while_down(exc: DBAPIError, log: logging.Logger, **fields: Any) -> bool:
     """True, after logging `database_unavailable` and a pause, when `exc` means PostgreSQL is
     unreachable (the caller then hands its message back); False for any other database error."""
-    if not (isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated):
+    if not is_connection_problem(exc):
         return False
     log_event(log, logging.WARNING, "database_unavailable", **fields)
     time.sleep(DATABASE_DOWN_PAUSE_SECONDS)

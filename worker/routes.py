@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from domain.routing import Carry, KeyTransfer, differ, plan, routes_of
-from worker.database import paused_while_down
+from worker.database import is_connection_problem
 from worker.logs import log_event
 from worker.settings import Settings
 
@@ -150,13 +150,15 @@ def apply_routes(
     return transfers
 
 
-def route_at_start(engine: Engine, settings: Settings) -> None:
-    """`apply_routes` for a starting worker, waiting while PostgreSQL is unreachable."""
-    while True:
-        try:
-            v3 = {c: (t.business_id, t.warehouse_id) for c, t in settings.v3_campaigns.items()}
-            apply_routes(engine, settings.warehouse_groups, v3)
-            return
-        except DBAPIError as exc:
-            if not paused_while_down(exc, log, step="routes"):
-                raise
+def route_at_start(engine: Engine, settings: Settings) -> bool:
+    """`apply_routes` for a starting worker; False when PostgreSQL is unreachable now, and then
+    each process's first task applies it (`worker.runtime.routed`) before it touches a key."""
+    v3 = {c: (t.business_id, t.warehouse_id) for c, t in settings.v3_campaigns.items()}
+    try:
+        apply_routes(engine, settings.warehouse_groups, v3)
+    except DBAPIError as exc:
+        if not is_connection_problem(exc):
+            raise
+        log_event(log, logging.WARNING, "routes_deferred", reason="database unavailable")
+        return False
+    return True

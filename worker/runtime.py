@@ -68,6 +68,16 @@ def consumer_engine() -> Engine:
     )
 
 
+def routed() -> None:
+    """The configured routing applied to the stored keys (worker/routes.py), once per process:
+    at worker start, or by the process's first task when PostgreSQL was unreachable then."""
+    from worker.routes import apply_routes
+
+    settings = get_settings()
+    v3 = {c: (t.business_id, t.warehouse_id) for c, t in settings.v3_campaigns.items()}
+    _once("routed", lambda: apply_routes(engine(), settings.warehouse_groups, v3))
+
+
 def limiter() -> RateLimiter:
     """The rate limiter every push of this process asks before a request."""
     settings = get_settings()

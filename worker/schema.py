@@ -76,6 +76,8 @@ stock = Table(
     # A SKU the Market rejected with a 400: held at that version until the value changes.
     Column("parked_version", BigInteger),
     Column("parked_reason", Text),
+    # The updatedAt of the last acknowledged send: the next one never goes back from it.
+    Column("sent_updated_at", DateTime(timezone=True)),
     # When the sweep last read the key back from the Market ('-infinity': never).
     Column(
         "verified_at", DateTime(timezone=True), nullable=False, server_default=text("'-infinity'")

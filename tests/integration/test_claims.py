@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, text
 
+from domain.market_payload import updated_at_to_send
 from tests.integration.drain_support import put_changes
 from worker.claims import Claim, Claims
 from worker.rate_limiter import RateLimiter
@@ -105,6 +107,33 @@ def test_acknowledging_the_sent_version_keeps_a_newer_change_pending(engine: Eng
     # Then only a is pending, at its newer value; b is delivered
     (again,) = _claim(box)
     assert [(s.sku, s.value) for s in box.read(CAMPAIGN, again.claim_id)] == [("a", 10)]
+
+
+def test_the_acknowledged_updated_at_is_read_with_the_key_and_the_next_send_starts_after_it(
+    engine: Engine,
+) -> None:
+    # Given a key sent at a moment a clock read later than the next send's
+    box = _claims(engine)
+    _put(engine, a=1)
+    (claim,) = _claim(box)
+    (sent,) = box.read(CAMPAIGN, claim.claim_id)
+    assert sent.sent_updated_at is None  # never sent yet
+    later = datetime.now(UTC) + timedelta(seconds=30)
+    box.acknowledge(CAMPAIGN, claim.claim_id, [sent], later)
+    box.release(CAMPAIGN, claim.claim_id)
+    # When the key changes and is read for its next send
+    _put(engine, a=2)
+    (again,) = _claim(box)
+    (pending,) = box.read(CAMPAIGN, again.claim_id)
+    # Then it carries the updatedAt sent, and the next one is not before it
+    assert pending.sent_updated_at == updated_at_to_send(sent, later)
+    assert updated_at_to_send(pending, datetime.now(UTC)) >= pending.sent_updated_at
+    # And a late acknowledgement of the older version records nothing
+    box.acknowledge(CAMPAIGN, again.claim_id, [pending], later + timedelta(seconds=5))
+    box.acknowledge(CAMPAIGN, again.claim_id, [sent], later + timedelta(seconds=60))
+    with engine.connect() as conn:
+        recorded = conn.execute(text("SELECT sent_updated_at FROM stock WHERE sku = 'a'")).scalar()
+    assert recorded == updated_at_to_send(pending, later + timedelta(seconds=5))
 
 
 def test_release_gives_the_keys_back_to_the_next_drain(engine: Engine) -> None:

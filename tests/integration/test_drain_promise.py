@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, make_url, text
 
 from sandbox.server import MarketSandbox
 from tests.integration.drain_support import (
@@ -153,6 +153,52 @@ def test_a_worker_with_a_wrong_clock_sends_accepted_updated_at_that_never_go_bac
         assert datetime.fromisoformat(entry["updatedAt"]) <= datetime.fromisoformat(
             entry["accepted_at"]
         )
+
+
+def _shift_database_clock(engine: Engine, database_url: str) -> None:
+    """Makes `clock_timestamp()` steppable in this test database: a function of that name in a
+    schema searched before pg_catalog, adding `clockshift.shift.by` (0 until a test sets it).
+    It affects connections made afterwards (the workers'), as a stepped host clock would."""
+    name = make_url(database_url).database
+    with engine.begin() as conn:
+        conn.execute(text("CREATE SCHEMA clockshift"))
+        conn.execute(text("CREATE TABLE clockshift.shift (by interval NOT NULL)"))
+        conn.execute(text("INSERT INTO clockshift.shift VALUES ('0 s')"))
+        conn.execute(
+            text("""
+                CREATE FUNCTION clockshift.clock_timestamp() RETURNS timestamptz
+                LANGUAGE sql VOLATILE
+                AS $$ SELECT pg_catalog.clock_timestamp() + (SELECT by FROM clockshift.shift) $$
+            """)
+        )
+        conn.execute(
+            text(f'ALTER DATABASE "{name}" SET search_path = clockshift, pg_catalog, public')
+        )
+
+
+def test_updated_at_never_goes_back_for_a_key_when_the_database_clock_steps_back(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # Given a key sent and acknowledged (its producer's clock runs ahead, so the sending time is
+    # what counts)
+    _shift_database_clock(engine, database_url)
+    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log"):
+        ahead = datetime.now(UTC) + timedelta(minutes=1)
+        put_changes(engine, [{"campaign_id": 7, "sku": "A", "count": 1, "occurred_at": ahead}])
+        wait_for("the first count to drain", lambda: pending_keys(engine) == 0, 30)
+        first = datetime.fromisoformat(sandbox.state(7)["A"]["updatedAt"])
+        # When the database's clock steps back 30 s (an NTP correction) and the key changes
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE clockshift.shift SET by = '-30 s'"))
+        put_changes(engine, [{"campaign_id": 7, "sku": "A", "count": 2, "occurred_at": ahead}])
+        wait_for("the second count to drain", lambda: pending_keys(engine) == 0, 30)
+    # Then the Market has the new count with an updatedAt not earlier than the one before
+    entry = sandbox.state(7)["A"]
+    assert entry["count"] == 2
+    assert datetime.fromisoformat(entry["updatedAt"]) >= first
+    stats = sandbox.stats()
+    assert stats["stale_overwrites"] == 0
+    assert stats["skus_refused"] == 0
 
 
 def test_a_sku_refused_on_a_refresh_is_held_and_not_sent_again(

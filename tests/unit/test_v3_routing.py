@@ -37,14 +37,14 @@ def test_v3_packing_keeps_2000_items_and_512_kb() -> None:
     batches = pack_v3(long)
     assert len(batches) == 2
     for batch in batches:
-        stocks = [PendingStock(long[i][0], 2_000_000_000, 1, NOW, 4001) for i in batch]
+        stocks = [PendingStock(long[i][0], 2_000_000_000, 1, NOW, group_id=4001) for i in batch]
         body = v3_stocks_body([(s, 7001) for s in stocks], NOW)
         assert len(body) <= BODY_BYTES_MAX
         assert len(body) <= 15 + sum(v3_item_bytes(s.sku, 7001) for s in stocks)
 
 
 def test_v3_body_has_exactly_the_contract_fields() -> None:
-    body = json.loads(v3_stocks_body([(PendingStock("A", -3, 1, NOW, 4001), 7001)], NOW))
+    body = json.loads(v3_stocks_body([(PendingStock("A", -3, 1, NOW, group_id=4001), 7001)], NOW))
     assert body == {
         "skuItems": [
             {"sku": "A", "partnerWarehouseId": 7001, "count": 0, "updatedAt": NOW.isoformat()}
