@@ -41,3 +41,48 @@ def pack(
     if current:
         batches.append(current)
     return batches
+
+
+# `{"skuItems":[` + `]}` around the v3 items.
+V3_BODY_FRAME_BYTES = len(b'{"skuItems":[]}')
+# One v3 item without its SKU and warehouse, at the longest count and updatedAt, plus its comma.
+_LONGEST_V3_ITEM = {
+    "sku": "",
+    "partnerWarehouseId": 0,
+    "count": 2_000_000_000,
+    "updatedAt": "2026-11-29T07:21:10.700928+00:00",
+}
+V3_ITEM_OVERHEAD_BYTES = (
+    len(json.dumps(_LONGEST_V3_ITEM, separators=(",", ":"))) + 1 - len('""') - len("0")
+)
+
+
+def v3_item_bytes(sku: str, warehouse_id: int) -> int:
+    """An upper bound of the bytes one v3 item (sku, partnerWarehouseId) takes in a body."""
+    return (
+        V3_ITEM_OVERHEAD_BYTES
+        + len(json.dumps(sku, ensure_ascii=False).encode())
+        + len(str(warehouse_id))
+    )
+
+
+def pack_v3(
+    items: Sequence[tuple[str, int]],
+    max_items: int = SKUS_PER_REQUEST_MAX,
+    max_bytes: int = BODY_BYTES_MAX,
+) -> list[list[int]]:
+    """Splits v3 items (sku, partnerWarehouseId), in order, into requests within both limits;
+    each request is the list of its items' positions in `items`."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    size = V3_BODY_FRAME_BYTES
+    for position, (sku, warehouse) in enumerate(items):
+        entry = v3_item_bytes(sku, warehouse)
+        if current and (len(current) >= max_items or size + entry > max_bytes):
+            batches.append(current)
+            current, size = [], V3_BODY_FRAME_BYTES
+        current.append(position)
+        size += entry
+    if current:
+        batches.append(current)
+    return batches

@@ -1,4 +1,5 @@
-"""The body of `PUT /v2/campaigns/{campaignId}/offers/stocks`, exactly as the Market's page says."""
+"""The bodies of `PUT /v2/campaigns/{campaignId}/offers/stocks` (exactly as the Market's page says)
+and of `POST /v3/businesses/{businessId}/offers/stocks/update` (CONTRACT 3a)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class PendingStock:
     version: int
     last_occurred_at: datetime
     sent_updated_at: datetime | None = None  # the updatedAt of its last acknowledged send
+    group_id: int = 0  # the key's group (for v3: its campaign, hence its warehouse)
 
 
 # The least step of a key's updatedAt from one send to the next.
@@ -62,3 +64,17 @@ def stocks_body(stocks: Iterable[PendingStock], now: datetime) -> bytes:
         for s in stocks
     ]
     return json.dumps({"skus": entries}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def v3_stocks_body(items: Iterable[tuple[PendingStock, int]], now: datetime) -> bytes:
+    """The v3 JSON body for (stock, partnerWarehouseId) items: count and updatedAt as in v2."""
+    entries = [
+        {
+            "sku": s.sku,
+            "partnerWarehouseId": warehouse,
+            "count": clamp_count(s.value),
+            "updatedAt": format_updated_at(updated_at_to_send(s, now)),
+        }
+        for s, warehouse in items
+    ]
+    return json.dumps({"skuItems": entries}, ensure_ascii=False, separators=(",", ":")).encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 SKU_PATTERN = re.compile(r"^(?=.*\S.*)[^\x00-\x08\x0A-\x1f\x7f]{1,255}$")
@@ -47,6 +48,29 @@ def skus_named(messages: list[str], skus: set[str]) -> dict[str, str]:
         for quoted in _QUOTED.findall(message):
             if quoted in skus:
                 named.setdefault(quoted, message)
+    return named
+
+
+def items_named(messages: list[str], items: Mapping[str, tuple[str, int]]) -> dict[str, str]:
+    """The v3 items (label -> (sku, warehouse)) that 400 messages name, with the message.
+
+    A message names an item when it quotes the item's SKU and, if it quotes any warehouse of the
+    batch, the item's warehouse too (`Duplicate shop-sku 'A' for warehouse '7001'`); a message
+    quoting no SKU of the batch names every item of the warehouses it quotes (`Warehouse '7009'
+    is not a warehouse of businessId 901`).
+    """
+    named: dict[str, str] = {}
+    for message in messages:
+        quoted = set(_QUOTED.findall(message))
+        skus = {sku for sku, _ in items.values() if sku in quoted}
+        warehouses = {w for _, w in items.values() if str(w) in quoted}
+        for label, (sku, warehouse) in items.items():
+            if sku in skus:
+                hit = not warehouses or warehouse in warehouses
+            else:
+                hit = not skus and warehouse in warehouses
+            if hit:
+                named.setdefault(label, message)
     return named
 
 

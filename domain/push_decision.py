@@ -11,7 +11,7 @@ the campaign marked degraded.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -49,8 +49,19 @@ def halves(skus: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(skus[:half]), tuple(skus[half:])
 
 
-def _isolate(messages: Sequence[str], skus: Sequence[str], reason: str) -> PushDecision:
-    named = skus_named(list(messages), set(skus))
+# Which items of a batch a 400's messages name: (messages, item labels) -> {label: message}.
+Namer = Callable[[list[str], Sequence[str]], dict[str, str]]
+
+
+def by_sku(messages: list[str], skus: Sequence[str]) -> dict[str, str]:
+    """The v2 namer: the batch's SKUs that the messages quote."""
+    return skus_named(messages, set(skus))
+
+
+def _isolate(
+    messages: Sequence[str], skus: Sequence[str], reason: str, namer: Namer
+) -> PushDecision:
+    named = namer(list(messages), skus)
     if len(skus) == 1 and not named:
         named = {skus[0]: reason}  # a lone SKU refused is the culprit, named or not
     if not named:
@@ -71,17 +82,20 @@ def decide(
     max_retries: int,
     reason: str,
     rng: random.Random | None = None,
+    namer: Namer = by_sku,
 ) -> PushDecision:
     """The step after the Market answered `status` (0 = no answer) to the non-empty batch `skus`.
 
     `messages` are the error messages of the answer's body, `reason` its short human text, `attempt`
-    the 0-based retry count of this push; `rng` makes the retry countdown reproducible.
+    the 0-based retry count of this push; `rng` makes the retry countdown reproducible. `skus` are
+    item labels: the SKUs for v2; for v3 a label per (campaign, sku), with a `namer` that reads
+    the SKU and warehouse a message names (`domain.market_rules.items_named`).
     """
     kind = answer_kind(status)
     if kind == "ok":
         return PushDecision(PushOutcome.ACKNOWLEDGE)
     if kind == "refused":
-        return _isolate(messages, skus, reason)
+        return _isolate(messages, skus, reason, namer)
     if kind == "rate_limited":
         return PushDecision(PushOutcome.WAIT, resend=(tuple(skus),), reason=reason)
     if kind == "parked":

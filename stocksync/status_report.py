@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from worker.monitoring import CampaignFigures, read_figures
+from worker.monitoring import CampaignFigures, V3BusinessFigures, read_figures
 from worker.routing_check import RoutingCheck, last_check
 from worker.settings import Settings
 
@@ -21,6 +21,7 @@ class StatusReport:
     rejected_without_campaign: int
     # The last routing check of the settings against the Market; None before the first.
     routing: RoutingCheck | None = field(default=None)
+    v3_businesses: list[V3BusinessFigures] = field(default_factory=list)
 
     def too_old(self, max_age_seconds: float) -> list[CampaignFigures]:
         """Campaigns whose oldest pending change waits longer than `max_age_seconds`."""
@@ -43,8 +44,16 @@ class StatusReport:
             for name in ("last_push_at", "blocked_until", "last_full_sweep_at"):
                 row[name] = row[name].isoformat() if row[name] else None
             campaigns.append(row)
+        businesses = []
+        for business in self.v3_businesses:
+            row = asdict(business)
+            row["blocked_until"] = (
+                row["blocked_until"].isoformat() if row["blocked_until"] else None
+            )
+            businesses.append(row)
         return {
             "campaigns": campaigns,
+            "v3_businesses": businesses,
             "unreadable_messages": self.unreadable_messages,
             "rejected_without_campaign": self.rejected_without_campaign,
             "routing": None if self.routing is None else self.routing.as_json(),
@@ -59,4 +68,5 @@ def read_status(engine: Engine, settings: Settings) -> StatusReport:
         figures.unreadable_messages,
         figures.rejected_without_campaign,
         last_check(engine),
+        figures.v3_businesses,
     )

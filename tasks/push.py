@@ -3,6 +3,10 @@
 What to do with each answer is `domain.push_decision.decide`; this task carries it out. A wait
 for the limiter (a 420's -Until, a full window) up to SHORT_WAIT_SECONDS is slept here; a longer
 one releases the claim to a later drain. 5xx and no answer retry through Celery with backoff.
+
+`campaign_id` is the claim's route key (`domain.route`): a v2 campaign, or minus a v3 business,
+whose batch goes as one v3 request with each item's campaign's partner warehouse. Parking, 420
+blocks and degrading apply to the route: for v3, the business.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from typing import Any, assert_never
 
 from celery import Task
 
-from domain.market_payload import PendingStock, stocks_body
-from domain.push_decision import PushOutcome, decide
+from domain.market_payload import PendingStock, stocks_body, v3_stocks_body
+from domain.market_rules import items_named
+from domain.push_decision import Namer, PushOutcome, by_sku, decide
+from domain.route import Method, Route
 from worker import counters, runtime
 from worker.app import app
 from worker.claims import Claim, Claims
@@ -74,19 +80,26 @@ def _send(
         runtime.limiter().cancel(decision)
         return None
     started = time.monotonic()
+    route = Route.of_key(campaign_id)
     sent_at = now - CLOCK_MARGIN
-    body = stocks_body(batch, sent_at)
-    answer = runtime.market_client().put_stocks(campaign_id, body)
+    client = runtime.market_client()
+    if route.method is Method.V3:
+        warehouse_of = runtime.routing().warehouse_of
+        body = v3_stocks_body([(s, warehouse_of(s.group_id)) for s in batch], sent_at)
+        answer = client.update_v3_stocks(route.target, body)
+    else:
+        answer = client.put_stocks(campaign_id, stocks_body(batch, sent_at))
     runtime.limiter().finish(decision, answer)
     log_event(
         log,
         logging.INFO,
         "push",
-        campaign=campaign_id,
+        **{"campaign" if route.method is Method.V2 else "business": route.target},
         skus=len(batch),
         status=answer.status,
         duration_ms=round((time.monotonic() - started) * 1000),
         attempt=attempt,
+        method=route.method.value,  # last: the v2 line reads as before
     )
     if not box.renew(claim_id):
         # The lease ran out before the answer came (a paused or stalled process): another push
@@ -100,13 +113,36 @@ def _send(
     return answer, sent_at
 
 
+def _labels(route_key: int, batch: list[PendingStock]) -> tuple[dict[str, PendingStock], Namer]:
+    """The batch's items by label, and how a 400 names them: by SKU for v2; for v3 by
+    (campaign, sku), a message naming the SKU and the warehouse (`items_named`)."""
+    if Route.of_key(route_key).method is Method.V2:
+        return {s.sku: s for s in batch}, by_sku
+    warehouse_of = runtime.routing().warehouse_of
+    labels = {f"{s.group_id}/{s.sku}": s for s in batch}
+    items = {label: (s.sku, warehouse_of(s.group_id)) for label, s in labels.items()}
+    return labels, lambda messages, _: items_named(messages, items)
+
+
+def _unusable(box: Claims, campaign_id: int, claim_id: str) -> str | None:
+    """Why the claim is not to be sent, if so: its lease ran out, or its route is no longer
+    configured (claimed before a move between v2 and v3: the keys go by their new route)."""
+    if not box.renew(claim_id):
+        return "lease lost"
+    if not runtime.routing().is_current(Route.of_key(campaign_id)):
+        box.release(campaign_id, claim_id)
+        return "route changed"
+    return None
+
+
 @app.task(name="stocks.push", bind=True, acks_late=True, reject_on_worker_lost=True)
 def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, Any]:
     """Delivers the claim's keys at their current values; never drops one."""
     settings = get_settings()
     box = runtime.claims()
-    if not box.renew(claim_id):
-        return {"outcome": "lease lost", "skus": skus}
+    unusable = _unusable(box, campaign_id, claim_id)
+    if unusable is not None:
+        return {"outcome": unusable, "skus": skus}
     work = [box.read(campaign_id, claim_id)]
     delivered = 0
     while work:
@@ -120,13 +156,15 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
             box.release(campaign_id, claim_id)
             return {"outcome": f"released: wait {sent:.1f}s", "delivered": delivered}
         answer, sent_at = sent
+        labels, namer = _labels(campaign_id, batch)
         decision = decide(
             answer.status,
             [e.message for e in answer.errors],
-            [s.sku for s in batch],
+            list(labels),
             attempt=self.request.retries,
             max_retries=settings.push_max_retries,
             reason=answer.reason(),
+            namer=namer,
         )
         match decision.kind:
             case PushOutcome.ACKNOWLEDGE:
@@ -134,12 +172,11 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
                 delivered += len(batch)
             case PushOutcome.ISOLATE | PushOutcome.WAIT:
                 # On WAIT the limiter now holds the campaign until -Until; the batch goes again.
-                by_sku = {s.sku: s for s in batch}
                 if decision.hold:
                     box.hold_skus(
-                        campaign_id, claim_id, [(by_sku[sku], why) for sku, why in decision.hold]
+                        campaign_id, claim_id, [(labels[item], why) for item, why in decision.hold]
                     )
-                work.extend([by_sku[sku] for sku in group] for group in decision.resend)
+                work.extend([labels[item] for item in group] for group in decision.resend)
             case PushOutcome.PARK_CAMPAIGN:
                 runtime.campaign_health().park(
                     campaign_id, decision.reason, settings.probe_interval_seconds

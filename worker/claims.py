@@ -7,27 +7,35 @@ outbox rows are not written to claim them, and planners of one campaign take tur
 (`worker.campaign_health.lock`; a busy campaign is skipped until the next drain). A SKU the
 Market rejected with a 400 is *held* at its version (columns `parked_version`, `parked_reason`)
 until a newer change arrives.
+
+A claim belongs to a route (`domain.route`): a v2 route's claim holds keys of its one group; a v3
+route's claim (a business) holds keys of all the business's campaigns, taken round-robin across
+them, oldest first within each, so a full request of 2,000 items is fair to every warehouse.
+`campaign_id` in the signatures below is the route key (minus the business id for v3).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, Row, text
 
-from domain.batching import pack
+from domain.batching import pack, pack_v3
 from domain.market_payload import PendingStock, updated_at_to_send
 from domain.market_rules import SKUS_PER_REQUEST_MAX
+from domain.route import Method, Route, Routing
 from worker import campaign_health, counters
 from worker.rate_limiter import RateLimiter
 
 # The campaigns with work, least recently drained first: every campaign with a pending key (a skip
 # scan of the pending index) and every campaign whose oldest acknowledgement is due for its
 # refresh (a skip scan of the refresh index, reading one entry per campaign: its oldest `acked_at`),
-# and every parked campaign whose probe is due (it may have nothing pending).
+# and every parked campaign whose probe is due (it may have nothing pending). A v3 campaign's work
+# is its business's route (minus the business id, `domain.route`), drained in that route's turn.
 # Its cost grows with the number of campaigns by one index probe each; no idle campaign is claimed
 # for.
 _CAMPAIGNS_WITH_WORK = text("""
@@ -56,9 +64,14 @@ _CAMPAIGNS_WITH_WORK = text("""
         UNION
         SELECT campaign_id FROM campaign
         WHERE parked_reason IS NOT NULL AND probe_at <= clock_timestamp()
+    ),
+    routed AS (
+        SELECT DISTINCT COALESCE(m.route_key, w.group_id) AS route_key FROM work w
+        LEFT JOIN unnest(CAST(:v3_campaigns AS bigint[]), CAST(:v3_routes AS bigint[]))
+                  AS m(campaign_id, route_key) ON m.campaign_id = w.group_id
     )
-    SELECT w.group_id FROM work w LEFT JOIN campaign c ON c.campaign_id = w.group_id
-    ORDER BY c.drained_at NULLS FIRST, w.group_id
+    SELECT r.route_key FROM routed r LEFT JOIN campaign c ON c.campaign_id = r.route_key
+    ORDER BY c.drained_at NULLS FIRST, r.route_key
 """)
 
 _DRAINED = text("UPDATE campaign SET drained_at = clock_timestamp() WHERE campaign_id = :c")
@@ -80,9 +93,9 @@ _TAKE = """
             WHERE NOT EXISTS (SELECT 1 FROM push_claim p
                               WHERE p.claim_id = claimed_key.claim_id
                                 AND p.lease_until > clock_timestamp())
-        RETURNING sku
+        RETURNING group_id, sku
     )
-    SELECT picked.sku, picked.changed_at FROM picked JOIN taken USING (sku)
+    SELECT picked.* FROM picked JOIN taken USING (group_id, sku)
 """
 
 _NOT_CLAIMED = """
@@ -133,9 +146,51 @@ _ORDERED_SCANS_ONLY = text("""
     SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)
 """)
 
+# The keys of a v3 business: its campaigns in turn (each one's oldest first), so that a request
+# holds every warehouse's share when more is pending than fits.
+_V3_PENDING = f"""
+    SELECT s.group_id, s.sku, s.changed_at,
+           row_number() OVER (ORDER BY s.changed_at) AS turn
+    FROM stock s
+    WHERE s.group_id = w.id AND s.version > s.acked_version
+      AND (s.parked_version IS NULL OR s.parked_version < s.version)
+      AND {_NOT_CLAIMED}
+    ORDER BY s.changed_at
+    LIMIT :n
+"""  # noqa: S608 - constant fragments only
+_V3_REFRESH = f"""
+    SELECT s.group_id, s.sku, s.changed_at,
+           row_number() OVER (ORDER BY s.acked_at) AS turn
+    FROM stock s
+    WHERE s.group_id = w.id AND s.version = s.acked_version
+      AND s.acked_at < now() - make_interval(secs => :refresh_after)
+      AND (s.parked_version IS NULL OR s.parked_version < s.version)
+      AND {_NOT_CLAIMED}
+    ORDER BY s.acked_at
+    LIMIT :n
+"""  # noqa: S608 - constant fragments only
+
+
+def _v3_claim(per_campaign: str) -> str:
+    return f"""
+    WITH picked AS (
+        SELECT x.group_id, x.sku, x.changed_at, x.turn
+        FROM unnest(CAST(:campaigns AS bigint[])) AS w(id)
+        CROSS JOIN LATERAL ({per_campaign}) AS x
+        ORDER BY x.turn, x.changed_at
+        LIMIT :n
+    ),
+    {_TAKE}
+    """  # noqa: S608 - constant fragments only
+
+
+_CLAIM_V3 = text(_v3_claim(_V3_PENDING))
+_CLAIM_V3_REFRESH = text(_v3_claim(_V3_REFRESH))
+
 _MOVE_TO_CLAIM = text("""
-    UPDATE claimed_key SET claim_id = :new
-    WHERE group_id = :c AND claim_id = :old AND sku = ANY(:skus)
+    UPDATE claimed_key k SET claim_id = :new
+    FROM unnest(CAST(:groups AS bigint[]), CAST(:skus AS text[])) AS m(group_id, sku)
+    WHERE k.claim_id = :old AND k.group_id = m.group_id AND k.sku = m.sku
 """)
 
 _NEW_CLAIM = text("""
@@ -150,9 +205,10 @@ _RENEW = text("""
 """)
 
 _READ = text("""
-    SELECT s.sku, s.value, s.version, s.last_occurred_at, s.sent_updated_at FROM claimed_key k
+    SELECT s.group_id, s.sku, s.value, s.version, s.last_occurred_at, s.sent_updated_at
+    FROM claimed_key k
     JOIN stock s ON s.group_id = k.group_id AND s.sku = k.sku
-    WHERE k.claim_id = :claim AND s.group_id = :c
+    WHERE k.claim_id = :claim
     ORDER BY s.changed_at
 """)
 
@@ -162,14 +218,15 @@ _READ = text("""
 # recorded when the ack applies (a refresh's too) and never lowered: the next send starts from it.
 _ACK = text("""
     WITH sent AS (
-        SELECT * FROM unnest(CAST(:skus AS text[]), CAST(:versions AS bigint[]),
-                             CAST(:vals AS bigint[]), CAST(:updated_ats AS timestamptz[]))
-            AS n(sku, version, value, updated_at)
+        SELECT * FROM unnest(CAST(:groups AS bigint[]), CAST(:skus AS text[]),
+                             CAST(:versions AS bigint[]), CAST(:vals AS bigint[]),
+                             CAST(:updated_ats AS timestamptz[]))
+                 AS n(group_id, sku, version, value, updated_at)
     ),
     locked AS (
-        SELECT s.ctid AS row_id, s.sku FROM stock s
-        WHERE s.group_id = :c AND s.sku IN (SELECT sku FROM sent)
-        ORDER BY s.sku
+        SELECT s.ctid AS row_id, s.group_id, s.sku FROM stock s
+        WHERE (s.group_id, s.sku) IN (SELECT group_id, sku FROM sent)
+        ORDER BY s.group_id, s.sku
         FOR UPDATE
     )
     UPDATE stock s SET
@@ -182,15 +239,15 @@ _ACK = text("""
         acked_at = clock_timestamp(),
         parked_version = NULL,
         parked_reason = NULL
-    FROM locked JOIN sent ON sent.sku = locked.sku
+    FROM locked JOIN sent ON sent.group_id = locked.group_id AND sent.sku = locked.sku
     WHERE s.ctid = locked.row_id
 """)
 
 _HOLD_SKUS = text("""
     UPDATE stock s SET parked_version = n.version, parked_reason = n.reason
-    FROM unnest(CAST(:skus AS text[]), CAST(:versions AS bigint[]), CAST(:reasons AS text[]))
-         AS n(sku, version, reason)
-    WHERE s.group_id = :c AND s.sku = n.sku
+    FROM unnest(CAST(:groups AS bigint[]), CAST(:skus AS text[]), CAST(:versions AS bigint[]),
+                CAST(:reasons AS text[])) AS n(group_id, sku, version, reason)
+    WHERE s.group_id = n.group_id AND s.sku = n.sku
 """)
 
 # Keys sent by a push whose lease ran out in flight: pending again (as `resync` does), rows locked
@@ -198,8 +255,9 @@ _HOLD_SKUS = text("""
 _SEND_AGAIN = text("""
     WITH locked AS (
         SELECT s.ctid AS row_id FROM stock s
-        WHERE s.group_id = :c AND s.sku = ANY(CAST(:skus AS text[]))
-        ORDER BY s.sku
+        WHERE (s.group_id, s.sku) IN (
+            SELECT * FROM unnest(CAST(:groups AS bigint[]), CAST(:skus AS text[])))
+        ORDER BY s.group_id, s.sku
         FOR UPDATE
     )
     UPDATE stock s SET version = s.version + 1, changed_at = now()
@@ -212,7 +270,7 @@ _DROP_CLAIM = text("DELETE FROM push_claim WHERE claim_id = :claim")
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """A batch claimed for one push task."""
+    """A batch claimed for one push task (`campaign_id`: its route key)."""
 
     claim_id: str
     campaign_id: int
@@ -220,7 +278,7 @@ class Claim:
 
 
 class Claims:
-    """Claims, acknowledgements and held SKUs on the `stock` table, for one campaign at a time."""
+    """Claims, acknowledgements and held SKUs on the `stock` table, for one route at a time."""
 
     def __init__(
         self,
@@ -228,17 +286,30 @@ class Claims:
         limiter: RateLimiter,
         lease_seconds: float,
         refresh_after_seconds: float,
+        routing: Routing | None = None,
     ) -> None:
         self.engine = engine
         self.limiter = limiter
         self.lease_seconds = lease_seconds
         self.refresh_after_seconds = refresh_after_seconds
+        self.routing = routing or Routing({})
 
     def campaigns_to_drain(self) -> list[int]:
-        """Campaigns with pending keys or a refresh due, least recently drained first."""
+        """Route keys with work (pending keys, a refresh due, a parked route's probe due), least
+        recently drained first; a route no longer configured (a campaign moved to v3, a business
+        left) is left out. A v3 campaign's work is its business's (minus the business id)."""
+        v3 = sorted(self.routing.v3.items())
         with self.engine.connect() as conn:
-            rows = conn.execute(_CAMPAIGNS_WITH_WORK, {"refresh_after": self.refresh_after_seconds})
-            return [row[0] for row in rows]
+            rows = conn.execute(
+                _CAMPAIGNS_WITH_WORK,
+                {
+                    "refresh_after": self.refresh_after_seconds,
+                    "v3_campaigns": [campaign for campaign, _ in v3],
+                    "v3_routes": [-destination.business_id for _, destination in v3],
+                },
+            )
+            routes = [Route.of_key(row[0]) for row in rows]
+        return [r.key for r in routes if self.routing.is_current(r)]
 
     def claim(
         self, campaign_id: int, probe_interval: float, max_batches: int | None = None
@@ -248,7 +319,19 @@ class Claims:
 
         A parked campaign gets one single-SKU probe when its probe is due (a pending key, else an
         acknowledged one: a campaign parked on a refresh has none pending); a blocked one nothing.
+        A v3 route (a business) is claimed by `_claim_v3`.
         """
+        route = Route.of_key(campaign_id)
+        if not self.routing.is_current(route):
+            return []
+        if route.method is Method.V3:
+            return self._claim_v3(route, probe_interval, max_batches)
+        return self._claim_v2(campaign_id, probe_interval, max_batches)
+
+    def _claim_v2(
+        self, campaign_id: int, probe_interval: float, max_batches: int | None
+    ) -> list[Claim]:
+        """The plan of a v2 campaign: SKUs within its per-minute budget and parallel slots."""
         with self.engine.begin() as conn:
             conn.execute(_ORDERED_SCANS_ONLY)
             # Locks the campaign: one planner at once. A busy one is skipped, not waited for: its
@@ -271,7 +354,7 @@ class Claims:
                     )[0]
                 )
             claims, claimed_skus = conn.execute(_OUTSTANDING, {"c": campaign_id}).one()
-            budget = self.limiter.limit - use.skus_in_window - int(claimed_skus)
+            budget = self.limiter.limit - use.used_in_window - int(claimed_skus)
             # One batch more than may be in flight, so a finished request is followed at once.
             slots = self.limiter.max_parallel + 1 - int(claims)
             if max_batches is not None:
@@ -308,28 +391,113 @@ class Claims:
             rows = conn.execute(statement, params).all()
             if not rows:
                 return claims, True
-            batches = pack([r.sku for r in sorted(rows, key=lambda r: r.changed_at)])
-            # Long SKUs: the body limit makes several requests; each batch gets a claim of its own.
-            ids = [claim_id] + [uuid.uuid4().hex for _ in batches[1:]]
-            for extra_id, extra in zip(ids[1:], batches[1:], strict=True):
-                conn.execute(
-                    _MOVE_TO_CLAIM,
-                    {"new": extra_id, "old": claim_id, "c": campaign_id, "skus": extra},
-                )
-            for batch_id, batch in zip(ids, batches, strict=True):
-                conn.execute(
-                    _NEW_CLAIM,
-                    {
-                        "claim": batch_id,
-                        "c": campaign_id,
-                        "n": len(batch),
-                        "lease": self.lease_seconds,
-                    },
-                )
-                claims.append(Claim(batch_id, campaign_id, len(batch)))
+            by_sku = {r.sku: r for r in rows}
+            ordered = [r.sku for r in sorted(rows, key=lambda r: r.changed_at)]
+            batches = [[by_sku[sku] for sku in batch] for batch in pack(ordered)]
+            claims.extend(self._split(conn, campaign_id, claim_id, batches))
             budget -= len(rows)
             slots -= len(batches)
             if len(rows) < wanted:
+                return claims, True
+        return claims, False
+
+    def _split(
+        self, conn: Connection, route_key: int, claim_id: str, batches: Sequence[Sequence[Row]]
+    ) -> list[Claim]:
+        """One claim per request: the body limit can make several of one claimed selection, the
+        first keeping `claim_id`, each further one moving its keys to a claim of its own."""
+        ids = [claim_id] + [uuid.uuid4().hex for _ in batches[1:]]
+        for extra_id, extra in zip(ids[1:], batches[1:], strict=True):
+            conn.execute(
+                _MOVE_TO_CLAIM,
+                {
+                    "new": extra_id,
+                    "old": claim_id,
+                    "groups": [r.group_id for r in extra],
+                    "skus": [r.sku for r in extra],
+                },
+            )
+        claims = []
+        for batch_id, batch in zip(ids, batches, strict=True):
+            conn.execute(
+                _NEW_CLAIM,
+                {"claim": batch_id, "c": route_key, "n": len(batch), "lease": self.lease_seconds},
+            )
+            claims.append(Claim(batch_id, route_key, len(batch)))
+        return claims
+
+    def _claim_v3(
+        self, route: Route, probe_interval: float, max_batches: int | None = None
+    ) -> list[Claim]:
+        """The v3 plan of a business: requests within its requests-per-minute budget and parallel
+        slots, each as full as the pending items of all its campaigns allow (2,000 or 512 KB)."""
+        campaigns = self.routing.campaigns_of(route.target)
+        with self.engine.begin() as conn:
+            conn.execute(_ORDERED_SCANS_ONLY)
+            # Locks the business: one planner at once; a busy one is skipped, as in `claim`.
+            use = self.limiter.try_usage(conn, route.key)
+            if use is None:
+                return []
+            conn.execute(_DRAINED, {"c": route.key})
+            if use.blocked_until is not None and use.blocked_until > use.now:
+                return []
+            if use.parked_reason is not None:
+                if not campaign_health.probe_due(conn, route.key, probe_interval):
+                    return []
+                probe = self._claim_v3_batches(conn, route.key, campaigns, 1, 1, size=1)[0]
+                return (
+                    probe
+                    or self._claim_v3_batches(
+                        conn, route.key, campaigns, 1, 1, size=1, refresh=True, refresh_after=0.0
+                    )[0]
+                )
+            claims, _ = conn.execute(_OUTSTANDING, {"c": route.key}).one()
+            # The budget counts requests: the window's and the claims not yet sent.
+            budget = self.limiter.limit_of(route.key) - use.used_in_window - int(claims)
+            slots = min(self.limiter.max_parallel + 1 - int(claims), budget)
+            if max_batches is not None:
+                slots = min(slots, max_batches)
+            fresh, exhausted = self._claim_v3_batches(conn, route.key, campaigns, slots, budget)
+            if not exhausted or slots <= len(fresh):
+                return fresh
+            refresh = self._claim_v3_batches(
+                conn, route.key, campaigns, 1, budget - len(fresh), refresh=True
+            )[0]
+            return fresh + refresh
+
+    def _claim_v3_batches(
+        self,
+        conn: Connection,
+        route_key: int,
+        campaigns: list[int],
+        slots: int,
+        budget: int,
+        *,
+        size: int = SKUS_PER_REQUEST_MAX,
+        refresh: bool = False,
+        refresh_after: float | None = None,
+    ) -> tuple[list[Claim], bool]:
+        """Up to `slots` requests (at most `budget`) of up to `size` items each; True when no
+        item was left to claim."""
+        claims: list[Claim] = []
+        statement = _CLAIM_V3_REFRESH if refresh else _CLAIM_V3
+        while min(slots, budget) > 0:
+            claim_id = uuid.uuid4().hex
+            params = {"campaigns": campaigns, "n": size, "claim": claim_id}
+            if refresh:
+                params["refresh_after"] = (
+                    self.refresh_after_seconds if refresh_after is None else refresh_after
+                )
+            # The statement returns the taken keys unordered (see _TAKE): in turn order again.
+            rows = sorted(conn.execute(statement, params), key=lambda r: (r.turn, r.changed_at))
+            if not rows:
+                return claims, True
+            items = [(r.sku, self.routing.warehouse_of(r.group_id)) for r in rows]
+            batches = [[rows[i] for i in batch] for batch in pack_v3(items)]
+            claims.extend(self._split(conn, route_key, claim_id, batches))
+            slots -= len(batches)
+            budget -= len(batches)
+            if len(rows) < size:
                 return claims, True
         return claims, False
 
@@ -353,8 +521,15 @@ class Claims:
         """The claimed keys as they are now: the values and versions to send."""
         with self.engine.connect() as conn:
             return [
-                PendingStock(r.sku, r.value, r.version, r.last_occurred_at, r.sent_updated_at)
-                for r in conn.execute(_READ, {"c": campaign_id, "claim": claim_id})
+                PendingStock(
+                    r.sku,
+                    r.value,
+                    r.version,
+                    r.last_occurred_at,
+                    sent_updated_at=r.sent_updated_at,
+                    group_id=r.group_id,
+                )
+                for r in conn.execute(_READ, {"claim": claim_id})
             ]
 
     def acknowledge(
@@ -371,8 +546,7 @@ class Claims:
             conn.execute(
                 _ACK,
                 {
-                    "c": campaign_id,
-                    "claim": claim_id,
+                    "groups": [s.group_id for s in sent],
                     "skus": [s.sku for s in sent],
                     "versions": [s.version for s in sent],
                     "vals": [s.value for s in sent],
@@ -380,7 +554,10 @@ class Claims:
                 },
             )
             campaign_health.works_again(conn, campaign_id)
-            counters.add(conn, [((counters.SKUS_PUSHED, campaign_id, ""), len(sent))])
+            # Counted by the keys' campaigns: a v3 request holds several.
+            pushed = Counter(s.group_id for s in sent)
+            increments = [((counters.SKUS_PUSHED, group, ""), n) for group, n in pushed.items()]
+            counters.add(conn, increments)
 
     def hold_skus(
         self, campaign_id: int, claim_id: str, rejected: Sequence[tuple[PendingStock, str]]
@@ -390,8 +567,7 @@ class Claims:
             conn.execute(
                 _HOLD_SKUS,
                 {
-                    "c": campaign_id,
-                    "claim": claim_id,
+                    "groups": [s.group_id for s, _ in rejected],
                     "skus": [s.sku for s, _ in rejected],
                     "versions": [s.version for s, _ in rejected],
                     "reasons": [reason for _, reason in rejected],
@@ -401,7 +577,10 @@ class Claims:
     def send_again(self, campaign_id: int, claim_id: str, sent: Sequence[PendingStock]) -> None:
         """Keys whose request outlived the claim's lease: pending again, the claim given up."""
         with self.engine.begin() as conn:
-            conn.execute(_SEND_AGAIN, {"c": campaign_id, "skus": [s.sku for s in sent]})
+            conn.execute(
+                _SEND_AGAIN,
+                {"groups": [s.group_id for s in sent], "skus": [s.sku for s in sent]},
+            )
             conn.execute(_RELEASE, {"c": campaign_id, "claim": claim_id})
             conn.execute(_DROP_CLAIM, {"claim": claim_id})
 

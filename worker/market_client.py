@@ -1,5 +1,6 @@
-"""The Market HTTP edge: `PUT /v2/campaigns/{id}/offers/stocks`, the discovery reads and the
-getStocks read of the verify sweep; answers parsed, secrets kept out.
+"""The Market HTTP edge: `PUT /v2/campaigns/{id}/offers/stocks`, `POST
+/v3/businesses/{id}/offers/stocks/update`, the discovery reads and the getStocks read of the
+verify sweep; answers parsed, secrets kept out.
 
 The credential lives only in the session's headers; nothing here logs headers, and exceptions are
 rebuilt from the URL path and the exception's class so no header can leak through them.
@@ -180,21 +181,28 @@ class MarketClient:
     def put_stocks(self, campaign_id: int, body: bytes) -> MarketAnswer:
         """One PUT within `total_seconds` from start to answer; any answer or failure comes back
         as a `MarketAnswer`, never an exception."""
-        path = f"/v2/campaigns/{campaign_id}/offers/stocks"
+        return self._send("PUT", f"/v2/campaigns/{campaign_id}/offers/stocks", body)
+
+    def update_v3_stocks(self, business_id: int, body: bytes) -> MarketAnswer:
+        """One v3 update of a business's partner warehouses within the same total deadline;
+        answers as `put_stocks`."""
+        return self._send("POST", f"/v3/businesses/{business_id}/offers/stocks/update", body)
+
+    def _send(self, method: str, path: str, body: bytes) -> MarketAnswer:
         deadline = _current.deadline = _Deadline(self.total_seconds)
         try:
             # No redirect is followed: requests would carry Api-Key to any host it is sent to,
             # and a 200 there would acknowledge keys the Market never saw.
-            response = self.session.put(
-                self.base_url + path, data=body, timeout=self.timeout, allow_redirects=False
+            response = self.session.request(
+                method, self.base_url + path, data=body, timeout=self.timeout, allow_redirects=False
             )
         except (requests.RequestException, OSError) as exc:
             # The exception's text can carry the request; keep only its kind. OSError: a CA
             # bundle that cannot be read fails before anything is sent.
             if deadline.fired:
-                failure = f"no answer within {self.total_seconds:g} s on PUT {path}"
+                failure = f"no answer within {self.total_seconds:g} s on {method} {path}"
             else:
-                failure = f"{type(exc).__name__} on PUT {path}"
+                failure = f"{type(exc).__name__} on {method} {path}"
             return MarketAnswer(status=0, failure=failure)
         finally:
             deadline.cancel()

@@ -64,8 +64,11 @@ def package_version() -> str:
         return "unknown"
 
 
-def _campaign(campaign_id: int) -> str:
-    return "none" if campaign_id == counters.NO_CAMPAIGN else str(campaign_id)
+def _campaign(route_key: int) -> str:
+    """The `campaign` label of a route key: a v3 business's (minus its id) is `business:<id>`."""
+    if route_key == counters.NO_CAMPAIGN:
+        return "none"
+    return str(route_key) if route_key > 0 else f"business:{-route_key}"
 
 
 class StockFigures(Collector):
@@ -149,7 +152,7 @@ class StockFigures(Collector):
         for name, doc, attribute in per_campaign:
             family = GaugeMetricFamily(f"{PREFIX}{name}", doc, labels=["campaign"])
             for c in campaigns:
-                family.add_metric([str(c.campaign_id)], float(getattr(c, attribute)))
+                family.add_metric([_campaign(c.campaign_id)], float(getattr(c, attribute)))
             yield family
         limit = GaugeMetricFamily(
             f"{PREFIX}rate_limit_skus",
@@ -157,6 +160,25 @@ class StockFigures(Collector):
         )
         limit.add_metric([], float(self.settings.rate_limit_skus_per_minute))
         yield limit
+        v3 = self.settings.v3_campaigns
+        method = GaugeMetricFamily(
+            f"{PREFIX}campaign_method",
+            "1 for the method a campaign's stock is sent by (v2 PUT, or v3 to its business)",
+            labels=["campaign", "method", "business"],
+        )
+        configured = {c.campaign_id for c in campaigns if c.campaign_id > 0} | set(v3)
+        for campaign_id in sorted(configured):
+            if campaign_id in v3:
+                method.add_metric([str(campaign_id), "v3", str(v3[campaign_id].business_id)], 1.0)
+            else:
+                method.add_metric([str(campaign_id), "v2", ""], 1.0)
+        yield method
+        v3_limit = GaugeMetricFamily(
+            f"{PREFIX}v3_requests_per_minute",
+            "The configured limit of v3 requests per business in any rolling 60 seconds",
+        )
+        v3_limit.add_metric([], float(self.settings.v3_requests_per_minute))
+        yield v3_limit
 
 
 def _routing_families(check: RoutingCheck | None) -> Iterator[Metric]:

@@ -6,10 +6,11 @@ deployment, however many workers and machines it has.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, Row, text
 
 from worker import counters
 from worker.counters import CounterRow
@@ -129,6 +130,11 @@ class CampaignFigures:
     failed_last_hour: int
     skus_in_rate_window: int
     rejected: int
+    # How the campaign's stock is sent: "v2" (its own PUT) or "v3" (its business's update, whose
+    # requests, parking and 420s are the business's: see `Figures.v3_businesses`).
+    method: str = "v2"
+    business_id: int | None = None
+
     # The verify sweep: when every key was last read back, keys read in the last 24 h, drift
     # found and repaired (monotonic counters), keys left alone because they keep drifting.
     last_full_sweep_at: datetime | None = None
@@ -139,13 +145,31 @@ class CampaignFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class V3BusinessFigures:
+    """A v3 business: its campaigns and its requests against the requests-per-minute limit."""
+
+    business_id: int
+    campaigns: list[int]
+    requests_last_minute: int
+    requests_per_minute_limit: int
+    items_pushed_last_minute: int
+    requests_last_hour: int
+    rate_limited_last_hour: int
+    failed_last_hour: int
+    parked_reason: str | None
+    blocked_until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Figures:
-    """Every campaign's figures, requests by status, and rejected changes that name no campaign."""
+    """Every campaign's figures, requests by status, and rejected changes that name no campaign;
+    `requests_by_status` is keyed by route key (minus the business id for v3)."""
 
     campaigns: list[CampaignFigures]
     requests_by_status: dict[tuple[int, int], int]
     unreadable_messages: int
     rejected_without_campaign: int
+    v3_businesses: list[V3BusinessFigures] = field(default_factory=list)
 
 
 def read_figures(engine: Engine, settings: Settings) -> Figures:
@@ -158,35 +182,68 @@ def read_figures(engine: Engine, settings: Settings) -> Figures:
         unreadable, uncampaigned = conn.execute(
             _UNREADABLE, {"unreadable": UNREADABLE_POSITION}
         ).one()
+    v3 = settings.v3_campaigns
+    # Rows with a negative id are v3 businesses (route keys, domain/route.py).
+    business_rows = {-int(r.campaign_id): r for r in rows if r.campaign_id < 0}
     campaigns = [
-        CampaignFigures(
-            campaign_id=int(r.campaign_id),
-            pending_keys=int(r.pending_keys),
-            oldest_pending_age_seconds=(
-                None if r.oldest_pending_age is None else round(float(r.oldest_pending_age), 3)
-            ),
-            parked_skus=int(r.parked_skus),
-            last_push_at=r.last_push_at,
-            parked_reason=r.parked_reason,
-            degraded_reason=r.degraded_reason,
-            blocked_until=r.blocked_until,
-            skus_pushed_last_minute=int(r.skus_minute),
-            skus_pushed_last_hour=int(r.skus_hour),
-            requests_last_minute=int(r.requests_minute),
-            requests_last_hour=int(r.requests_hour),
-            rate_limited_last_hour=int(r.rate_limited_hour),
-            failed_last_hour=int(r.failed_hour),
-            skus_in_rate_window=int(r.skus_in_window),
-            rejected=int(r.rejected),
-            last_full_sweep_at=r.last_full_sweep_at,
-            keys_checked_last_day=int(r.keys_checked_day),
-            drift_found_total=int(r.drift_found_total),
-            drift_repaired_total=int(r.drift_repaired_total),
-            keeps_drifting=int(r.keeps_drifting),
-        )
+        _campaign(r, v3[r.campaign_id].business_id if r.campaign_id in v3 else None, business_rows)
         for r in rows
+        if r.campaign_id > 0
     ]
-    return Figures(campaigns, by_status, int(unreadable), int(uncampaigned))
+    businesses = sorted({t.business_id for t in v3.values()} | set(business_rows))
+    v3_businesses = [_business(b, business_rows.get(b), settings) for b in businesses]
+    return Figures(campaigns, by_status, int(unreadable), int(uncampaigned), v3_businesses)
+
+
+def _business(business: int, row: Row[Any] | None, settings: Settings) -> V3BusinessFigures:
+    campaigns = sorted(c for c, t in settings.v3_campaigns.items() if t.business_id == business)
+    return V3BusinessFigures(
+        business_id=business,
+        campaigns=campaigns,
+        requests_last_minute=int(row.requests_minute) if row else 0,
+        requests_per_minute_limit=settings.v3_requests_per_minute,
+        items_pushed_last_minute=int(row.skus_minute) if row else 0,
+        requests_last_hour=int(row.requests_hour) if row else 0,
+        rate_limited_last_hour=int(row.rate_limited_hour) if row else 0,
+        failed_last_hour=int(row.failed_hour) if row else 0,
+        parked_reason=row.parked_reason if row else None,
+        blocked_until=row.blocked_until if row else None,
+    )
+
+
+def _campaign(
+    r: Row[Any], business_id: int | None, business_rows: dict[int, Row[Any]]
+) -> CampaignFigures:
+    """One campaign's figures; a v3 campaign's health (last push, parked, degraded, 420) is its
+    business's."""
+    health = r if business_id is None else business_rows.get(business_id, r)
+    return CampaignFigures(
+        campaign_id=int(r.campaign_id),
+        pending_keys=int(r.pending_keys),
+        oldest_pending_age_seconds=(
+            None if r.oldest_pending_age is None else round(float(r.oldest_pending_age), 3)
+        ),
+        parked_skus=int(r.parked_skus),
+        last_push_at=health.last_push_at,
+        parked_reason=health.parked_reason,
+        degraded_reason=health.degraded_reason,
+        blocked_until=health.blocked_until,
+        skus_pushed_last_minute=int(r.skus_minute),
+        skus_pushed_last_hour=int(r.skus_hour),
+        requests_last_minute=int(r.requests_minute),
+        requests_last_hour=int(r.requests_hour),
+        rate_limited_last_hour=int(r.rate_limited_hour),
+        failed_last_hour=int(r.failed_hour),
+        skus_in_rate_window=int(r.skus_in_window),
+        rejected=int(r.rejected),
+        method="v2" if business_id is None else "v3",
+        business_id=business_id,
+        last_full_sweep_at=r.last_full_sweep_at,
+        keys_checked_last_day=int(r.keys_checked_day),
+        drift_found_total=int(r.drift_found_total),
+        drift_repaired_total=int(r.drift_repaired_total),
+        keeps_drifting=int(r.keeps_drifting),
+    )
 
 
 # The metrics scrape: O(campaigns), whatever the backlog. Pending and held keys per campaign are

@@ -1,4 +1,8 @@
-"""The global per-campaign rate limiter, kept in PostgreSQL on the database's clock.
+"""The global rate limiter of every route, kept in PostgreSQL on the database's clock.
+
+One limiter, two kinds of resource (`domain.route`): a v2 route (a campaign) counts SKUs, at most
+`limit` in the window; a v3 route (a business) counts requests, at most `v3_requests_per_minute`.
+Both have at most `max_parallel` requests in flight. `campaign_id` below is a route key.
 
 Every worker and process asks here before a request: at most `limit` SKUs in any rolling window
 (60 s plus a margin for the time a request takes to arrive) and at most `max_parallel` requests in
@@ -24,6 +28,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 
 from domain.rate_window import seconds_until_room
+from domain.route import Method, Route
 from worker import campaign_health, counters
 from worker.database import is_lock_timeout
 from worker.market_client import MarketAnswer
@@ -56,8 +61,14 @@ SENDING_FIRST_WAIT_SECONDS = 0.5
 PUSH = "push"
 READ = "read"
 
+# `amount` is what a request counts against its route's limit: SKUs (v2) or one request (v3;
+# a 5xx is not counted, a correction counts the requests the Market saw beyond ours).
 _WINDOW = text("""
-    SELECT skus, kind,
+    SELECT CASE WHEN NOT :requests OR kind = 'read' THEN skus
+                WHEN correction THEN skus
+                WHEN status >= 500 THEN 0
+                ELSE 1 END AS amount,
+           kind,
            COALESCE(finished_at, started_at + make_interval(secs => :unfinished))
                + make_interval(secs => :window) AS leaves_at,
            (finished_at IS NULL
@@ -126,9 +137,9 @@ class Wait:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """A campaign's use of its limit right now."""
+    """A route's use of its limit right now (`used_in_window`: SKUs for v2, requests for v3)."""
 
-    skus_in_window: int
+    used_in_window: int
     in_flight: int
     window: list[tuple[int, datetime]]
     now: datetime
@@ -142,11 +153,12 @@ class Usage:
 
 def _counted(use: Usage, read: bool) -> int:
     """What this limiter counted in the window of the answered request's kind."""
-    return use.reads_in_window if read else use.skus_in_window
+    return use.reads_in_window if read else use.used_in_window
 
 
 class RateLimiter:
-    """Per-campaign SKUs per rolling minute and requests in flight, across all workers."""
+    """Per route: SKUs (v2) or requests (v3) per rolling minute and requests in flight, across
+    all workers."""
 
     def __init__(
         self,
@@ -154,6 +166,8 @@ class RateLimiter:
         skus_per_minute: int,
         max_parallel: int,
         read_offers_per_minute: int = 50_000,
+        v3_requests_per_minute: int = 50,
+        *,
         request_deadline_seconds: float = UNFINISHED_REQUEST_SECONDS,
     ) -> None:
         self.engine = engine
@@ -161,9 +175,18 @@ class RateLimiter:
         self.max_parallel = min(max_parallel, MARKET_MAX_PARALLEL - 1)
         self.read_limit = read_offers_per_minute
         self.deadline = request_deadline_seconds
+        self.v3_limit = v3_requests_per_minute
+
+    def limit_of(self, route_key: int) -> int:
+        """The route's limit per rolling minute: SKUs for a campaign, requests for a business."""
+        return self.limit if Route.of_key(route_key).method is Method.V2 else self.v3_limit
+
+    def amount_of(self, route_key: int, skus: int) -> int:
+        """What a request of `skus` items counts against its route's limit."""
+        return skus if Route.of_key(route_key).method is Method.V2 else 1
 
     def usage(self, conn: Connection, campaign_id: int) -> Usage:
-        """Locks the campaign's row (callers serialize on it) and reads its use of the limit."""
+        """Locks the route's row (callers serialize on it) and reads its use of the limit."""
         campaign = campaign_health.lock(conn, campaign_id)
         assert campaign is not None  # a waiting lock always returns the row
         return self._read_usage(conn, campaign_id, campaign)
@@ -182,19 +205,20 @@ class RateLimiter:
                 "c": campaign_id,
                 "window": WINDOW_SECONDS + ARRIVAL_MARGIN_SECONDS,
                 "unfinished": self.deadline,
+                "requests": Route.of_key(campaign_id).method is Method.V3,
             },
         ).all()
         pushes = [r for r in rows if r.kind != READ]
         reads = [r for r in rows if r.kind == READ]
         return Usage(
-            skus_in_window=sum(r.skus for r in pushes),
+            used_in_window=sum(r.amount for r in pushes),
             in_flight=sum(1 for r in rows if r.in_flight),
-            window=[(r.skus, r.leaves_at) for r in pushes],
+            window=[(r.amount, r.leaves_at) for r in pushes],
             now=campaign.now,
             blocked_until=campaign.blocked_until,
             parked_reason=campaign.parked_reason,
-            reads_in_window=sum(r.skus for r in reads),
-            read_window=[(r.skus, r.leaves_at) for r in reads],
+            reads_in_window=sum(r.amount for r in reads),
+            read_window=[(r.amount, r.leaves_at) for r in reads],
             reads_blocked_until=campaign.verify_blocked_until,
         )
 
@@ -222,7 +246,12 @@ class RateLimiter:
             else:
                 if use.in_flight >= self.max_parallel:
                     return Wait(PARALLEL_WAIT_SECONDS, "parallel")
-                wait = seconds_until_room(use.window, self.limit, skus, use.now)
+                wait = seconds_until_room(
+                    use.window,
+                    self.limit_of(campaign_id),
+                    self.amount_of(campaign_id, skus),
+                    use.now,
+                )
                 if wait > 0:
                     return Wait(wait, "window")
             request_id = conn.execute(

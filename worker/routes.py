@@ -3,11 +3,17 @@ groups at worker start: keys are carried over (domain/routing.py) in one transac
 
 Moved and copied keys are marked pending, so the first send after a change is the key's current
 value at its group's sending campaign. Every transfer is logged (`keys_moved`, `keys_copied`).
+
+The v3 destinations (STOCKSYNC_V3_CAMPAIGNS) are stored too: a campaign moved between v2 and v3,
+or to another v3 business or warehouse, keeps its keys (they are (campaign, sku) either way), which
+are made pending so the new route's first send is each key's current value, and its claims are
+forgotten so nothing claimed for the old route is sent there (`keys_rerouted`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
@@ -23,7 +29,22 @@ log = logging.getLogger("stocksync.routes")
 ROUTE_LOCK_ID = 0x5370C6
 
 _LOCK = text("SELECT pg_advisory_xact_lock(:id)")
-_STORED = text("SELECT campaign_id, group_id FROM campaign_route ORDER BY campaign_id")
+_STORED = text("""
+    SELECT campaign_id, group_id FROM campaign_route WHERE v3_business_id IS NULL
+    ORDER BY campaign_id
+""")
+_STORED_V3 = text("""
+    SELECT campaign_id, v3_business_id, v3_warehouse_id FROM campaign_route
+    WHERE v3_business_id IS NOT NULL
+""")
+_STORE_V3 = text("""
+    INSERT INTO campaign_route (campaign_id, group_id, v3_business_id, v3_warehouse_id)
+    SELECT c, c, b, w FROM unnest(CAST(:campaigns AS bigint[]), CAST(:businesses AS bigint[]),
+                                  CAST(:warehouses AS bigint[])) AS v(c, b, w)
+""")
+_REROUTE_KEYS = text("""
+    UPDATE stock SET version = version + 1, changed_at = now() WHERE group_id = :source
+""")
 _FORGET = text("DELETE FROM campaign_route")
 _STORE = text("""
     INSERT INTO campaign_route (campaign_id, group_id)
@@ -72,16 +93,42 @@ def _carry(conn: Connection, transfer: KeyTransfer) -> None:
     log_event(log, logging.WARNING, "keys_moved", keys=moved, dropped=dropped, **params)
 
 
-def apply_routes(engine: Engine, groups: list[list[int]]) -> list[KeyTransfer]:
-    """Stores the routing of `groups`, carrying the keys over from the stored one when they
-    differ; returns the transfers made. Nothing is written when the routing is unchanged."""
+V3Routes = Mapping[int, tuple[int, int]]  # campaign -> (business, partner warehouse)
+
+
+def _stored_v3(conn: Connection) -> dict[int, tuple[int, int]]:
+    return {int(c): (int(b), int(w)) for c, b, w in conn.execute(_STORED_V3)}
+
+
+def rerouted(stored: V3Routes, configured: V3Routes) -> list[int]:
+    """Campaigns whose v3 destination changed: into or out of v3, or to another business or
+    warehouse."""
+    return sorted(c for c in set(stored) | set(configured) if stored.get(c) != configured.get(c))
+
+
+def _reroute(conn: Connection, campaign: int) -> None:
+    params = {"source": campaign}
+    keys = conn.execute(_REROUTE_KEYS, params).rowcount
+    conn.execute(_FORGET_CLAIMS, params)
+    log_event(log, logging.WARNING, "keys_rerouted", campaign=campaign, keys=keys)
+
+
+def apply_routes(
+    engine: Engine, groups: list[list[int]], v3: V3Routes | None = None
+) -> list[KeyTransfer]:
+    """Stores the routing of `groups` and the `v3` destinations, carrying the keys over from the
+    stored ones when they differ; returns the group transfers made. Nothing is written when the
+    routing is unchanged."""
     configured = routes_of(groups)
+    configured_v3 = dict(v3 or {})
     with engine.connect() as conn:  # the common case: unchanged, read only
-        if not differ(_stored(conn), configured):
+        if not differ(_stored(conn), configured) and not rerouted(_stored_v3(conn), configured_v3):
             return []
     with engine.begin() as conn:
         conn.execute(_LOCK, {"id": ROUTE_LOCK_ID})
         stored = _stored(conn)
+        for campaign in rerouted(_stored_v3(conn), configured_v3):
+            _reroute(conn, campaign)
         transfers = plan(stored, configured) if differ(stored, configured) else []
         for transfer in transfers:
             _carry(conn, transfer)
@@ -89,6 +136,15 @@ def apply_routes(engine: Engine, groups: list[list[int]]) -> list[KeyTransfer]:
         if configured:
             conn.execute(
                 _STORE, {"campaigns": list(configured), "groups": list(configured.values())}
+            )
+        if configured_v3:
+            conn.execute(
+                _STORE_V3,
+                {
+                    "campaigns": list(configured_v3),
+                    "businesses": [b for b, _ in configured_v3.values()],
+                    "warehouses": [w for _, w in configured_v3.values()],
+                },
             )
     log_event(log, logging.INFO, "routes_stored", campaigns=len(configured), moved=len(transfers))
     return transfers
@@ -98,8 +154,9 @@ def route_at_start(engine: Engine, settings: Settings) -> bool:
     """`apply_routes` for a starting worker; False when PostgreSQL is unreachable now (or fails
     with another error that may pass: `is_transient`), and then each process's first task
     applies it (`worker.runtime.routed`) before it touches a key."""
+    v3 = {c: (t.business_id, t.warehouse_id) for c, t in settings.v3_campaigns.items()}
     try:
-        apply_routes(engine, settings.warehouse_groups)
+        apply_routes(engine, settings.warehouse_groups, v3)
     except DBAPIError as exc:
         if not is_transient(exc):
             raise

@@ -16,6 +16,7 @@ from typing import TypeVar, cast
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import NullPool
 
+from domain.route import Routing, V3Destination
 from worker.campaign_health import CampaignHealth
 from worker.claims import Claims
 from worker.database import database_url, make_engine, session_attrs
@@ -73,7 +74,9 @@ def routed() -> None:
     at worker start, or by the process's first task when PostgreSQL was unreachable then."""
     from worker.routes import apply_routes
 
-    _once("routed", lambda: apply_routes(engine(), get_settings().warehouse_groups))
+    settings = get_settings()
+    v3 = {c: (t.business_id, t.warehouse_id) for c, t in settings.v3_campaigns.items()}
+    _once("routed", lambda: apply_routes(engine(), settings.warehouse_groups, v3))
 
 
 def limiter() -> RateLimiter:
@@ -86,11 +89,31 @@ def limiter() -> RateLimiter:
             settings.rate_limit_skus_per_minute,
             settings.max_parallel_requests_per_campaign,
             read_budget(settings),
-            # The client's total deadline, as long again and a margin: a request given up on
-            # may still be served by the Market, and holds its slot until then.
-            request_deadline_seconds=2 * settings.market_timeout_seconds + 5,
+            settings.v3_requests_per_minute,
+            request_deadline_seconds=request_deadline(settings),
         ),
     )
+
+
+def routing() -> Routing:
+    """The configured v3 campaigns: which keys go by v3, to which business and warehouse."""
+    settings = get_settings()
+    return _once(
+        "routing",
+        lambda: Routing(
+            {
+                campaign: V3Destination(target.business_id, target.warehouse_id)
+                for campaign, target in settings.v3_campaigns.items()
+            }
+        ),
+    )
+
+
+def request_deadline(settings: Settings) -> float:
+    """How long the limiter counts a Market request without an answer as in flight: the
+    client's total deadline, as long again and a margin (a request given up on may still be
+    served by the Market, and holds its slot until then)."""
+    return 2 * settings.market_timeout_seconds + 5
 
 
 def read_budget(settings: Settings) -> int:
@@ -117,7 +140,11 @@ def claims() -> Claims:
     return _once(
         "claims",
         lambda: Claims(
-            engine(), limiter(), settings.claim_lease_seconds, settings.refresh_hours * 3600
+            engine(),
+            limiter(),
+            settings.claim_lease_seconds,
+            settings.refresh_hours * 3600,
+            routing(),
         ),
     )
 

@@ -214,12 +214,15 @@ redelivery = Table(
 # The routing the keys were last stored under: each grouped campaign to its group's key (the
 # group's first, sending campaign). A campaign without a row routes to itself. Written at worker
 # start (worker/routes.py), which carries the keys over when the configured groups changed.
+# A campaign sent by v3 has a row routing to itself with its business and partner warehouse.
 campaign_route = Table(
     "campaign_route",
     metadata,
     Column("campaign_id", BigInteger, primary_key=True, autoincrement=False),
     Column("group_id", BigInteger, nullable=False),
     Column("routed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("v3_business_id", BigInteger),
+    Column("v3_warehouse_id", BigInteger),
 )
 
 # The last routing check (worker/routing_check.py): one row, replaced by each check, read by

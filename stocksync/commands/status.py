@@ -18,6 +18,7 @@ DEFAULT_MAX_AGE_SECONDS = 300.0
 TOO_OLD_EXIT_CODE = 2
 COLUMNS = (
     "campaign",
+    "sent by",
     "pending",
     "oldest pending",
     "last push (UTC)",
@@ -98,6 +99,7 @@ def _row(c: CampaignFigures) -> tuple[str, ...]:
     last_push = c.last_push_at
     return (
         str(c.campaign_id),
+        "v2" if c.business_id is None else f"v3 business {c.business_id}",
         str(c.pending_keys),
         _age(c.oldest_pending_age_seconds),
         last_push.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if last_push else "never",
@@ -137,6 +139,15 @@ def render_table(report: StatusReport) -> str:
                 lines.append(_verify_line(c))
     else:
         lines.append("no campaigns yet: nothing received")
+    for b in report.v3_businesses:
+        campaigns = ", ".join(map(str, b.campaigns)) or "none configured"
+        state = f"parked: {b.parked_reason}" if b.parked_reason else "ok"
+        lines.append(
+            f"v3 business {b.business_id} (campaigns {campaigns}): "
+            f"{b.requests_last_minute}/{b.requests_per_minute_limit} requests in the last minute, "
+            f"{b.items_pushed_last_minute} items, {b.rate_limited_last_hour} 420s in the last "
+            f"hour, {state}"
+        )
     lines.append(f"unreadable messages: {report.unreadable_messages}")
     if report.rejected_without_campaign:
         lines.append(

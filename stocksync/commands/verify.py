@@ -14,7 +14,7 @@ from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
 from worker.market_client import MarketClient
 from worker.rate_limiter import RateLimiter
-from worker.runtime import read_budget
+from worker.runtime import read_budget, request_deadline
 from worker.settings import load_settings
 from worker.verify import SweepResult, V2Reader, Verifier, keeps_drifting
 
@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         settings.rate_limit_skus_per_minute,
         settings.max_parallel_requests_per_campaign,
         read_budget(settings),
+        request_deadline_seconds=request_deadline(settings),
     )
     reader = V2Reader(engine, client, settings.verify_stock_type)
     verifier = Verifier(engine, limiter, lambda campaign_id: reader, settings.verify_hours * 3600)

@@ -22,7 +22,7 @@ def _db_now(engine: Engine) -> datetime:
 
 def _skus_in_window(limiter: RateLimiter) -> int:
     with limiter.engine.begin() as conn:
-        return limiter.usage(conn, CAMPAIGN).skus_in_window
+        return limiter.usage(conn, CAMPAIGN).used_in_window
 
 
 def _permit(limiter: RateLimiter, skus: int) -> Permit:
