@@ -28,15 +28,26 @@ def pack(
     max_bytes: int = BODY_BYTES_MAX,
 ) -> list[list[str]]:
     """Splits `skus`, in order, into batches within both limits."""
-    batches: list[list[str]] = []
-    current: list[str] = []
-    size = BODY_FRAME_BYTES
-    for sku in skus:
-        entry = sku_entry_bytes(sku)
-        if current and (len(current) >= max_skus or size + entry > max_bytes):
+    sizes = [sku_entry_bytes(sku) for sku in skus]
+    return [
+        [skus[i] for i in batch]
+        for batch in _pack_positions(sizes, BODY_FRAME_BYTES, max_skus, max_bytes)
+    ]
+
+
+def _pack_positions(
+    sizes: Sequence[int], frame: int, max_entries: int, max_bytes: int
+) -> list[list[int]]:
+    """Positions of entries of `sizes` bytes, in order, cut into bodies of at most `max_entries`
+    entries and `max_bytes` bytes (`frame` bytes of wrapping each)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    size = frame
+    for position, entry in enumerate(sizes):
+        if current and (len(current) >= max_entries or size + entry > max_bytes):
             batches.append(current)
-            current, size = [], BODY_FRAME_BYTES
-        current.append(sku)
+            current, size = [], frame
+        current.append(position)
         size += entry
     if current:
         batches.append(current)
@@ -73,16 +84,5 @@ def pack_v3(
 ) -> list[list[int]]:
     """Splits v3 items (sku, partnerWarehouseId), in order, into requests within both limits;
     each request is the list of its items' positions in `items`."""
-    batches: list[list[int]] = []
-    current: list[int] = []
-    size = V3_BODY_FRAME_BYTES
-    for position, (sku, warehouse) in enumerate(items):
-        entry = v3_item_bytes(sku, warehouse)
-        if current and (len(current) >= max_items or size + entry > max_bytes):
-            batches.append(current)
-            current, size = [], V3_BODY_FRAME_BYTES
-        current.append(position)
-        size += entry
-    if current:
-        batches.append(current)
-    return batches
+    sizes = [v3_item_bytes(sku, warehouse) for sku, warehouse in items]
+    return _pack_positions(sizes, V3_BODY_FRAME_BYTES, max_items, max_bytes)

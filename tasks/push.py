@@ -135,6 +135,11 @@ def _unusable(box: Claims, campaign_id: int, claim_id: str) -> str | None:
     return None
 
 
+def _campaign_warning(event: str, campaign_id: int, reason: str) -> None:
+    """A campaign's new state (`campaign_parked`, `campaign_degraded`) in the log."""
+    log_event(log, logging.WARNING, event, campaign=campaign_id, reason=reason)
+
+
 @app.task(name="stocks.push", bind=True, acks_late=True, reject_on_worker_lost=True)
 def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, Any]:
     """Delivers the claim's keys at their current values; never drops one."""
@@ -182,13 +187,7 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
                     campaign_id, decision.reason, settings.probe_interval_seconds
                 )
                 box.release(campaign_id, claim_id)
-                log_event(
-                    log,
-                    logging.WARNING,
-                    "campaign_parked",
-                    campaign=campaign_id,
-                    reason=decision.reason,
-                )
+                _campaign_warning("campaign_parked", campaign_id, decision.reason)
                 return {"outcome": "campaign parked", "delivered": delivered}
             case PushOutcome.RETRY:
                 box.renew(claim_id)
@@ -197,13 +196,7 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
             case PushOutcome.GIVE_UP:
                 box.release(campaign_id, claim_id)
                 runtime.campaign_health().degrade(campaign_id, decision.reason)
-                log_event(
-                    log,
-                    logging.WARNING,
-                    "campaign_degraded",
-                    campaign=campaign_id,
-                    reason=decision.reason,
-                )
+                _campaign_warning("campaign_degraded", campaign_id, decision.reason)
                 return {"outcome": "released after retries", "delivered": delivered}
             case _ as unreachable:
                 assert_never(unreachable)

@@ -98,7 +98,8 @@ _TAKE = """
     SELECT picked.* FROM picked JOIN taken USING (group_id, sku)
 """
 
-_NOT_CLAIMED = """
+# A key held by a live claim (the fragment also serves the read-back sweep, worker/verify.py).
+NOT_CLAIMED = """
     NOT EXISTS (SELECT 1 FROM claimed_key k
                 WHERE k.group_id = s.group_id AND k.sku = s.sku
                   AND EXISTS (SELECT 1 FROM push_claim p
@@ -112,7 +113,7 @@ _CLAIM = text(f"""
         SELECT s.group_id, s.sku, s.changed_at FROM stock s
         WHERE s.group_id = :c AND s.version > s.acked_version
           AND (s.parked_version IS NULL OR s.parked_version < s.version)
-          AND {_NOT_CLAIMED}
+          AND {NOT_CLAIMED}
         ORDER BY s.changed_at
         LIMIT :n
     ),
@@ -130,7 +131,7 @@ _CLAIM_REFRESH = text(f"""
         WHERE s.group_id = :c AND s.version = s.acked_version
           AND s.acked_at < now() - make_interval(secs => :refresh_after)
           AND (s.parked_version IS NULL OR s.parked_version < s.version)
-          AND {_NOT_CLAIMED}
+          AND {NOT_CLAIMED}
         ORDER BY s.acked_at
         LIMIT :n
     ),
@@ -154,7 +155,7 @@ _V3_PENDING = f"""
     FROM stock s
     WHERE s.group_id = w.id AND s.version > s.acked_version
       AND (s.parked_version IS NULL OR s.parked_version < s.version)
-      AND {_NOT_CLAIMED}
+      AND {NOT_CLAIMED}
     ORDER BY s.changed_at
     LIMIT :n
 """  # noqa: S608 - constant fragments only
@@ -165,7 +166,7 @@ _V3_REFRESH = f"""
     WHERE s.group_id = w.id AND s.version = s.acked_version
       AND s.acked_at < now() - make_interval(secs => :refresh_after)
       AND (s.parked_version IS NULL OR s.parked_version < s.version)
-      AND {_NOT_CLAIMED}
+      AND {NOT_CLAIMED}
     ORDER BY s.acked_at
     LIMIT :n
 """  # noqa: S608 - constant fragments only

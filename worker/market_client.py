@@ -207,14 +207,7 @@ class MarketClient:
         finally:
             deadline.cancel()
             _current.deadline = None
-        headers = response.headers
-        return MarketAnswer(
-            status=response.status_code,
-            errors=[] if response.ok else _errors(response.content),
-            limit=_int_header(headers.get("X-RateLimit-Resource-Limit")),
-            remaining=_int_header(headers.get("X-RateLimit-Resource-Remaining")),
-            until=http_date(headers.get("X-RateLimit-Resource-Until")),
-        )
+        return self._answer(response)
 
     def _post(self, path: str, payload: Any, params: dict[str, Any] | None = None) -> MarketAnswer:
         """One POST of a read method, as `put_stocks`: every outcome is a `MarketAnswer`."""

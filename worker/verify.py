@@ -43,6 +43,7 @@ from domain.stock_read import (
     sweep_allowance,
 )
 from worker import campaign_health, counters
+from worker.claims import NOT_CLAIMED
 from worker.logs import log_event
 from worker.market_client import MarketAnswer, MarketClient
 from worker.rate_limiter import READ, Permit, RateLimiter
@@ -60,20 +61,12 @@ _LOCK_SPACE = 0x5EF1
 _TRY_LOCK = text("SELECT pg_try_advisory_lock(:space, CAST(:c % 2147483647 AS integer))")
 _UNLOCK = text("SELECT pg_advisory_unlock(:space, CAST(:c % 2147483647 AS integer))")
 
-_NOT_CLAIMED = """
-    NOT EXISTS (SELECT 1 FROM claimed_key k
-                WHERE k.group_id = s.group_id AND k.sku = s.sku
-                  AND EXISTS (SELECT 1 FROM push_claim p
-                              WHERE p.claim_id = k.claim_id
-                                AND p.lease_until > clock_timestamp()))
-"""
-
 # The next keys to read: acknowledged, not pending, not claimed, checked before `before`, oldest
 # check first. The ordered walk of `stock_verify` stops after :n rows.
 _PICK = text(f"""
     SELECT s.sku, s.acked_value, clock_timestamp() AS picked_at FROM stock s
     WHERE s.group_id = :c AND s.version = s.acked_version AND s.acked_at IS NOT NULL
-      AND s.verified_at < :before AND {_NOT_CLAIMED}
+      AND s.verified_at < :before AND {NOT_CLAIMED}
     ORDER BY s.verified_at
     LIMIT :n
 """)  # noqa: S608 - built from the constant fragment above; every value is a bound parameter
@@ -95,7 +88,7 @@ _RECORD = text(f"""
     ),
     locked AS (
         SELECT s.ctid AS row_id, s.sku, s.version, s.acked_version, s.acked_value, s.acked_at,
-               {_NOT_CLAIMED} AS free
+               {NOT_CLAIMED} AS free
         FROM stock s
         WHERE s.group_id = :c AND s.sku IN (SELECT sku FROM seen)
         ORDER BY s.sku
@@ -170,7 +163,7 @@ _FULL_SWEEP = text("UPDATE campaign SET last_full_sweep_at = :at WHERE campaign_
 _DUE = text(f"""
     SELECT count(*) FROM stock s
     WHERE s.group_id = :c AND s.version = s.acked_version AND s.acked_at IS NOT NULL
-      AND s.verified_at < :before AND {_NOT_CLAIMED}
+      AND s.verified_at < :before AND {NOT_CLAIMED}
 """)  # noqa: S608 - built from the constant fragment above; every value is a bound parameter
 
 _NOW = text("SELECT clock_timestamp()")
