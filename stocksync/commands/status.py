@@ -18,7 +18,6 @@ DEFAULT_MAX_AGE_SECONDS = 300.0
 TOO_OLD_EXIT_CODE = 2
 COLUMNS = (
     "campaign",
-    "sent by",
     "pending",
     "oldest pending",
     "last push (UTC)",
@@ -27,6 +26,7 @@ COLUMNS = (
     "420/5xx 1h",
     "parked SKUs",
     "rejected",
+    "sent by",
     "state",
 )
 
@@ -99,7 +99,6 @@ def _row(c: CampaignFigures) -> tuple[str, ...]:
     last_push = c.last_push_at
     return (
         str(c.campaign_id),
-        "v2" if c.business_id is None else f"v3 business {c.business_id}",
         str(c.pending_keys),
         _age(c.oldest_pending_age_seconds),
         last_push.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if last_push else "never",
@@ -108,6 +107,7 @@ def _row(c: CampaignFigures) -> tuple[str, ...]:
         f"{c.rate_limited_last_hour}/{c.failed_last_hour}",
         str(c.parked_skus),
         str(c.rejected),
+        "v2" if c.business_id is None else f"v3 business {c.business_id}",
         _state(c),
     )
 

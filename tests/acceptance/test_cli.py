@@ -138,6 +138,14 @@ def test_status_json_reports_the_known_state(
         "failed_last_hour": 0,
         "skus_in_rate_window": 0,
         "rejected": 0,
+        # sent by v2 (issue 9) and not read back yet (issue 8)
+        "method": "v2",
+        "business_id": None,
+        "last_full_sweep_at": None,
+        "keys_checked_last_day": 0,
+        "drift_found_total": 0,
+        "drift_repaired_total": 0,
+        "keeps_drifting": 0,
     }
     assert campaigns[3001]["rejected"] == 1
     assert campaigns[3001]["pending_keys"] == 0
