@@ -19,7 +19,7 @@ EPILOG = """\
 Each message goes back under its own task id, so changes without an event_id keep their
 identity and a change applied before is not applied twice, and changes without occurred_at keep
 the time the service first received them. Its unreadable row goes and its delivery count starts
-again; if it fails again it is stored again with the new reason. Refused messages
+again; if it fails again it is stored again with the new reason. Unreadable messages
 that are no stocks.submit call (a pickle, another content type) are skipped. Exit 1 when
 nothing was replayed or an id was not found.
 """
