@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from domain.market_rules import BODY_BYTES_MAX, SKUS_PER_REQUEST_MAX
+
+T = TypeVar("T")
 
 # `{"skus":[` + `]}` around the entries.
 BODY_FRAME_BYTES = len(b'{"skus":[]}')
@@ -86,3 +90,18 @@ def pack_v3(
     each request is the list of its items' positions in `items`."""
     sizes = [v3_item_bytes(sku, warehouse) for sku, warehouse in items]
     return _pack_positions(sizes, V3_BODY_FRAME_BYTES, max_items, max_bytes)
+
+
+def take_turns(candidates: Iterable[tuple[Hashable, Any, T]], limit: int) -> list[T]:
+    """At most `limit` items, fair across their sources: every source's oldest first, then every
+    one's second, and so on; within one turn the older first. Candidates are (source, age key,
+    item), the age key any comparable value (a datetime)."""
+    by_source: dict[Hashable, list[tuple[Any, T]]] = defaultdict(list)
+    for source, key, item in candidates:
+        by_source[source].append((key, item))
+    turns: list[tuple[int, Any, int, T]] = []
+    for n, entries in enumerate(by_source.values()):
+        entries.sort(key=lambda entry: entry[0])
+        turns.extend((turn, key, n, item) for turn, (key, item) in enumerate(entries))
+    turns.sort(key=lambda t: t[:3])
+    return [item for *_, item in turns[:limit]]

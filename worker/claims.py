@@ -24,7 +24,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, Row, text
 
-from domain.batching import pack, pack_v3
+from domain.batching import pack, pack_v3, take_turns
 from domain.market_payload import PendingStock, updated_at_to_send
 from domain.market_rules import SKUS_PER_REQUEST_MAX
 from domain.route import Method, Route, Routing
@@ -147,12 +147,13 @@ _ORDERED_SCANS_ONLY = text("""
     SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)
 """)
 
-# The keys of a v3 business: its campaigns in turn (each one's oldest first), so that a request
-# holds every warehouse's share when more is pending than fits.
+# The candidates of one v3 request: at most :n keys of each campaign of the business, oldest first
+# (`turn_key`: the change, or for a refresh the acknowledgement), each campaign's index walked and
+# left after :n rows. The round-robin across campaigns is `domain.batching.take_turns`: a window
+# function here reads every key tied on the order (all of them after a move into v3: measured, the
+# whole backlog of each campaign per claim), and a sort is planned at the disabled node's cost.
 _V3_PENDING = f"""
-    SELECT s.group_id, s.sku, s.changed_at,
-           row_number() OVER (ORDER BY s.changed_at) AS turn
-    FROM stock s
+    SELECT s.group_id, s.sku, s.changed_at AS turn_key FROM stock s
     WHERE s.group_id = w.id AND s.version > s.acked_version
       AND (s.parked_version IS NULL OR s.parked_version < s.version)
       AND {NOT_CLAIMED}
@@ -160,9 +161,7 @@ _V3_PENDING = f"""
     LIMIT :n
 """  # noqa: S608 - constant fragments only
 _V3_REFRESH = f"""
-    SELECT s.group_id, s.sku, s.changed_at,
-           row_number() OVER (ORDER BY s.acked_at) AS turn
-    FROM stock s
+    SELECT s.group_id, s.sku, s.acked_at AS turn_key FROM stock s
     WHERE s.group_id = w.id AND s.version = s.acked_version
       AND s.acked_at < now() - make_interval(secs => :refresh_after)
       AND (s.parked_version IS NULL OR s.parked_version < s.version)
@@ -172,21 +171,23 @@ _V3_REFRESH = f"""
 """  # noqa: S608 - constant fragments only
 
 
-def _v3_claim(per_campaign: str) -> str:
+def _v3_candidates(per_campaign: str) -> str:
     return f"""
-    WITH picked AS (
-        SELECT x.group_id, x.sku, x.changed_at, x.turn
-        FROM unnest(CAST(:campaigns AS bigint[])) AS w(id)
-        CROSS JOIN LATERAL ({per_campaign}) AS x
-        ORDER BY x.turn, x.changed_at
-        LIMIT :n
-    ),
-    {_TAKE}
+    SELECT x.group_id, x.sku, x.turn_key
+    FROM unnest(CAST(:campaigns AS bigint[])) AS w(id)
+    CROSS JOIN LATERAL ({per_campaign}) AS x
     """  # noqa: S608 - constant fragments only
 
 
-_CLAIM_V3 = text(_v3_claim(_V3_PENDING))
-_CLAIM_V3_REFRESH = text(_v3_claim(_V3_REFRESH))
+_V3_CANDIDATES = text(_v3_candidates(_V3_PENDING))
+_V3_REFRESH_CANDIDATES = text(_v3_candidates(_V3_REFRESH))
+# Claims the keys chosen from the candidates (in the planner's transaction, on the business's row).
+_CLAIM_V3 = text(f"""
+    WITH picked AS (
+        SELECT * FROM unnest(CAST(:groups AS bigint[]), CAST(:skus AS text[])) AS p(group_id, sku)
+    ),
+    {_TAKE}
+""")  # noqa: S608 - built from the constant fragments above; every value is a bound parameter
 
 _MOVE_TO_CLAIM = text("""
     UPDATE claimed_key k SET claim_id = :new
@@ -481,16 +482,29 @@ class Claims:
         """Up to `slots` requests (at most `budget`) of up to `size` items each; True when no
         item was left to claim."""
         claims: list[Claim] = []
-        statement = _CLAIM_V3_REFRESH if refresh else _CLAIM_V3
+        statement = _V3_REFRESH_CANDIDATES if refresh else _V3_CANDIDATES
         while min(slots, budget) > 0:
             claim_id = uuid.uuid4().hex
-            params = {"campaigns": campaigns, "n": size, "claim": claim_id}
+            params: dict[str, object] = {"campaigns": campaigns, "n": size}
             if refresh:
                 params["refresh_after"] = (
                     self.refresh_after_seconds if refresh_after is None else refresh_after
                 )
-            # The statement returns the taken keys unordered (see _TAKE): in turn order again.
-            rows = sorted(conn.execute(statement, params), key=lambda r: (r.turn, r.changed_at))
+            chosen = take_turns(
+                [(r.group_id, r.turn_key, r) for r in conn.execute(statement, params)], size
+            )
+            taken = {
+                (r.group_id, r.sku)
+                for r in conn.execute(
+                    _CLAIM_V3,
+                    {
+                        "groups": [r.group_id for r in chosen],
+                        "skus": [r.sku for r in chosen],
+                        "claim": claim_id,
+                    },
+                )
+            }
+            rows = [r for r in chosen if (r.group_id, r.sku) in taken]
             if not rows:
                 return claims, True
             items = [(r.sku, self.routing.warehouse_of(r.group_id)) for r in rows]

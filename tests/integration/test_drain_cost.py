@@ -168,3 +168,29 @@ def test_every_one_of_200_backlogged_campaigns_gets_a_batch_within_two_passes(
     assert set(per_campaign) == set(range(1, 202)), sorted(set(range(1, 202)) - set(per_campaign))
     assert all(per_campaign[c] == 1 for c in range(2, 202))
     assert sum(c.skus for c in enqueued if c.campaign_id != 1) == 600
+
+
+def test_a_v3_claim_reads_one_request_of_each_campaign_whatever_the_backlog(
+    engine: Engine,
+) -> None:
+    # Given three v3 campaigns with 20,000 pending keys each, all changed at the same instant (as
+    # a move into v3 leaves them)
+    with engine.begin() as conn:
+        conn.execute(
+            text("""
+                INSERT INTO stock (group_id, sku, abs_count, version, changed_at)
+                SELECT g, 'sku-' || i, i, 1, now() - interval '1 minute'
+                FROM generate_series(4001, 4003) g, generate_series(1, 20000) i
+            """)
+        )
+    params = {"campaigns": [4001, 4002, 4003], "n": 2000}
+    # When the statement that picks one request's keys runs, as the service runs it
+    plan = _explain(engine, claims_module._V3_CANDIDATES, params)
+    # Then it reads at most one request of each campaign, and nothing in it is planned at a
+    # disabled node's cost (which would JIT-compile it)
+    reads = [n for n in _plan_nodes(plan["Plan"]) if n.get("Relation Name") == "stock"]
+    assert reads and all(n["Actual Rows"] <= 2000 for n in reads), [
+        (n["Node Type"], n["Actual Rows"], n["Actual Loops"]) for n in reads
+    ]
+    assert plan["Plan"]["Total Cost"] < 1e9, plan["Plan"]["Total Cost"]
+    _assert_no_jit_and_index_scans_only(plan)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from domain.batching import pack_v3, v3_item_bytes
+from domain.batching import pack_v3, take_turns, v3_item_bytes
 from domain.market_payload import PendingStock, v3_stocks_body
 from domain.market_rules import BODY_BYTES_MAX, items_named
 from domain.route import Method, Route, Routing, V3Destination
@@ -28,6 +28,17 @@ def test_routing_sends_configured_campaigns_by_v3_and_knows_stale_routes() -> No
     assert not routing.is_current(Route(Method.V2, 4001))  # moved to v3
     assert not routing.is_current(Route(Method.V3, 902))
     assert routing.is_current(Route(Method.V3, 901))
+
+
+def test_turns_are_fair_across_sources_and_oldest_first_within_each() -> None:
+    # Three warehouses: A has few, B and C many; ages given out of order, ties within A.
+    candidates = [("A", 5, "a1"), ("A", 5, "a2"), ("B", 3, "b2"), ("B", 1, "b1"), ("B", 9, "b3")]
+    candidates += [("C", 2, f"c{i}") for i in range(1, 5)]
+    assert take_turns(candidates, 6) == ["b1", "c1", "a1", "c2", "b2", "a2"]
+    taken = take_turns(candidates, 100)
+    assert sorted(taken) == sorted(item for *_, item in candidates)
+    assert take_turns([], 10) == []
+    assert take_turns(candidates, 0) == []
 
 
 def test_v3_packing_keeps_2000_items_and_512_kb() -> None:
