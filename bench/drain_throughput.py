@@ -26,6 +26,7 @@ from sqlalchemy import Engine, text
 
 from bench import RESULTS, ROOT
 from tests import services
+from tests.integration.drain_support import load_pending
 from tests.services import free_port, port_open, wait_for
 from worker.database import make_engine
 
@@ -60,21 +61,6 @@ def fresh_services() -> Iterator[tuple[str, str, Engine]]:
                 engine.dispose()
     finally:
         services.drop_database(template)
-
-
-def load_pending(engine: Engine, campaign: int, count: int, sku_prefix: str = "SKU-") -> None:
-    """`count` pending keys, written straight into the outbox (the ingest is measured apart)."""
-    with engine.begin() as conn:
-        conn.execute(
-            text("""
-            INSERT INTO stock (group_id, sku, abs_count, abs_at, abs_seq, delta_sum,
-                               last_occurred_at, version, changed_at)
-            SELECT :c, :p || g, g % 1000, now(), g, 0, now(), 1,
-                   now() + g * interval '1 microsecond'
-            FROM generate_series(1, :n) AS g
-            """),
-            {"c": campaign, "n": count, "p": sku_prefix},
-        )
 
 
 def pending(engine: Engine) -> int:

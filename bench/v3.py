@@ -13,11 +13,10 @@ import argparse
 import json
 import time
 
-from sqlalchemy import text
-
 from bench import RESULTS
 from bench.drain_throughput import fresh_services, pending, worker
 from sandbox.server import MarketSandbox
+from tests.integration.drain_support import load_pending
 
 BUSINESS = 901
 CAMPAIGNS = {5001 + i: 8001 + i for i in range(5)}
@@ -45,18 +44,9 @@ def main() -> None:
         fresh_services() as (database_url, broker, engine),
         MarketSandbox(port=0, accounts=accounts) as sandbox,
     ):
-        with engine.begin() as conn:
-            for n, campaign in enumerate(CAMPAIGNS):
-                conn.execute(
-                    text("""
-                    INSERT INTO stock (group_id, sku, abs_count, abs_at, abs_seq, delta_sum,
-                                       last_occurred_at, version, changed_at)
-                    SELECT :c, 'V3-' || g, g % 1000, now(), g, 0, now(), 1,
-                           now() + g * interval '1 microsecond'
-                    FROM generate_series(1, :n) AS g
-                    """),
-                    {"c": campaign, "n": items // len(CAMPAIGNS) + (n < items % len(CAMPAIGNS))},
-                )
+        for n, campaign in enumerate(CAMPAIGNS):
+            share = items // len(CAMPAIGNS) + (n < items % len(CAMPAIGNS))
+            load_pending(engine, campaign, share, "V3-")
         started = time.monotonic()
         with worker(
             database_url,

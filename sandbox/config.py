@@ -162,7 +162,8 @@ def _campaigns(raw: object) -> frozenset[int] | None:
     return frozenset(_int(x, 1) for x in raw)
 
 
-def _forced_status(raw: object) -> dict[int, int]:
+def forced_statuses(raw: object) -> dict[int, int]:
+    """An object id -> forced status (400 … 599), keys as integers or digit strings."""
     if not isinstance(raw, Mapping):
         raise TypeError(f"an object campaign id -> status expected, got {raw!r}")
     result: dict[int, int] = {}
@@ -203,7 +204,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "api_keys": _strings,
     "oauth_tokens": _strings,
     "known_campaigns": _campaigns,
-    "forced_status": _forced_status,
+    "forced_status": forced_statuses,
     "partial_400": _bool,
     "refuse_skus": _skus,
     "rate_limit_skus_per_minute": lambda raw: None if raw is None else _int(raw, 1),

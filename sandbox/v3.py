@@ -30,13 +30,13 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qs
 
 from domain.market_rules import PARALLEL_REQUESTS_MAX, SKU_PATTERN, normalize_sku
-from sandbox.config import ConfigError
+from sandbox.config import ConfigError, forced_statuses
 from sandbox.ledger import plain
 from sandbox.read_rules import Offer
 from sandbox.rules import (
@@ -184,6 +184,9 @@ class V3Settings:
     requests_per_minute: int | None = REQUESTS_PER_MINUTE
     window_seconds: float = 60.0
     max_parallel_requests: int = PARALLEL_REQUESTS_MAX
+    # business id -> the status every update of that business gets (401, 403, 404 …), as v2's
+    # forced_status does per campaign.
+    forced_status: Mapping[int, int] = field(default_factory=dict)
 
     def updated(self, changes: Mapping[str, Any]) -> V3Settings:
         """A copy with `changes` applied; ConfigError names a bad one."""
@@ -200,10 +203,16 @@ class V3Settings:
             elif name == "max_parallel_requests":
                 if type(raw) is not int or raw < 1:
                     raise ConfigError(f"v3 setting {name!r}: an integer ≥ 1, got {raw!r}")
+            elif name == "forced_status":
+                try:
+                    values[name] = forced_statuses(raw)
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"v3 setting {name!r}: {exc}") from None
+                continue
             else:
                 raise ConfigError(
-                    f"unknown v3 setting {name!r}; known: "
-                    "['max_parallel_requests', 'requests_per_minute', 'window_seconds']"
+                    f"unknown v3 setting {name!r}; known: ['forced_status', "
+                    "'max_parallel_requests', 'requests_per_minute', 'window_seconds']"
                 )
             values[name] = raw
         return replace(self, **values)
@@ -214,6 +223,7 @@ class V3Settings:
             "requests_per_minute": self.requests_per_minute,
             "window_seconds": self.window_seconds,
             "max_parallel_requests": self.max_parallel_requests,
+            "forced_status": {str(k): v for k, v in sorted(self.forced_status.items())},
         }
 
 
@@ -451,13 +461,17 @@ def _update(handler: SandboxHandler, raw_business: str) -> None:
 
 def _checks(handler: SandboxHandler, raw_business: str, entry: dict[str, Any]) -> None:
     """Runs the request; returns for 200, raises _Answer for another status, or _Drop."""
-    from sandbox.handler import _Answer, parallel_refusal
+    from sandbox.handler import _Answer, _forced, parallel_refusal
 
     state, store = handler.state, handler.state.v3
     raw = handler._checked_body(entry)
     business: int | None = entry["business"]
     if business is None:
         raise _Answer(400, "BAD_REQUEST", f"businessId must be an integer ≥ 1: {raw_business!r}")
+    forced = store.settings.forced_status.get(business)
+    if forced is not None:
+        entry["injected"] = "forced"
+        raise _forced(forced, business, state.config.injected_420_wait_seconds)
     admitted = store.begin(business)
     try:
         if not admitted:

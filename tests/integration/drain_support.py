@@ -47,6 +47,22 @@ def put_changes(
     store_message(engine, uuid4().hex, accepted, [], group_of)
 
 
+def load_pending(engine: Engine, campaign: int, count: int, sku_prefix: str = "SKU-") -> None:
+    """`count` pending keys, written straight into the outbox in one commit (the ingest is
+    measured apart): SKUs `sku_prefix` + 1 … count, oldest first in that order."""
+    with engine.begin() as conn:
+        conn.execute(
+            text("""
+            INSERT INTO stock (group_id, sku, abs_count, abs_at, abs_seq, delta_sum,
+                               last_occurred_at, version, changed_at)
+            SELECT :c, :p || g, g % 1000, now(), g, 0, now(), 1,
+                   now() + g * interval '1 microsecond'
+            FROM generate_series(1, :n) AS g
+            """),
+            {"c": campaign, "n": count, "p": sku_prefix},
+        )
+
+
 def pending_keys(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(

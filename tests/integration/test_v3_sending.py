@@ -1,13 +1,16 @@
 """v3 sending (CONTRACT 3a) with real workers, PostgreSQL, RabbitMQ and the sandbox over HTTP.
 
-`STOCKSYNC_V3_BACKLOG` sets the rate test's backlog (the issue's full size: 300000, about three
-minutes at 50 requests a minute); CI runs a small one with a 10-second sandbox and service window.
+The rate test runs the issue's full backlog, 300,000 items at the Market's 50 requests a minute:
+150 full requests, three windows of the limit, about 2.5 minutes of sending (3.6 minutes in all,
+measured on the shared machine). `STOCKSYNC_TEST_V3_BACKLOG` sets another size (a STOCKSYNC_TEST_
+name: the suite's fixture clears every other STOCKSYNC_ variable before a test reads it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -15,12 +18,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+import requests
+from sqlalchemy import Engine, text
 
 from sandbox.server import MarketSandbox
 from tests.integration.drain_support import (
     SECRET_KEY,
     counts_at,
+    load_pending,
     pending_keys,
     put_changes,
     running_worker,
@@ -109,23 +114,28 @@ def test_a_backlog_over_three_warehouses_is_packed_into_full_fair_requests(
         assert len(held(sandbox, warehouse)) == per_warehouse
 
 
+def busiest_minute(requests: list[dict[str, object]]) -> int:
+    """The most requests that started within any rolling 60 seconds: every minute checked, one
+    window ending at each request's start (where a window's count can grow)."""
+    starts = sorted(float(r["started_monotonic"]) for r in requests)  # type: ignore[arg-type]
+    busiest, first = 0, 0
+    for last, stamp in enumerate(starts):
+        while starts[first] <= stamp - 60.0:
+            first += 1
+        busiest = max(busiest, last - first + 1)
+    return busiest
+
+
+@pytest.mark.timeout(290)
 def test_two_workers_never_exceed_the_requests_per_minute_of_a_business(
     engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
 ) -> None:
-    full = "STOCKSYNC_V3_BACKLOG" in os.environ
-    backlog = int(os.environ.get("STOCKSYNC_V3_BACKLOG", "24000"))
-    limit = 50 if full else 5
-    # CI: 5 requests in the sandbox's 10-second window; the service keeps its 61-second window, so
-    # it is slower than allowed, never faster. Full: the Market's own 50 a minute.
-    sandbox.configure_v3(requests_per_minute=limit, window_seconds=60.0 if full else 10.0)
-    put_changes(
-        engine,
-        [
-            {"campaign_id": c, "sku": f"B{i:06d}", "count": 1}
-            for c in WAREHOUSES
-            for i in range(backlog // len(WAREHOUSES))
-        ],
-    )
+    backlog = int(os.environ.get("STOCKSYNC_TEST_V3_BACKLOG", "300000"))
+    limit = 50  # the Market's own: 50 requests in the sandbox's rolling 60 seconds
+    sandbox.configure_v3(requests_per_minute=limit, window_seconds=60.0)
+    per_campaign = backlog // len(WAREHOUSES)
+    for campaign in WAREHOUSES:  # straight into the outbox: the ingest is tested apart
+        load_pending(engine, campaign, per_campaign)
     with ExitStack() as stack:
         for n in range(2):
             stack.enter_context(
@@ -138,20 +148,17 @@ def test_two_workers_never_exceed_the_requests_per_minute_of_a_business(
                     v3_requests_per_minute=str(limit),
                 )
             )
-        wait_for(
-            f"{limit} requests",
-            lambda: sum(r["status"] == 200 for r in v3_requests(sandbox)) >= limit,
-            60,
-        )
-        if full:
-            wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 600)
-        else:
-            time.sleep(8)  # the service's minute is not over: no further request may go
-            assert sum(r["status"] is not None for r in v3_requests(sandbox)) == limit
+        wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 240)
+    requests = v3_requests(sandbox)
+    assert {r["status"] for r in requests} == {200}
+    assert len(requests) == -(-per_campaign * len(WAREHOUSES) // 2000)  # every request full
+    assert busiest_minute(requests) <= limit
     stats = sandbox.v3_stats()["businesses"][str(BUSINESS)]
     assert stats["rate_limited"] == 0
     assert stats["parallel_limited"] == 0
+    assert stats["max_parallel_seen"] <= 4
     assert stats["max_requests_in_window"] <= limit
+    assert stats["items_accepted"] == per_campaign * len(WAREHOUSES)
 
 
 def test_420_and_5xx_are_retried_until_delivered(
@@ -216,11 +223,153 @@ def test_moving_back_to_v2_sends_the_current_value_there(engine: Engine) -> None
     put_changes(engine, [{"campaign_id": 4001, "sku": "K", "count": 5}])
     apply_routes(engine, [], {4001: (BUSINESS, 7001)})
     with engine.begin() as conn:
-        from sqlalchemy import text
-
         conn.execute(text("UPDATE stock SET acked_version = version, acked_value = value"))
     assert pending_keys(engine) == 0
     apply_routes(engine, [], {})
     assert pending_keys(engine) == 1  # pending again: the v2 PUT gets the current value
     apply_routes(engine, [], {})
     assert pending_keys(engine) == 1  # an unchanged routing changes nothing
+
+
+def parked_reason(engine: Engine) -> str | None:
+    """The business's parked reason (its route's row: minus the business id)."""
+    with engine.connect() as conn:
+        reason = conn.execute(
+            text("SELECT parked_reason FROM campaign WHERE campaign_id = :c"), {"c": -BUSINESS}
+        ).scalar()
+    return None if reason is None else str(reason)
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_a_refused_business_is_parked_keeps_its_changes_and_resumes(
+    status: int,
+    engine: Engine,
+    database_url: str,
+    rabbit_url: str,
+    sandbox: MarketSandbox,
+    tmp_path: Path,
+) -> None:
+    # Given a Market that refuses every update of the business with `status`
+    sandbox.configure_v3(forced_status={BUSINESS: status})
+    put_changes(engine, [{"campaign_id": c, "sku": f"P{c}", "count": c} for c in WAREHOUSES])
+    log = tmp_path / "w.log"
+
+    def refused_sizes() -> list[int]:
+        pattern = rf"push business={BUSINESS} skus=(\d+) status={status}\b"
+        return [int(n) for n in re.findall(pattern, log.read_text())]
+
+    with running_worker(
+        database_url, rabbit_url, sandbox, log, v3_campaigns=V3, probe_interval_seconds="1"
+    ):
+        # Then the business is parked with the Market's reason, and nothing is lost
+        wait_for("the business to be parked", lambda: parked_reason(engine) is not None, 30)
+        assert str(status) in str(parked_reason(engine))
+        assert pending_keys(engine) == 3
+        wait_for("a probe", lambda: len(refused_sizes()) >= 2, 30)
+        assert refused_sizes()[0] == 3 and set(refused_sizes()[1:]) == {1}  # probes: one item
+        # When the cause is fixed, a probe resumes it and everything is delivered
+        sandbox.configure_v3(forced_status={})
+        wait_for("the business to resume", lambda: pending_keys(engine) == 0, 30)
+    assert parked_reason(engine) is None
+    for campaign, warehouse in WAREHOUSES.items():
+        assert held(sandbox, warehouse) == {f"P{campaign}": campaign}
+
+
+def test_a_v3_key_not_sent_for_the_refresh_age_is_sent_again(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # Given a refresh age of 3.6 seconds and one delivered key
+    put_changes(engine, [{"campaign_id": 4002, "sku": "R", "count": 4}])
+
+    def accepted_at() -> str | None:
+        entry = sandbox.v3_state(BUSINESS, 7002)["skus"].get("R")
+        return None if entry is None else str(entry["accepted_at"])
+
+    log = tmp_path / "w.log"
+    with running_worker(
+        database_url, rabbit_url, sandbox, log, v3_campaigns=V3, refresh_hours="0.001"
+    ):
+        wait_for("the first delivery", lambda: accepted_at() is not None, 30)
+        first = accepted_at()
+        # When nothing changes for longer than that, it is sent again, with the same count
+        wait_for("a refresh", lambda: accepted_at() != first, 30)
+    assert held(sandbox, 7002) == {"R": 4}
+    assert [r["items"] for r in v3_requests(sandbox)][:2] == [1, 1]
+    assert all(r["status"] == 200 for r in v3_requests(sandbox))
+
+
+def test_a_420_holds_the_business_until_its_until(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # Given a Market that allows one request in 4 seconds (the service believes it has 50)
+    sandbox.configure_v3(requests_per_minute=1, window_seconds=4.0)
+    put_changes(
+        engine,
+        [{"campaign_id": c, "sku": f"U{i}", "count": i} for c in (4001, 4002) for i in range(2000)],
+    )
+    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log", v3_campaigns=V3):
+        wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 60)
+    # Then the request refused with a 420 went again only once -Until had passed: one 420
+    requests = v3_requests(sandbox)
+    assert [r["status"] for r in requests].count(420) == 1, requests
+    sent = [float(r["started_monotonic"]) for r in requests if r["status"] == 200]  # type: ignore[arg-type]
+    assert len(sent) == 2
+    assert sent[1] - sent[0] >= 4.0  # the window's -Until, never earlier
+    assert held(sandbox, 7001) == {f"U{i}": i for i in range(2000)}
+
+
+def test_requests_another_client_used_are_counted_from_the_remaining_header(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # Given a business allowed 4 requests a minute, of which another client used 2 already
+    sandbox.configure_v3(requests_per_minute=4, window_seconds=60.0)
+    for n in range(2):
+        answer = requests.post(
+            f"{sandbox.url}/v3/businesses/{BUSINESS}/offers/stocks/update",
+            json={"skuItems": [{"sku": f"OTHER{n}", "partnerWarehouseId": 7003, "count": 1}]},
+            headers={"Api-Key": SECRET_KEY},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+    put_changes(
+        engine, [{"campaign_id": 4001, "sku": f"X{i:04d}", "count": 1} for i in range(8000)]
+    )
+    # When the service, which knows only its own requests, sends one at a time
+    with running_worker(
+        database_url,
+        rabbit_url,
+        sandbox,
+        tmp_path / "w.log",
+        v3_campaigns=V3,
+        v3_requests_per_minute="4",
+        max_parallel_requests_per_campaign="1",
+    ):
+        wait_for("two requests", lambda: len(v3_requests(sandbox)) >= 4, 30)
+        time.sleep(5)  # room for a third, were the Market's count not believed
+    # Then after the first answer's -Remaining it sent only what was left: no 420
+    statuses = [r["status"] for r in v3_requests(sandbox)]
+    assert statuses == [200, 200, 200, 200], statuses
+    assert sandbox.v3_stats()["businesses"][str(BUSINESS)]["rate_limited"] == 0
+    assert pending_keys(engine) == 4000
+
+
+def test_a_change_while_a_v3_request_is_in_flight_is_sent_again(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    sandbox.configure(latency_ms=1500)
+    put_changes(engine, [{"campaign_id": 4001, "sku": "A", "count": 10}])
+    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log", v3_campaigns=V3):
+
+        def in_flight() -> bool:
+            return sandbox.v3_stats()["in_flight"].get(str(BUSINESS), 0) > 0
+
+        wait_for("a v3 request in flight", in_flight, 30)
+        # A change arrives while the request with the older value is at the Market
+        put_changes(engine, [{"campaign_id": 4001, "sku": "A", "delta": -4}])
+        wait_for(
+            "the newer value delivered",
+            lambda: held(sandbox, 7001) == {"A": 6} and pending_keys(engine) == 0,
+            30,
+        )
+    # The first 200 acknowledged only the version it carried: the key went again
+    assert [(r["status"], r["items"]) for r in v3_requests(sandbox)] == [(200, 1), (200, 1)]

@@ -90,6 +90,17 @@ def test_v3_settings_refuse_unknown_and_bad_values() -> None:
         V3Settings().updated({"window_seconds": 0})
 
 
+def test_v3_forced_statuses_are_per_business_and_checked() -> None:
+    settings = V3Settings().updated({"forced_status": {"901": 403, 902: 404}})
+    assert settings.forced_status == {901: 403, 902: 404}
+    assert settings.as_json()["forced_status"] == {"901": 403, "902": 404}
+    assert V3Settings().updated({"forced_status": {}}).forced_status == {}
+    with pytest.raises(ConfigError, match="'forced_status'.*400"):
+        V3Settings().updated({"forced_status": {"901": 200}})
+    with pytest.raises(ConfigError, match="'forced_status'"):
+        V3Settings().updated({"forced_status": [901]})
+
+
 def test_tokens_round_trip_and_foreign_ones_are_refused() -> None:
     assert decode_token(encode_token(230)) == 230
     for bad in ("@@", encode_token(0)[:-2] + "zz", "eyJ4IjogMX0"):
