@@ -12,9 +12,12 @@ from typing import Any
 
 from sqlalchemy import Engine, Row, text
 
+from domain.route import Method, Route
 from worker import counters
 from worker.counters import CounterRow
 from worker.ingest import UNREADABLE_POSITION
+from worker.rate_limiter import used_in_window
+from worker.runtime import request_deadline
 from worker.settings import Settings
 
 # A "campaign" here is a stock key's group: the campaign the Market is sent to. Rejected changes are
@@ -152,6 +155,9 @@ class V3BusinessFigures:
     campaigns: list[int]
     requests_last_minute: int
     requests_per_minute_limit: int
+    # What the rate limiter counts in the business's window now (requests without a 5xx, plus the
+    # Market's own count where it said more): the figure the next request is held against.
+    requests_in_rate_window: int
     items_pushed_last_minute: int
     requests_last_hour: int
     rate_limited_last_hour: int
@@ -182,26 +188,31 @@ def read_figures(engine: Engine, settings: Settings) -> Figures:
         unreadable, uncampaigned = conn.execute(
             _UNREADABLE, {"unreadable": UNREADABLE_POSITION}
         ).one()
-    v3 = settings.v3_campaigns
-    # Rows with a negative id are v3 businesses (route keys, domain/route.py).
-    business_rows = {-int(r.campaign_id): r for r in rows if r.campaign_id < 0}
+        v3 = settings.v3_campaigns
+        # Rows with a negative id are v3 businesses (route keys, domain/route.py).
+        business_rows = {-int(r.campaign_id): r for r in rows if r.campaign_id < 0}
+        businesses = sorted({t.business_id for t in v3.values()} | set(business_rows))
+        deadline = request_deadline(settings)
+        in_window = {b: used_in_window(conn, Route(Method.V3, b).key, deadline) for b in businesses}
     campaigns = [
         _campaign(r, v3[r.campaign_id].business_id if r.campaign_id in v3 else None, business_rows)
         for r in rows
         if r.campaign_id > 0
     ]
-    businesses = sorted({t.business_id for t in v3.values()} | set(business_rows))
-    v3_businesses = [_business(b, business_rows.get(b), settings) for b in businesses]
+    v3_businesses = [_business(b, business_rows.get(b), settings, in_window[b]) for b in businesses]
     return Figures(campaigns, by_status, int(unreadable), int(uncampaigned), v3_businesses)
 
 
-def _business(business: int, row: Row[Any] | None, settings: Settings) -> V3BusinessFigures:
+def _business(
+    business: int, row: Row[Any] | None, settings: Settings, in_window: int
+) -> V3BusinessFigures:
     campaigns = sorted(c for c, t in settings.v3_campaigns.items() if t.business_id == business)
     return V3BusinessFigures(
         business_id=business,
         campaigns=campaigns,
         requests_last_minute=int(row.requests_minute) if row else 0,
         requests_per_minute_limit=settings.v3_requests_per_minute,
+        requests_in_rate_window=in_window,
         items_pushed_last_minute=int(row.skus_minute) if row else 0,
         requests_last_hour=int(row.requests_hour) if row else 0,
         rate_limited_last_hour=int(row.rate_limited_hour) if row else 0,

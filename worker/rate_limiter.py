@@ -21,10 +21,12 @@ the last free slot; a 420 on a read holds back only reads.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, Row, text
 from sqlalchemy.exc import OperationalError
 
 from domain.rate_window import seconds_until_room
@@ -117,6 +119,25 @@ _SENDING_WAITS = text("""
 """)
 
 
+def _window_rows(conn: Connection, route_key: int, deadline: float) -> Sequence[Row[Any]]:
+    """The requests of a route that the window counts now: amount, kind, when each leaves it."""
+    return conn.execute(
+        _WINDOW,
+        {
+            "c": route_key,
+            "window": WINDOW_SECONDS + ARRIVAL_MARGIN_SECONDS,
+            "unfinished": deadline,
+            "requests": Route.of_key(route_key).method is Method.V3,
+        },
+    ).all()
+
+
+def used_in_window(conn: Connection, route_key: int, deadline: float) -> int:
+    """What the limiter counts against a route's limit now (SKUs for v2, requests for v3), read
+    without locking the route's row: the figure status and metrics compare with the limit."""
+    return sum(r.amount for r in _window_rows(conn, route_key, deadline) if r.kind != READ)
+
+
 @dataclass(frozen=True, slots=True)
 class Permit:
     """Leave to send one request now; hand it back to `finish`."""
@@ -199,15 +220,7 @@ class RateLimiter:
     def _read_usage(
         self, conn: Connection, campaign_id: int, campaign: campaign_health.CampaignState
     ) -> Usage:
-        rows = conn.execute(
-            _WINDOW,
-            {
-                "c": campaign_id,
-                "window": WINDOW_SECONDS + ARRIVAL_MARGIN_SECONDS,
-                "unfinished": self.deadline,
-                "requests": Route.of_key(campaign_id).method is Method.V3,
-            },
-        ).all()
+        rows = _window_rows(conn, campaign_id, self.deadline)
         pushes = [r for r in rows if r.kind != READ]
         reads = [r for r in rows if r.kind == READ]
         return Usage(

@@ -144,7 +144,7 @@ def render_table(report: StatusReport) -> str:
         state = f"parked: {b.parked_reason}" if b.parked_reason else "ok"
         lines.append(
             f"v3 business {b.business_id} (campaigns {campaigns}): "
-            f"{b.requests_last_minute}/{b.requests_per_minute_limit} requests in the last minute, "
+            f"{b.requests_in_rate_window}/{b.requests_per_minute_limit} requests in the minute, "
             f"{b.items_pushed_last_minute} items, {b.rate_limited_last_hour} 420s in the last "
             f"hour, {state}"
         )

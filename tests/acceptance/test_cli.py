@@ -154,6 +154,58 @@ def test_status_json_reports_the_known_state(
     assert report["rejected_without_campaign"] == 1
 
 
+def test_status_json_reports_a_v3_business_against_its_request_limit(
+    stocksync: RunStocksync, database_url: str, engine: Engine
+) -> None:
+    # Business 901's requests (route key -901): three answered in its window, one 5xx (the Market
+    # does not count it), one the Market counted beyond ours (-Remaining), one long gone.
+    with engine.begin() as conn:
+        conn.execute(
+            text("""
+            INSERT INTO market_request (campaign_id, skus, started_at, finished_at, status,
+                                        correction)
+            VALUES (-901, 2000, now() - interval '20 seconds', now() - interval '19 seconds', 200,
+                    false),
+                   (-901, 2000, now() - interval '10 seconds', now() - interval '9 seconds', 200,
+                    false),
+                   (-901, 5, now() - interval '8 seconds', now() - interval '7 seconds', 400,
+                    false),
+                   (-901, 0, now() - interval '6 seconds', now() - interval '5 seconds', 503,
+                    false),
+                   (-901, 2, now() - interval '9 seconds', now() - interval '9 seconds', NULL,
+                    true),
+                   (-901, 2000, now() - interval '50 minutes', now() - interval '50 minutes',
+                    200, false)
+            """)
+        )
+
+    result = stocksync(
+        "status",
+        "--json",
+        STOCKSYNC_DATABASE_URL=database_url,
+        STOCKSYNC_V3_CAMPAIGNS='{"4001": {"business_id": 901, "warehouse_id": 7001}}',
+        STOCKSYNC_V3_REQUESTS_PER_MINUTE="40",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["v3_businesses"] == [
+        {
+            "business_id": 901,
+            "campaigns": [4001],
+            "requests_last_minute": 4,
+            "requests_per_minute_limit": 40,
+            # what the limiter holds the next request against: 200, 200, 400 and the Market's 2
+            "requests_in_rate_window": 5,
+            "items_pushed_last_minute": 4000,
+            "requests_last_hour": 5,
+            "rate_limited_last_hour": 0,
+            "failed_last_hour": 1,
+            "parked_reason": None,
+            "blocked_until": None,
+        }
+    ]
+
+
 def test_status_exits_2_when_the_oldest_pending_change_is_too_old(
     stocksync: RunStocksync, database_url: str, engine: Engine
 ) -> None:
