@@ -11,9 +11,14 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, text
 
-_ENSURE = text(
-    "INSERT INTO campaign (campaign_id) VALUES (:c) ON CONFLICT (campaign_id) DO NOTHING"
-)
+# Only a campaign without a row inserts one. `ON CONFLICT` alone would wait for any transaction
+# that changed an existing row (its new version is not yet committed), such as a planner frozen
+# inside its claim: the NOT EXISTS reads the committed row and never waits.
+_ENSURE = text("""
+    INSERT INTO campaign (campaign_id) SELECT :c
+    WHERE NOT EXISTS (SELECT 1 FROM campaign WHERE campaign_id = :c)
+    ON CONFLICT (campaign_id) DO NOTHING
+""")
 
 _LOCK = text("""
     SELECT blocked_until, parked_reason, verify_blocked_until, clock_timestamp() AS now

@@ -93,9 +93,6 @@ def _changes(engine: Engine) -> int:
         return int(conn.execute(text("SELECT count(*) FROM change_log")).scalar_one())
 
 
-# Up to three reruns: the 10 s bound was missed in a clean-clone CI run and once alone (a race
-# of the freeze against the drains, not yet found); the bound stays as the issue states it.
-@pytest.mark.flaky(reruns=3)
 def test_a_worker_frozen_inside_a_claim_stops_neither_other_campaigns_nor_ingest(
     engine: Engine,
     database_url: str,

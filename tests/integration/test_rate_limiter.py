@@ -160,3 +160,26 @@ def test_campaigns_have_separate_limits(engine: Engine) -> None:
     limiter.finish(_permit(limiter, 100), MarketAnswer(420))
     assert isinstance(limiter.acquire(CAMPAIGN, 1), Wait)
     assert isinstance(limiter.acquire(other, 100), Permit)
+
+
+def test_a_planner_skips_a_campaign_whose_row_a_frozen_transaction_changed(engine: Engine) -> None:
+    # A planner that locked the campaign's row and moved its turn (`drained_at`), then stopped
+    # inside its transaction (a worker frozen or cut off there): the next planner must skip the
+    # campaign at once. Waiting on it (for the lock timeout, 10 s) stalls every other campaign
+    # that planner would have served.
+    limiter = RateLimiter(engine, skus_per_minute=1000, max_parallel=4)
+    with engine.begin() as conn:
+        assert limiter.try_usage(conn, CAMPAIGN) is not None  # the row exists, as after a drain
+    with engine.connect() as frozen:
+        frozen.begin()
+        assert limiter.try_usage(frozen, CAMPAIGN) is not None
+        frozen.execute(
+            text("UPDATE campaign SET drained_at = clock_timestamp() WHERE campaign_id = :c"),
+            {"c": CAMPAIGN},
+        )
+        started = time.monotonic()
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '3s'"))
+            assert limiter.try_usage(conn, CAMPAIGN) is None
+        assert time.monotonic() - started < 1.0
+        frozen.rollback()
