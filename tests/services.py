@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,7 +125,11 @@ class WorkerProcess:
         extra_args: tuple[str, ...] = (),
         cwd: Path = ROOT,
         beat_schedule: Path | None = None,
+        command_prefix: tuple[str, ...] = (),
     ):
+        # `command_prefix` runs the worker through another command that ends by exec'ing it (e.g.
+        # `ip netns exec NAME`), so the process and its group stay the worker's.
+        self.command_prefix = command_prefix
         self.env = env
         self.log_path = log_path
         self.extra_args = extra_args
@@ -144,6 +149,7 @@ class WorkerProcess:
             start_offset = log.tell()
             self.process = subprocess.Popen(
                 [
+                    *self.command_prefix,
                     sys.executable,
                     "-m",
                     "celery",
@@ -203,6 +209,27 @@ def service_env(database_url: str, broker_url: str, **extra: str) -> dict[str, s
     )
     env.update(extra)
     return env
+
+
+def faketime_env(offset: str) -> dict[str, str]:
+    """libfaketime on one process: its host clock (realtime and monotonic) moved by `offset`
+    (`+30s`, `-20s`). Fails, never skips, where libfaketime is missing."""
+    library = next(
+        (
+            p
+            for p in (
+                Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
+                Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"),
+            )
+            if p.exists()
+        ),
+        None,
+    )
+    if library is None or shutil.which("faketime") is None:
+        raise RuntimeError(
+            "libfaketime is missing: apt-get install -y faketime (.ci/run installs it)"
+        )
+    return {"LD_PRELOAD": str(library), "FAKETIME": offset, "FAKETIME_NO_CACHE": "1"}
 
 
 @contextmanager

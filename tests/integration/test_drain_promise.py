@@ -6,7 +6,6 @@ Real worker processes with embedded beat, RabbitMQ, PostgreSQL and the sandbox o
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,7 @@ from tests.integration.drain_support import (
     put_changes,
     running_worker,
 )
-from tests.services import wait_for
+from tests.services import faketime_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -85,24 +84,6 @@ def test_a_request_held_past_its_lease_never_overwrites_a_newer_count(
     assert pending_keys(engine) == 0
 
 
-def _faketime_env(offset: str) -> dict[str, str]:
-    """libfaketime on one worker: its host clock (realtime and monotonic) moved by `offset`."""
-    library = next(
-        (
-            p
-            for p in (
-                Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
-                Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"),
-            )
-            if p.exists()
-        ),
-        None,
-    )
-    if library is None or shutil.which("faketime") is None:
-        pytest.fail("libfaketime is missing: apt-get install -y faketime (.ci/run installs it)")
-    return {"LD_PRELOAD": str(library), "FAKETIME": offset, "FAKETIME_NO_CACHE": "1"}
-
-
 @pytest.mark.parametrize("offset", ["+30s", "-30s"])
 def test_a_worker_with_a_wrong_clock_sends_accepted_updated_at_that_never_go_back(
     offset: str,
@@ -121,7 +102,7 @@ def test_a_worker_with_a_wrong_clock_sends_accepted_updated_at_that_never_go_bac
             rabbit_url,
             sandbox,
             tmp_path / "skewed.log",
-            extra_env=_faketime_env(offset),
+            extra_env=faketime_env(offset),
         ) as skewed,
         running_worker(database_url, rabbit_url, sandbox, tmp_path / "right.log") as right,
     ):
