@@ -25,6 +25,7 @@ import psycopg
 import requests
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import Engine, make_url, text
 
 from stocksync.processes import (
     ProcessExited,
@@ -81,6 +82,27 @@ def create_database_from(template: str) -> str:
 
 def drop_database(name: str) -> None:
     admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def shift_database_clock(engine: Engine, database_url: str) -> None:
+    """Makes `clock_timestamp()` steppable in this test database: a function of that name in a
+    schema searched before pg_catalog, adding `clockshift.shift.by` (0 until a test sets it).
+    It affects connections made afterwards (the workers'), as a stepped host clock would."""
+    name = make_url(database_url).database
+    with engine.begin() as conn:
+        conn.execute(text("CREATE SCHEMA clockshift"))
+        conn.execute(text("CREATE TABLE clockshift.shift (by interval NOT NULL)"))
+        conn.execute(text("INSERT INTO clockshift.shift VALUES ('0 s')"))
+        conn.execute(
+            text("""
+                CREATE FUNCTION clockshift.clock_timestamp() RETURNS timestamptz
+                LANGUAGE sql VOLATILE
+                AS $$ SELECT pg_catalog.clock_timestamp() + (SELECT by FROM clockshift.shift) $$
+            """)
+        )
+        conn.execute(
+            text(f'ALTER DATABASE "{name}" SET search_path = clockshift, pg_catalog, public')
+        )
 
 
 def _rabbitmqctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
