@@ -58,6 +58,29 @@ def _free_block() -> int:
     return random.choice(choices)
 
 
+NAMESPACE_PREFIX = "stocksync-"
+
+
+def namespaces() -> set[str]:
+    """The rig's network namespaces on this machine now."""
+    listing = _ip("netns", "list", check=False).stdout.split("\n")
+    return {line.split()[0] for line in listing if line.startswith(NAMESPACE_PREFIX)}
+
+
+def remove_namespace(name: str) -> None:
+    """Kills every process in namespace `name` (`ip netns pids`), then deletes it (and with it
+    its end of the veth)."""
+    for _ in range(5):
+        pids = _ip("netns", "pids", name, check=False).stdout.split()
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        time.sleep(0.2)
+    _ip("netns", "del", name, check=False)
+
+
 @dataclass
 class Host:
     """One namespace: its name, its veth's root-side name and both ends' addresses."""
@@ -150,7 +173,7 @@ class HostsRig:
         block = _free_block()
         self.hosts = [
             Host(
-                name=f"stocksync-{suffix}-h{i}",
+                name=f"{NAMESPACE_PREFIX}{suffix}-h{i}",
                 veth=f"vss{suffix}{i}",  # at most 15 characters, as the kernel requires
                 outer=f"{_BLOCK}.{block}.{4 * i + 1}",
                 inner=f"{_BLOCK}.{block}.{4 * i + 2}",
@@ -182,19 +205,11 @@ class HostsRig:
             if worker.process is not None and worker.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(worker.process.pid, signal.SIGKILL)
-        for _ in range(3):  # anything still in the namespace (forwarder, pool children)
-            pids = _ip("netns", "pids", host.name, check=False).stdout.split()
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            time.sleep(0.2)
+        remove_namespace(host.name)
         for worker in host.workers:
             if worker.process is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     worker.process.wait(10)
-        _ip("netns", "del", host.name, check=False)
         _ip("link", "del", host.veth, check=False)  # gone with the namespace, unless half-made
 
     def __enter__(self) -> HostsRig:
@@ -248,7 +263,7 @@ class HostsRig:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-        left = [h.name for h in self.hosts if h.name in _ip("netns", "list").stdout]
+        left = sorted({h.name for h in self.hosts} & namespaces())
         if left:
             raise RuntimeError(f"namespaces left behind: {left}")
         if errors:

@@ -9,6 +9,7 @@ Needs root and `ip netns` (CI has both); without them the test fails, it never s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,19 @@ pytestmark = pytest.mark.slow
 
 LIMIT = 6_000
 PARALLEL = 2
+
+
+@pytest.fixture(autouse=True)
+def _no_namespace_left_behind() -> Iterator[None]:
+    """Whatever happened in the test (the rig removes its own namespaces on every way out), none
+    it made outlives it: their processes are killed and they are deleted here, and the test
+    fails if there was one to delete."""
+    before = hosts_rig.namespaces()
+    yield
+    left = hosts_rig.namespaces() - before
+    for name in left:
+        hosts_rig.remove_namespace(name)
+    assert not left, f"network namespaces left behind: {sorted(left)}"
 
 
 def test_three_hosts_one_clock_off_beat_twice_keep_the_limits_and_every_key_right(
