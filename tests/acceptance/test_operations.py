@@ -582,3 +582,81 @@ def test_rejected_of_an_empty_database_and_a_bad_since(
     assert empty.stdout.strip() == "nothing rejected, unreadable or parked"
     assert bad.returncode == 64
     assert "'yesterday' is neither a duration nor an ISO 8601 date-time" in bad.stderr
+
+
+# --- --json of every command that reports ---------------------------------------------------
+
+
+def test_import_json_reports_what_was_applied_and_rejected(
+    stocksync: RunStocksync, database_url: str, tmp_path: Path
+) -> None:
+    snapshot = _write(tmp_path, "stock.csv", "sku,count\nA-1,10\nA-2,lots\n")
+
+    result = stocksync(
+        "import", str(snapshot), "--campaign", "1001", "--json", STOCKSYNC_DATABASE_URL=database_url
+    )
+
+    assert result.returncode == 2, result.stderr  # a line rejected: needs attention
+    report = json.loads(result.stdout)
+    assert report["import_id"].startswith("import:")
+    assert {k: report[k] for k in ("file", "campaign", "lines", "applied", "rejected")} == {
+        "file": str(snapshot),
+        "campaign": 1001,
+        "lines": 2,
+        "applied": 1,
+        "rejected": 1,
+    }
+    assert report["duplicates"] == 0
+    (rejection,) = report["first_rejections"]
+    assert rejection["line"] == 3
+    assert rejection["reason"].startswith("count: must be a whole number")
+
+
+def test_resync_json_reports_the_keys_and_unknown_skus(
+    stocksync: RunStocksync, database_url: str, engine: Engine
+) -> None:
+    _insert_outbox(engine)
+    env = {"STOCKSYNC_DATABASE_URL": database_url, "STOCKSYNC_WAREHOUSE_GROUPS": GROUPS}
+
+    result = stocksync("resync", *("--campaign", "1002", "--sku", "A-1", "NOPE"), "--json", **env)
+
+    assert result.returncode == 2, result.stderr  # an unknown SKU: needs attention
+    assert json.loads(result.stdout) == {
+        "campaign": 1002,
+        "group_id": 1001,
+        "resynced": 1,
+        "unknown_skus": ["NOPE"],
+    }
+
+
+def test_replay_json_reports_what_was_skipped_and_why(
+    stocksync: RunStocksync, database_url: str, engine: Engine
+) -> None:
+    from worker.ingest import store_unreadable
+
+    store_unreadable(engine, "refused:abc", "garbage", "content type: pickle")
+
+    # Neither message is a stocks.submit call: nothing reaches the broker (none is configured)
+    result = stocksync(
+        "replay", "refused:abc", "no-such-id", "--json", STOCKSYNC_DATABASE_URL=database_url
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert json.loads(result.stdout) == {
+        "replayed": [],
+        "skipped": [
+            {"task_id": "refused:abc", "reason": "not replayable (not a stocks.submit call)"},
+            {"task_id": "no-such-id", "reason": "no unreadable message with this id"},
+        ],
+    }
+
+
+def test_prune_and_migrate_json(stocksync: RunStocksync, database_url: str) -> None:
+    pruned = stocksync("prune", "--days", "7", "--json", STOCKSYNC_DATABASE_URL=database_url)
+    migrated = stocksync("migrate", "--json", STOCKSYNC_DATABASE_URL=database_url)
+
+    assert (pruned.returncode, migrated.returncode) == (0, 0), pruned.stderr + migrated.stderr
+    assert json.loads(pruned.stdout) == {"days": 7.0, "changes": 0, "rejected": 0}
+    migration = json.loads(migrated.stdout)
+    assert migration["head"] is True
+    assert migration["revision"].isdigit()
