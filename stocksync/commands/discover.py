@@ -9,6 +9,7 @@ import json
 import sys
 
 from domain.discovery import Discovery, v3_json
+from stocksync import exit_codes
 from worker.market_client import MarketReadError
 from worker.routing_check import read_discovery, reader_for
 from worker.settings import load_settings
@@ -17,9 +18,9 @@ HELP = (
     "reads the key's campaigns and warehouses from the Market and prints "
     "STOCKSYNC_WAREHOUSE_GROUPS and STOCKSYNC_V3_CAMPAIGNS for a .env file, then the differences"
 )
-MATCH_EXIT_CODE = 0
-DIFFERENT_EXIT_CODE = 2
-UNREADABLE_EXIT_CODE = 3
+MATCH_EXIT_CODE = exit_codes.OK
+DIFFERENT_EXIT_CODE = exit_codes.ATTENTION
+UNREADABLE_EXIT_CODE = exit_codes.CANNOT_CHECK
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

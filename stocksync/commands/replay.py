@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from stocksync import exit_codes
 from stocksync.migrations_runner import resolve_database_url
 from worker.app import CHANGES_QUEUE, app
 from worker.database import make_engine
@@ -20,8 +21,8 @@ Each message goes back under its own task id, so changes without an event_id kee
 identity and a change applied before is not applied twice, and changes without occurred_at keep
 the time the service first received them. Its unreadable row goes and its delivery count starts
 again; if it fails again it is stored again with the new reason. Unreadable messages
-that are no stocks.submit call (a pickle, another content type) are skipped. Exit 1 when
-nothing was replayed or an id was not found.
+that are no stocks.submit call (a pickle, another content type) are skipped. Exit 2 when
+nothing was replayed or an id was not found, 64 without task ids or --all.
 """
 
 _UNREADABLE = text("""
@@ -88,10 +89,10 @@ def replay(engine: Engine, task_ids: list[str], everything: bool) -> tuple[list[
 
 
 def run(args: argparse.Namespace) -> int:
-    """Replays and prints one line per message; 1 when nothing was replayed or an id is unknown."""
+    """Replays and prints one line per message; 2 when nothing was replayed or an id is unknown."""
     if not args.all and not args.task_ids:
         print("replay: give task ids or --all", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     settings = load_settings()
     engine = make_engine(resolve_database_url(settings))
     try:
@@ -102,4 +103,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"replayed {task_id}")
     for line in skipped:
         print(line)
-    return 0 if replayed and not any("no unreadable" in s for s in skipped) else 1
+    complete = replayed and not any("no unreadable" in s for s in skipped)
+    return exit_codes.OK if complete else exit_codes.ATTENTION

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from domain.market_rules import normalize_sku
+from stocksync import exit_codes
 from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
 from worker.operations import drifting_skus, resync_group, resync_skus
@@ -15,7 +16,7 @@ HELP = "send a campaign's current stock values (all, or the listed SKUs) to the 
 EPILOG = """\
 Each key's version grows by one (its value stays): the drain sends it again, and a SKU parked
 after a 400 becomes eligible again. N may be any campaign of a warehouse group: the group's keys
-are resynced. Exit 1 when the campaign has no keys or a listed SKU is unknown (the known ones
+are resynced. Exit 2 when the campaign has no keys or a listed SKU is unknown (the known ones
 are still resynced). --drifting resyncs the keys that keep drifting (the verify sweep left them
 alone); every resynced key is sent with updatedAt = now when it had drifted.
 """
@@ -48,7 +49,7 @@ def _scope(campaign_id: int, group_id: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Bumps the keys and prints how many will be sent again; 1 when none or some unknown."""
+    """Bumps the keys and prints how many will be sent again; 2 when none or some unknown."""
     settings = load_settings()
     group_id = settings.group_of(args.campaign)
     scope = _scope(args.campaign, group_id)
@@ -71,10 +72,10 @@ def run(args: argparse.Namespace) -> int:
         engine.dispose()
     if args.skus is None and count == 0:
         print(f"stocksync resync: {scope} has no keys: nothing to send", file=sys.stderr)
-        return 1
+        return exit_codes.ATTENTION
     print(f"{scope}: {count:,} key{'s' if count != 1 else ''} will be sent again")
     if unknown:
         listed = ", ".join(repr(sku) for sku in unknown)
         print(f"stocksync resync: {scope} has no key for SKU {listed}", file=sys.stderr)
-        return 1
-    return 0
+        return exit_codes.ATTENTION
+    return exit_codes.OK

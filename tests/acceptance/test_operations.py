@@ -160,7 +160,7 @@ def test_import_with_an_explicit_format_reads_a_file_of_any_name(
         STOCKSYNC_DATABASE_URL=database_url,
     )
 
-    assert refused.returncode == 2
+    assert refused.returncode == 64
     assert "--format" in refused.stderr
     assert read.returncode == 0, read.stderr
     assert _values(engine, 1001) == CSV_VALUES
@@ -174,7 +174,7 @@ def test_a_bad_line_is_reported_and_kept_and_the_other_lines_apply(
 
     result = stocksync("import", str(snapshot), "--campaign", "1001", **env)
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "4 lines, 2 applied, 0 already applied, 2 rejected" in result.stdout
     assert "line 3: count: must be between 0 and 2,000,000,000" in result.stdout
     assert "line 4: count: must be a whole number" in result.stdout
@@ -196,9 +196,9 @@ def test_a_bad_line_is_reported_and_kept_and_the_other_lines_apply(
         (4, "count"),
     ]
 
-    # Again: still exit 1 with the same report, nothing applied or kept twice.
+    # Again: still exit 2 with the same report, nothing applied or kept twice.
     again = stocksync("import", str(snapshot), "--campaign", "1001", **env)
-    assert again.returncode == 1
+    assert again.returncode == 2
     assert "4 lines, 0 applied, 2 already applied, 2 rejected" in again.stdout
     assert _count(engine, "SELECT count(*) FROM rejected") == 2
     assert _logged(engine) == 2
@@ -264,7 +264,7 @@ def test_import_without_at_uses_its_start_time(
         (CSV, ("--at", "tomorrow"), "UTC offset"),
     ],
 )
-def test_an_unusable_file_or_option_exits_2_and_imports_nothing(
+def test_an_unusable_file_or_option_exits_64_and_imports_nothing(
     stocksync: RunStocksync,
     database_url: str,
     engine: Engine,
@@ -279,19 +279,19 @@ def test_an_unusable_file_or_option_exits_2_and_imports_nothing(
         "import", str(snapshot), "--campaign", "1001", *args, STOCKSYNC_DATABASE_URL=database_url
     )
 
-    assert result.returncode == 2
+    assert result.returncode == 64
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert _logged(engine) == 0
     assert _count(engine, "SELECT count(*) FROM rejected") == 0
 
 
-def test_a_missing_file_exits_2(stocksync: RunStocksync, database_url: str) -> None:
+def test_a_missing_file_exits_64(stocksync: RunStocksync, database_url: str) -> None:
     result = stocksync(
         "import", "nowhere.csv", "--campaign", "1001", STOCKSYNC_DATABASE_URL=database_url
     )
 
-    assert result.returncode == 2
+    assert result.returncode == 64
     assert "nowhere.csv: not a readable file" in result.stderr
 
 
@@ -453,7 +453,7 @@ def test_resync_of_listed_skus_bumps_those_and_reports_unknown_ones(
         STOCKSYNC_DATABASE_URL=database_url,
     )
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stdout.strip() == "campaign 1001: 2 keys will be sent again"
     assert "no key for SKU 'NOPE'" in result.stderr
     versions = _versions(engine)
@@ -463,14 +463,14 @@ def test_resync_of_listed_skus_bumps_those_and_reports_unknown_ones(
     assert versions[(2001, "A-1")] == (1, False, False)
 
 
-def test_resync_of_a_campaign_without_keys_exits_1(
+def test_resync_of_a_campaign_without_keys_exits_2(
     stocksync: RunStocksync, database_url: str, engine: Engine
 ) -> None:
     _insert_outbox(engine)
 
     result = stocksync("resync", "--campaign", "1002", STOCKSYNC_DATABASE_URL=database_url)
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "campaign 1002 has no keys" in result.stderr
     assert result.stdout == ""
     assert all(not fresh for _, fresh, _ in _versions(engine).values())
@@ -595,5 +595,5 @@ def test_rejected_of_an_empty_database_and_a_bad_since(
 
     assert empty.returncode == 0, empty.stderr
     assert empty.stdout.strip() == "nothing rejected, unreadable or parked"
-    assert bad.returncode == 2
+    assert bad.returncode == 64
     assert "'yesterday' is neither a duration nor an ISO 8601 date-time" in bad.stderr

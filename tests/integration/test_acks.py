@@ -289,9 +289,9 @@ def test_a_message_set_aside_is_applied_after_replay(
         engine,
         "SELECT occurred_at < now() - interval '59 minutes' FROM change_log WHERE sku = 'REPLAYED'",
     )
-    # And --all skips what is no task message, saying why (exit 1: nothing replayed)
+    # And --all skips what is no task message, saying why (exit 2: nothing replayed)
     skipped = _stocksync(database_url, rabbit_url, "replay", "--all")
-    assert skipped.returncode == 1
+    assert skipped.returncode == 2
     assert "refused:abc: not replayable" in skipped.stdout
 
 
