@@ -6,8 +6,8 @@ Each test runs the real console script in a subprocess against a fresh migrated 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -304,26 +304,41 @@ class Measured:
     seconds: float
 
 
+# The command runs as the grandchild of a small launcher, which reports its peak RSS. A child's
+# ru_maxrss counts the RSS of the process it was forked from (Linux keeps the pre-exec high
+# water mark), so measured straight from pytest (hundreds of MB after a long run) it says nothing
+# about the command.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as report:
+    report.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _run_measured(tmp_path: Path, *args: str, **variables: str) -> Measured:
-    """Runs `stocksync ARGS…` and reads the child's own peak RSS from wait4."""
-    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    """Runs `stocksync ARGS…` and reads its own peak RSS (through the launcher above)."""
+    out, err, peak = tmp_path / "out.txt", tmp_path / "err.txt", tmp_path / "peak_rss_kb"
     started = time.monotonic()
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen(
-            [str(STOCKSYNC), *args],
+        process = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(peak), str(STOCKSYNC), *args],
             cwd=tmp_path,
             env=clean_env(**variables),
             stdout=stdout,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
+            check=False,
         )
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
     return Measured(
         process.returncode,
         out.read_text(),
         err.read_text(),
-        usage.ru_maxrss / 1024,  # kilobytes on Linux
+        int(peak.read_text()) / 1024,  # kilobytes on Linux
         time.monotonic() - started,
     )
 
