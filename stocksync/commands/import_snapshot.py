@@ -1,4 +1,4 @@
-"""`stocksync import FILE --campaign N [--format csv|jsonl] [--at T]`: apply a stock snapshot."""
+"""`stocksync import FILE --campaign N [--format F] [--at T] [--json]`: apply a stock snapshot."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from sqlalchemy.exc import OperationalError
 
@@ -22,6 +22,7 @@ from domain.snapshot import (
     read_snapshot,
 )
 from stocksync import exit_codes
+from stocksync.json_output import add_json_option, print_json
 from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
 from worker.operations import ImportReport, import_snapshot
@@ -68,6 +69,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--at",
         metavar="ISO-DATETIME",
         help="when the counts were taken, with a UTC offset (default: the import's start)",
+    )
+    add_json_option(
+        parser,
+        '{"file", "campaign", "import_id", "lines", "applied", "duplicates", "rejected", '
+        '"first_rejections": [{"line", "reason"}]}',
     )
 
 
@@ -137,6 +143,21 @@ def _report(report: ImportReport, name: str, campaign_id: int, identity: str) ->
         )
         for rejection in shown:
             print(f"  line {rejection.index}: {rejection.reason}")
+
+
+def _json(report: ImportReport, file: str, campaign_id: int, identity: str) -> dict[str, Any]:
+    return {
+        "file": file,
+        "campaign": campaign_id,
+        "import_id": identity,
+        "lines": report.lines,
+        "applied": report.applied,
+        "duplicates": report.duplicates,
+        "rejected": report.rejected,
+        "first_rejections": [
+            {"line": r.index, "reason": r.reason} for r in report.first_rejections
+        ],
+    }
 
 
 class _BadOptions(ValueError):
@@ -221,7 +242,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail(*_explain(exc, args.file))
     finally:
         engine.dispose()
-    _report(report, path.name, args.campaign, identity)
+    if args.json:
+        print_json(_json(report, str(path), args.campaign, identity))
+    else:
+        _report(report, path.name, args.campaign, identity)
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
         return _fail(
             f"{args.file} changed while it was imported: its lines were applied under the "

@@ -1,12 +1,14 @@
-"""`stocksync resync --campaign N [--sku SKU …]`: send a campaign's current values again."""
+"""`stocksync resync --campaign N [--sku …] [--drifting] [--json]`: send current values again."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from domain.market_rules import normalize_sku
 from stocksync import exit_codes
+from stocksync.json_output import add_json_option, print_json
 from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
 from worker.operations import drifting_skus, resync_group, resync_skus
@@ -40,12 +42,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only the keys that keep drifting (see `stocksync verify`)",
     )
+    add_json_option(parser, '{"campaign": N, "group_id": N, "resynced": N, "unknown_skus": […]}')
 
 
 def _scope(campaign_id: int, group_id: int) -> str:
     if group_id == campaign_id:
         return f"campaign {campaign_id}"
     return f"campaign {campaign_id} (warehouse group sent to {group_id})"
+
+
+def _json(campaign_id: int, group_id: int, count: int, unknown: list[str]) -> dict[str, Any]:
+    return {
+        "campaign": campaign_id,
+        "group_id": group_id,
+        "resynced": count,
+        "unknown_skus": unknown,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,8 +70,11 @@ def run(args: argparse.Namespace) -> int:
         if args.drifting:
             args.skus = drifting_skus(engine, group_id) + list(args.skus or [])
             if not args.skus:
-                print(f"{scope}: no key keeps drifting: nothing to send")
-                return 0
+                if args.json:
+                    print_json(_json(args.campaign, group_id, 0, []))
+                else:
+                    print(f"{scope}: no key keeps drifting: nothing to send")
+                return exit_codes.OK
         if args.skus is None:
             count = resync_group(engine, group_id)
             unknown: list[str] = []
@@ -70,10 +85,13 @@ def run(args: argparse.Namespace) -> int:
             unknown = [sku for sku in wanted if sku not in bumped]
     finally:
         engine.dispose()
+    if args.json:
+        print_json(_json(args.campaign, group_id, count, unknown))
     if args.skus is None and count == 0:
         print(f"stocksync resync: {scope} has no keys: nothing to send", file=sys.stderr)
         return exit_codes.ATTENTION
-    print(f"{scope}: {count:,} key{'s' if count != 1 else ''} will be sent again")
+    if not args.json:
+        print(f"{scope}: {count:,} key{'s' if count != 1 else ''} will be sent again")
     if unknown:
         listed = ", ".join(repr(sku) for sku in unknown)
         print(f"stocksync resync: {scope} has no key for SKU {listed}", file=sys.stderr)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import shutil
 import sys
@@ -17,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from stocksync import exit_codes
+from stocksync.json_output import add_json_option, print_json
 from stocksync.migrations_runner import resolve_database_url
 from stocksync.status_report import StatusReport, read_status
 from worker.database import make_engine
@@ -37,7 +37,7 @@ WRAPPED_WIDTH = 24
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """--json and --max-age."""
-    parser.add_argument("--json", action="store_true", help="print a JSON object instead")
+    add_json_option(parser)
     parser.add_argument(
         "--max-age",
         type=float,
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     if args.json:
-        print(json.dumps(report.as_json(), indent=2))
+        print_json(report.as_json())
     else:
         print(render_table(report, args.max_age, *terminal()))
     too_old = report.too_old(args.max_age)

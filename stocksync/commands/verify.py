@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -11,6 +10,7 @@ from sqlalchemy import text
 from tqdm import tqdm
 
 from stocksync import exit_codes
+from stocksync.json_output import add_json_option, print_json
 from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
 from worker.market_client import MarketClient
@@ -40,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--campaign", type=int, metavar="N", help="only this campaign")
-    parser.add_argument("--json", action="store_true", help="print a JSON object instead")
+    add_json_option(parser)
 
 
 def _campaign_json(campaign: int, result: SweepResult, drifting: list[str]) -> dict[str, Any]:
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         "campaigns": reports,
     }
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print_json(summary)
     else:
         for r in reports:
             found = r["drifted"]["missing"] + r["drifted"]["count"]

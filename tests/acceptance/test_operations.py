@@ -6,8 +6,8 @@ Each test runs the real console script in a subprocess against a fresh migrated 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -304,26 +304,41 @@ class Measured:
     seconds: float
 
 
+# The command runs as the grandchild of a small launcher, which reports its peak RSS. A child's
+# ru_maxrss counts the RSS of the process it was forked from (Linux keeps the pre-exec high
+# water mark), so measured straight from pytest (hundreds of MB after a long run) it says nothing
+# about the command.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as report:
+    report.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _run_measured(tmp_path: Path, *args: str, **variables: str) -> Measured:
-    """Runs `stocksync ARGS…` and reads the child's own peak RSS from wait4."""
-    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    """Runs `stocksync ARGS…` and reads its own peak RSS (through the launcher above)."""
+    out, err, peak = tmp_path / "out.txt", tmp_path / "err.txt", tmp_path / "peak_rss_kb"
     started = time.monotonic()
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen(
-            [str(STOCKSYNC), *args],
+        process = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(peak), str(STOCKSYNC), *args],
             cwd=tmp_path,
             env=clean_env(**variables),
             stdout=stdout,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
+            check=False,
         )
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
     return Measured(
         process.returncode,
         out.read_text(),
         err.read_text(),
-        usage.ru_maxrss / 1024,  # kilobytes on Linux
+        int(peak.read_text()) / 1024,  # kilobytes on Linux
         time.monotonic() - started,
     )
 
@@ -582,3 +597,81 @@ def test_rejected_of_an_empty_database_and_a_bad_since(
     assert empty.stdout.strip() == "nothing rejected, unreadable or parked"
     assert bad.returncode == 64
     assert "'yesterday' is neither a duration nor an ISO 8601 date-time" in bad.stderr
+
+
+# --- --json of every command that reports ---------------------------------------------------
+
+
+def test_import_json_reports_what_was_applied_and_rejected(
+    stocksync: RunStocksync, database_url: str, tmp_path: Path
+) -> None:
+    snapshot = _write(tmp_path, "stock.csv", "sku,count\nA-1,10\nA-2,lots\n")
+
+    result = stocksync(
+        "import", str(snapshot), "--campaign", "1001", "--json", STOCKSYNC_DATABASE_URL=database_url
+    )
+
+    assert result.returncode == 2, result.stderr  # a line rejected: needs attention
+    report = json.loads(result.stdout)
+    assert report["import_id"].startswith("import:")
+    assert {k: report[k] for k in ("file", "campaign", "lines", "applied", "rejected")} == {
+        "file": str(snapshot),
+        "campaign": 1001,
+        "lines": 2,
+        "applied": 1,
+        "rejected": 1,
+    }
+    assert report["duplicates"] == 0
+    (rejection,) = report["first_rejections"]
+    assert rejection["line"] == 3
+    assert rejection["reason"].startswith("count: must be a whole number")
+
+
+def test_resync_json_reports_the_keys_and_unknown_skus(
+    stocksync: RunStocksync, database_url: str, engine: Engine
+) -> None:
+    _insert_outbox(engine)
+    env = {"STOCKSYNC_DATABASE_URL": database_url, "STOCKSYNC_WAREHOUSE_GROUPS": GROUPS}
+
+    result = stocksync("resync", *("--campaign", "1002", "--sku", "A-1", "NOPE"), "--json", **env)
+
+    assert result.returncode == 2, result.stderr  # an unknown SKU: needs attention
+    assert json.loads(result.stdout) == {
+        "campaign": 1002,
+        "group_id": 1001,
+        "resynced": 1,
+        "unknown_skus": ["NOPE"],
+    }
+
+
+def test_replay_json_reports_what_was_skipped_and_why(
+    stocksync: RunStocksync, database_url: str, engine: Engine
+) -> None:
+    from worker.ingest import store_unreadable
+
+    store_unreadable(engine, "refused:abc", "garbage", "content type: pickle")
+
+    # Neither message is a stocks.submit call: nothing reaches the broker (none is configured)
+    result = stocksync(
+        "replay", "refused:abc", "no-such-id", "--json", STOCKSYNC_DATABASE_URL=database_url
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert json.loads(result.stdout) == {
+        "replayed": [],
+        "skipped": [
+            {"task_id": "refused:abc", "reason": "not replayable (not a stocks.submit call)"},
+            {"task_id": "no-such-id", "reason": "no unreadable message with this id"},
+        ],
+    }
+
+
+def test_prune_and_migrate_json(stocksync: RunStocksync, database_url: str) -> None:
+    pruned = stocksync("prune", "--days", "7", "--json", STOCKSYNC_DATABASE_URL=database_url)
+    migrated = stocksync("migrate", "--json", STOCKSYNC_DATABASE_URL=database_url)
+
+    assert (pruned.returncode, migrated.returncode) == (0, 0), pruned.stderr + migrated.stderr
+    assert json.loads(pruned.stdout) == {"days": 7.0, "changes": 0, "rejected": 0}
+    migration = json.loads(migrated.stdout)
+    assert migration["head"] is True
+    assert migration["revision"].isdigit()

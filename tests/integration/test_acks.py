@@ -51,13 +51,6 @@ def _reset_database(database_url: str, setting: str) -> None:
     services.admin_execute(f'ALTER DATABASE "{_database_name(database_url)}" RESET {setting}')
 
 
-@pytest.fixture
-def producer(rabbit_url: str) -> Iterator[Celery]:
-    app = Celery(broker=rabbit_url)
-    yield app
-    app.close()
-
-
 def _stock_value(engine: Engine, sku: str) -> int | None:
     return scalar(engine, "SELECT max(value) FROM stock WHERE sku = :sku", sku=sku)
 

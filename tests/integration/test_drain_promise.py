@@ -7,7 +7,6 @@ Real worker processes with embedded beat, RabbitMQ, PostgreSQL and the sandbox o
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from sqlalchemy import Engine, text
 
 from sandbox.server import MarketSandbox
 from tests.integration.drain_support import (
-    SECRET_KEY,
     counts_at,
     pending_keys,
     put_changes,
@@ -26,12 +24,6 @@ from tests.integration.drain_support import (
 from tests.services import faketime_env, shift_database_clock, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def sandbox() -> Iterator[MarketSandbox]:
-    with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
-        yield box
 
 
 def _scalar(engine: Engine, sql: str, **params: Any) -> Any:
