@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import Engine, make_url, text
+from sqlalchemy import Engine, make_url
 
 from domain.changes import Change
 from sandbox.server import MarketSandbox
+from tests.integration.drain_support import pending_keys
 from tests.services import ROOT, WorkerProcess, faketime_env, service_env, wait_for
 from worker.ingest import store_message
 
@@ -338,15 +339,6 @@ def _succeeded(task: str, log: str) -> int:
     return len(re.findall(rf"Task stocks\.{task}\[[^\]]+\] succeeded", log))
 
 
-def _pending(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                text("SELECT count(*) FROM stock WHERE version > acked_version")
-            ).scalar_one()
-        )
-
-
 def run(
     engine: Engine,
     database_url: str,
@@ -379,7 +371,7 @@ def run(
             loaded = time.monotonic() - started
             wait_for(
                 "every key acknowledged, nothing in flight",
-                lambda: _pending(engine) == 0 and not sandbox.stats()["in_flight"],
+                lambda: pending_keys(engine) == 0 and not sandbox.stats()["in_flight"],
                 timeout,
                 0.2,
             )
