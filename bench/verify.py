@@ -1,16 +1,17 @@
 """The verify sweep of many acknowledged keys at the Market's read limit, and its effect on sending.
 
 Run: .venv/bin/python -m bench.verify [--quick | --keys N]
-`keys` acknowledged keys (1,000,000; --quick 50,000; or --keys N) are written straight into a fresh database's
-outbox and, with the same counts, into a sandbox process (its `/_sandbox/drift` control) that
-keeps the Market's read limit (100,000 offers a minute per campaign). One worker with beat sweeps
-them with the whole limit as its share (`STOCKSYNC_VERIFY_READ_SHARE=1`) and a period short enough
-that the limit, not the pace, decides: the time until every key was read back is set against the
-ideal (keys / 100,000 a minute); the worker's peak RSS is sampled from /proc every half second.
-Meanwhile a steady stream of changes (20 SKUs a second, new SKUs, straight into the outbox) is
-sent; its freshness (stored -> accepted by the sandbox) is measured during the sweep and again in
-a run with the sweep off (`STOCKSYNC_VERIFY_HOURS=0`) over the same keys for as long. A third run
-sweeps with no stream (the sweep alone). A run gives up after twice the ideal plus a minute.
+`keys` acknowledged keys (1,000,000; --quick 50,000; or --keys N) are written straight into a
+fresh database's outbox and, with the same counts, into a sandbox process (its `/_sandbox/drift`
+control) that keeps the Market's read limit (100,000 offers a minute per campaign). One worker
+with beat sweeps them with the whole limit as its share (`STOCKSYNC_VERIFY_READ_SHARE=1`) and a
+period short enough that the limit, not the pace, decides: the time until every key was read
+back is set against the ideal (keys / 100,000 a minute); the worker's peak RSS is sampled from
+/proc every half second. Meanwhile a steady stream of changes (20 SKUs a second, new SKUs,
+straight into the outbox) is sent; its freshness (stored -> accepted by the sandbox) is measured
+during the sweep and, right after, in a run with the sweep off (`STOCKSYNC_VERIFY_HOURS=0`) over
+the same keys for as long. A third run sweeps with no stream (the sweep alone). A run gives up
+after twice the ideal plus a minute.
 """
 
 from __future__ import annotations
