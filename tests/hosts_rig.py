@@ -60,6 +60,8 @@ def _free_block() -> int:
 
 
 NAMESPACE_PREFIX = "stocksync-"
+# Every namespace this process made (a test's teardown removes its own, never another run's).
+MADE: set[str] = set()
 
 
 def namespaces() -> set[str]:
@@ -186,6 +188,7 @@ class HostsRig:
     # --- namespaces -------------------------------------------------------------------------
 
     def _make(self, host: Host) -> None:
+        MADE.add(host.name)
         added = _ip("netns", "add", host.name, check=False)
         if added.returncode != 0:
             raise RuntimeError(

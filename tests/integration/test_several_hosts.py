@@ -28,9 +28,9 @@ def _no_namespace_left_behind() -> Iterator[None]:
     """Whatever happened in the test (the rig removes its own namespaces on every way out), none
     it made outlives it: their processes are killed and they are deleted here, and the test
     fails if there was one to delete."""
-    before = hosts_rig.namespaces()
+    before = set(hosts_rig.MADE)
     yield
-    left = hosts_rig.namespaces() - before
+    left = (hosts_rig.MADE - before) & hosts_rig.namespaces()
     for name in left:
         hosts_rig.remove_namespace(name)
     assert not left, f"network namespaces left behind: {sorted(left)}"
