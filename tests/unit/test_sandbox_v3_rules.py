@@ -95,7 +95,7 @@ def test_v3_forced_statuses_are_per_business_and_checked() -> None:
     assert settings.forced_status == {901: 403, 902: 404}
     assert settings.as_json()["forced_status"] == {"901": 403, "902": 404}
     assert V3Settings().updated({"forced_status": {}}).forced_status == {}
-    with pytest.raises(ConfigError, match="'forced_status'.*400"):
+    with pytest.raises(ConfigError, match=r"'forced_status'.*400"):
         V3Settings().updated({"forced_status": {"901": 200}})
     with pytest.raises(ConfigError, match="'forced_status'"):
         V3Settings().updated({"forced_status": [901]})
