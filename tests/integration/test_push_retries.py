@@ -1,0 +1,137 @@
+"""`stocks.push` retries through Celery (issue 11, item 3): a real worker with beat, RabbitMQ,
+PostgreSQL and the sandbox over HTTP. What is observed is Celery's own record of a retry, the
+worker's `Task stocks.push[…] retry: Retry in …s` line (written where Celery sends the
+task-retried event and a result backend would store RETRY)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from sandbox.server import MarketSandbox
+from tests.integration.drain_support import (
+    SECRET_KEY,
+    counts_at,
+    pending_keys,
+    put_changes,
+    running_worker,
+)
+from tests.services import wait_for
+from worker import counters
+
+pytestmark = pytest.mark.slow
+
+RETRY_LINE = re.compile(r"Task stocks\.push\[[0-9a-f-]+\] retry: Retry in ([0-9.]+)s")
+
+
+@pytest.fixture
+def sandbox() -> Iterator[MarketSandbox]:
+    with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
+        yield box
+
+
+def retry_countdowns(log: str) -> list[float]:
+    """The countdown of every Celery retry of `stocks.push` the worker logged."""
+    return [float(m.group(1)) for m in RETRY_LINE.finditer(log)]
+
+
+def counter(engine: Engine, name: str) -> float:
+    with engine.connect() as conn:
+        return sum(r.value for r in counters.read_all(conn) if r.name == name)
+
+
+def answered(sandbox: MarketSandbox, status: int) -> int:
+    return int(sandbox.stats()["requests_by_status"].get(str(status), 0))
+
+
+def assert_nothing_sent_before_until(requests: list[dict[str, Any]], wait: float) -> None:
+    """No request to a campaign between a 420 and its -Until (`wait` after the answer, in whole
+    seconds, as the sandbox sets it)."""
+    blocked: dict[int, datetime] = {}
+    for r in sorted(requests, key=lambda r: r["started_at"]):
+        until = blocked.get(r["campaign"])
+        assert until is None or datetime.fromisoformat(r["started_at"]) >= until, r
+        if r["status"] == 420:
+            ended = datetime.fromisoformat(r["ended_at"]) + timedelta(seconds=wait)
+            blocked[r["campaign"]] = ended.replace(microsecond=0)
+
+
+def test_a_420_with_a_short_until_is_a_celery_retry_after_the_until(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # Given a Market that answers 420 with a -Until one second ahead
+    sandbox.configure(error_420_rate=1.0, injected_420_wait_seconds=1)
+    put_changes(engine, [{"campaign_id": 5, "sku": f"S{i}", "count": i} for i in range(20)])
+    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log") as worker:
+        # When the push meets it, Celery retries the task (no loop inside it)
+        wait_for("a Celery retry", lambda: bool(retry_countdowns(worker.log_text())), 30)
+        sandbox.configure(error_420_rate=0.0)
+        wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 60)
+        log = worker.log_text()
+    # Then every retry waited, never zero and never past the short wait, and nothing was sent
+    # before the Market's -Until; everything arrived
+    countdowns = retry_countdowns(log)
+    assert countdowns and all(0 < c <= 3.0 for c in countdowns), countdowns
+    assert answered(sandbox, 420) >= 1
+    assert_nothing_sent_before_until(sandbox.requests(), 1)
+    assert counts_at(sandbox, 5) == {f"S{i}": i for i in range(20)}
+    assert counter(engine, counters.PUSH_RETRIES) == len(countdowns)
+
+
+def test_a_420_with_a_long_until_releases_the_claim_and_the_keys_go_later(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # Given a Market whose 420 says: come back in 8 seconds
+    sandbox.configure(error_420_rate=1.0, injected_420_wait_seconds=8)
+    put_changes(engine, [{"campaign_id": 5, "sku": f"S{i}", "count": i} for i in range(20)])
+    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log") as worker:
+        wait_for("a 420", lambda: answered(sandbox, 420) >= 1, 30)
+        sandbox.configure(error_420_rate=0.0)
+        # Then the push hands its claim back (no ETA message held for 8 s) and a later drain
+        # delivers the keys once the block is over
+        wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 60)
+        log = worker.log_text()
+    assert "'outcome': 'released: wait" in log
+    assert retry_countdowns(log) == []
+    assert_nothing_sent_before_until(sandbox.requests(), 8)
+    assert counts_at(sandbox, 5) == {f"S{i}": i for i in range(20)}
+
+
+def test_5xx_retries_back_off_and_spent_retries_release_the_claim_losing_nothing(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # Given a Market that answers 500 to everything, and five retries allowed
+    sandbox.configure(error_500_rate=1.0)
+    put_changes(engine, [{"campaign_id": 5, "sku": f"S{i}", "count": i} for i in range(20)])
+    with running_worker(
+        database_url, rabbit_url, sandbox, tmp_path / "w.log", push_max_retries="5"
+    ) as worker:
+
+        def degraded() -> bool:
+            with engine.connect() as conn:
+                return (
+                    conn.execute(
+                        text("SELECT degraded_reason FROM campaign WHERE campaign_id = 5")
+                    ).scalar()
+                    is not None
+                )
+
+        # When the five retries are spent, the claim goes back and the campaign shows degraded
+        wait_for("the campaign to be degraded", degraded, 40)
+        log = worker.log_text()
+        sandbox.configure(error_500_rate=0.0)
+        wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 60)
+    # Then each retry waited a backoff (never zero), the give-up was logged and counted, and
+    # every key arrived after all
+    countdowns = retry_countdowns(log)
+    assert len(countdowns) >= 5 and all(c > 0 for c in countdowns), countdowns
+    assert "push_given_up" in log
+    assert "MaxRetriesExceededError" not in log
+    assert counter(engine, counters.PUSH_GIVEN_UP) >= 1
+    assert counts_at(sandbox, 5) == {f"S{i}": i for i in range(20)}
