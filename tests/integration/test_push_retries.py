@@ -6,6 +6,8 @@ task-retried event and a result backend would store RETRY)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -135,3 +137,25 @@ def test_5xx_retries_back_off_and_spent_retries_release_the_claim_losing_nothing
     assert "MaxRetriesExceededError" not in log
     assert counter(engine, counters.PUSH_GIVEN_UP) >= 1
     assert counts_at(sandbox, 5) == {f"S{i}": i for i in range(20)}
+
+
+def test_the_running_worker_has_the_configured_rate_limit_on_stocks_push(
+    database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # Given a worker started with a push ceiling of 7 a minute
+    with running_worker(
+        database_url, rabbit_url, sandbox, tmp_path / "w.log", push_rate_limit="7/m"
+    ) as worker:
+        # When Celery's remote control asks it for its tasks' rate limits
+        found = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "worker", "inspect", "registered", "rate_limit"],
+            cwd=worker.cwd,
+            env=worker.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    # Then stocks.push carries it, and no other task does
+    assert "stocks.push [rate_limit=7/m]" in found.stdout, found.stdout + found.stderr
+    assert "* stocks.submit\n" in found.stdout
