@@ -6,13 +6,20 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, beat_init, worker_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    beat_init,
+    task_postrun,
+    task_prerun,
+    worker_init,
+)
 from kombu import Exchange, Queue
 
+from worker import logs
 from worker.database import database_url
 from worker.embedded_broker import ALIAS as BROKER_ALIAS
 from worker.embedded_broker import embedded_url
-from worker.logs import apply_to
 from worker.settings import Settings, get_settings
 
 CHANGES_QUEUE = "stocks.changes"
@@ -171,8 +178,25 @@ app.add_defaults(lambda: celery_config(get_settings()))
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _configure_log_lines(logger: logging.Logger, **_: Any) -> None:
-    """The worker's and beat's handlers: secrets masked, JSON lines when configured."""
-    apply_to(logger, get_settings())
+    """The worker's and beat's handlers: the task context, secrets masked, logfmt or JSON."""
+    logs.apply_to(logger, get_settings())
+
+
+@task_prerun.connect
+def _bind_task_context(
+    task_id: str | None = None,
+    task: Any = None,
+    args: Any = None,
+    kwargs: Any = None,
+    **_: Any,
+) -> None:
+    """Every line logged while a task runs carries its id, name, and campaign and claim."""
+    logs.bind_task(task_id, task, args, kwargs)
+
+
+@task_postrun.connect
+def _clear_task_context(**_: Any) -> None:
+    logs.clear()
 
 
 @worker_init.connect

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from sqlalchemy import text
 from tqdm import tqdm
 
+from stocksync import exit_codes
+from stocksync.json_output import add_json_option, print_json
 from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
 from worker.market_client import MarketClient
@@ -26,9 +27,9 @@ Market does not hold, or holds with another count, has drifted: it is made pendi
 with the next drain, unless it keeps drifting (more than 3 times in 24 hours): then it is left
 alone and listed; `stocksync resync --campaign N --drifting` sends those. A progress bar is drawn
 on stderr when it is a terminal. Exit 2 when something drifted, 1 when a campaign could not be
-read through (the reason is printed), else 0.
+read through (3, the reason is printed), else 0; 64 on bad usage.
 """
-DRIFT_EXIT_CODE = 2
+DRIFT_EXIT_CODE = exit_codes.ATTENTION  # CONTRACT.md 5
 SKUS_SHOWN = 20
 
 _CAMPAIGNS = text("SELECT campaign_id FROM campaign ORDER BY campaign_id")
@@ -39,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--campaign", type=int, metavar="N", help="only this campaign")
-    parser.add_argument("--json", action="store_true", help="print a JSON object instead")
+    add_json_option(parser)
 
 
 def _campaign_json(campaign: int, result: SweepResult, drifting: list[str]) -> dict[str, Any]:
@@ -61,7 +62,8 @@ def _shown(skus: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Sweeps, prints the report; 2 when something drifted."""
+    """Sweeps, prints the report; 2 when something drifted, 3 when a campaign was not read
+    through."""
     settings = load_settings()
     engine = make_engine(resolve_database_url(settings))
     client = MarketClient(
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         "campaigns": reports,
     }
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print_json(summary)
     else:
         for r in reports:
             found = r["drifted"]["missing"] + r["drifted"]["count"]
@@ -128,4 +130,4 @@ def run(args: argparse.Namespace) -> int:
         )
     if drifted["missing"] + drifted["count"] > 0:
         return DRIFT_EXIT_CODE
-    return 1 if failed else 0
+    return exit_codes.CANNOT_CHECK if failed else exit_codes.OK

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,6 @@ from tests.integration.drain_support import (
 from tests.services import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def sandbox() -> Iterator[MarketSandbox]:
-    with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
-        yield box
 
 
 def test_changes_reach_the_sandbox_with_the_contracts_values(

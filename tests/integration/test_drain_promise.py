@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from sqlalchemy import Engine, make_url, text
 
 from sandbox.server import MarketSandbox
 from tests.integration.drain_support import (
-    SECRET_KEY,
     counts_at,
     pending_keys,
     put_changes,
@@ -27,12 +25,6 @@ from tests.integration.drain_support import (
 from tests.services import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def sandbox() -> Iterator[MarketSandbox]:
-    with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
-        yield box
 
 
 def _scalar(engine: Engine, sql: str, **params: Any) -> Any:

@@ -14,7 +14,6 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
@@ -32,19 +31,6 @@ pytestmark = pytest.mark.slow
 
 A, B = 7001, 7002
 WORKER_PROCESSES = 2
-
-
-@pytest.fixture
-def sandbox() -> Iterator[MarketSandbox]:
-    with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
-        yield box
-
-
-@pytest.fixture
-def producer(rabbit_url: str) -> Iterator[Celery]:
-    app = Celery(broker=rabbit_url)
-    yield app
-    app.close()
 
 
 def _worker(

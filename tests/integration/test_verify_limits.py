@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -35,12 +34,6 @@ from tests.integration.test_verify import (
 from tests.services import ROOT, service_env, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def sandbox() -> Iterator[MarketSandbox]:
-    with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
-        yield box
 
 
 CAMPAIGN = 7
