@@ -34,17 +34,15 @@ def test_submit_has_only_a_hard_time_limit() -> None:
 
 
 def test_the_push_rate_limit_reaches_the_task_through_celerys_annotations() -> None:
+    import tasks.drain
+    import tasks.push  # the project's tasks, shared: every app finalized gets its own copy
+
     # A Celery app of its own (no broker is reached) configured as the worker is.
     app = Celery("annotations")
     app.conf.update(celery_config(Settings(push_rate_limit="600/m", database_url=DB)))
-
-    @app.task(name="stocks.push")
-    def push() -> None: ...
-
-    @app.task(name="stocks.drain")
-    def drain() -> None: ...
-
     app.finalize()
+
+    assert tasks.push.push.name in app.tasks and tasks.drain.drain.name in app.tasks
     assert app.tasks["stocks.push"].rate_limit == "600/m"
     assert app.tasks["stocks.push"].time_limit == 300  # the time limits stay
     assert app.tasks["stocks.drain"].rate_limit is None
