@@ -8,17 +8,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from sandbox.server import MarketSandbox
 from tests.integration.drain_support import (
-    SECRET_KEY,
+    assert_no_request_before_until,
+    campaign_flag,
     counts_at,
     pending_keys,
     put_changes,
@@ -30,12 +28,6 @@ from worker import counters
 pytestmark = pytest.mark.slow
 
 RETRY_LINE = re.compile(r"Task stocks\.push\[[0-9a-f-]+\] retry: Retry in ([0-9.]+)s")
-
-
-@pytest.fixture
-def sandbox() -> Iterator[MarketSandbox]:
-    with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
-        yield box
 
 
 def retry_countdowns(log: str) -> list[float]:
@@ -50,18 +42,6 @@ def counter(engine: Engine, name: str) -> float:
 
 def answered(sandbox: MarketSandbox, status: int) -> int:
     return int(sandbox.stats()["requests_by_status"].get(str(status), 0))
-
-
-def assert_nothing_sent_before_until(requests: list[dict[str, Any]], wait: float) -> None:
-    """No request to a campaign between a 420 and its -Until (`wait` after the answer, in whole
-    seconds, as the sandbox sets it)."""
-    blocked: dict[int, datetime] = {}
-    for r in sorted(requests, key=lambda r: r["started_at"]):
-        until = blocked.get(r["campaign"])
-        assert until is None or datetime.fromisoformat(r["started_at"]) >= until, r
-        if r["status"] == 420:
-            ended = datetime.fromisoformat(r["ended_at"]) + timedelta(seconds=wait)
-            blocked[r["campaign"]] = ended.replace(microsecond=0)
 
 
 def test_a_420_with_a_short_until_is_a_celery_retry_after_the_until(
@@ -81,7 +61,7 @@ def test_a_420_with_a_short_until_is_a_celery_retry_after_the_until(
     countdowns = retry_countdowns(log)
     assert countdowns and all(0 < c <= 3.0 for c in countdowns), countdowns
     assert answered(sandbox, 420) >= 1
-    assert_nothing_sent_before_until(sandbox.requests(), 1)
+    assert_no_request_before_until(sandbox.requests(), 1)
     assert counts_at(sandbox, 5) == {f"S{i}": i for i in range(20)}
     assert counter(engine, counters.PUSH_RETRIES) == len(countdowns)
 
@@ -101,7 +81,7 @@ def test_a_420_with_a_long_until_releases_the_claim_and_the_keys_go_later(
         log = worker.log_text()
     assert "'outcome': 'released: wait" in log
     assert retry_countdowns(log) == []
-    assert_nothing_sent_before_until(sandbox.requests(), 8)
+    assert_no_request_before_until(sandbox.requests(), 8)
     assert counts_at(sandbox, 5) == {f"S{i}": i for i in range(20)}
 
 
@@ -114,17 +94,8 @@ def test_5xx_retries_back_off_and_spent_retries_release_the_claim_losing_nothing
     with running_worker(
         database_url, rabbit_url, sandbox, tmp_path / "w.log", push_max_retries="5"
     ) as worker:
-
-        def degraded() -> bool:
-            with engine.connect() as conn:
-                return (
-                    conn.execute(
-                        text("SELECT degraded_reason FROM campaign WHERE campaign_id = 5")
-                    ).scalar()
-                    is not None
-                )
-
         # When the five retries are spent, the claim goes back and the campaign shows degraded
+        degraded = lambda: campaign_flag(engine, 5, "degraded_reason")  # noqa: E731
         wait_for("the campaign to be degraded", degraded, 40)
         log = worker.log_text()
         sandbox.configure(error_500_rate=0.0)
