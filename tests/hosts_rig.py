@@ -60,6 +60,8 @@ def _free_block() -> int:
 
 
 NAMESPACE_PREFIX = "stocksync-"
+# Every namespace this process made (a test's teardown removes its own, never another run's).
+MADE: set[str] = set()
 
 
 def namespaces() -> set[str]:
@@ -186,6 +188,7 @@ class HostsRig:
     # --- namespaces -------------------------------------------------------------------------
 
     def _make(self, host: Host) -> None:
+        MADE.add(host.name)
         added = _ip("netns", "add", host.name, check=False)
         if added.returncode != 0:
             raise RuntimeError(
@@ -350,14 +353,17 @@ def run(
     parallel: int,
     timeout: float,
     campaigns: tuple[int, ...] = (11, 12),
+    latency_ms: float = 0.0,
 ) -> dict[str, Any]:
-    """The whole scenario on a fresh database and vhost; the figures the Market saw."""
+    """The whole scenario on a fresh database and vhost; the figures the Market saw. With
+    `latency_ms` the sandbox takes that long over each request, so that requests overlap."""
     with MarketSandbox(
         port=0,
         api_keys=[API_KEY],
         seed=1,
         rate_limit_skus_per_minute=limit,
         request_log_max=1_000_000,
+        latency_ms=latency_ms,
     ) as sandbox:
         settings = {
             "rate_limit_skus_per_minute": str(limit),
