@@ -33,7 +33,7 @@ def test_drift_of_a_v3_campaigns_keys_is_found_and_repaired(
     ours = {f"V{i:03d}": i + 1 for i in range(40)}
     put_changes(engine, [{"campaign_id": CAMPAIGN, "sku": s, "count": v} for s, v in ours.items()])
     settings = {**FAST, "v3_campaigns": V3}
-    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log", **settings):
+    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log", None, **settings):
         wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 30)
         assert held(sandbox, WAREHOUSE) == ours
         # Someone else rewrites 5 counts and deletes 2 SKUs at the partner warehouse.
