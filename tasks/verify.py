@@ -18,7 +18,7 @@ SHORT_WAIT_SECONDS = 3.0
 _CAMPAIGNS = text("SELECT campaign_id FROM campaign ORDER BY campaign_id")
 
 
-@app.task(name="stocks.verify")
+@app.task(name="stocks.verify", send_events=False)  # housekeeping: out of Flower
 def verify() -> dict[str, Any]:
     """Reads back what each campaign's pace allows now; repairs what drifted."""
     if get_settings().verify_hours <= 0:

@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from worker.logs import log_event
-from worker.settings import Settings, get_settings
+from worker.settings import Settings, SettingsError, get_settings
 
 # While PostgreSQL is unreachable, or fails with an error that may pass (read-only, lock or
 # statement timeout, deadlock), a message goes back to the broker after this pause, so that
@@ -19,13 +19,21 @@ from worker.settings import Settings, get_settings
 DATABASE_DOWN_PAUSE_SECONDS = 2.0
 
 
+NOT_CONFIGURED = (
+    "STOCKSYNC_DATABASE_URL is not set: set it to a PostgreSQL URL (postgresql+psycopg://…), "
+    "or use `stocksync run`, which starts the embedded PostgreSQL"
+)
+
+
 def database_url(settings: Settings) -> str:
-    """The configured URL, or the embedded server's (started on demand)."""
+    """The configured URL; `SettingsError` (`NOT_CONFIGURED`) when there is none.
+
+    The worker, beat and `celery -A worker …` never start a server of their own: only the
+    `stocksync` commands do (stocksync/migrations_runner.resolve_database_url), and they hand the
+    URL to the processes they start through the environment."""
     if settings.database_url:
         return settings.database_url
-    from worker.embedded_postgres import embedded_database_url
-
-    return embedded_database_url(settings.data_dir)
+    raise SettingsError(NOT_CONFIGURED)
 
 
 # SQLSTATE classes and codes of errors that may pass: connection exceptions (08), transaction
