@@ -15,8 +15,13 @@ the Market saw more; a 420 blocks the campaign until `X-RateLimit-Resource-Until
 
 Two kinds of request share the ledger and the parallel slots: pushes (updateStocks, SKUs per
 window) and reads (getStocks, offers per window, its own limit: `read_limit`). Sending goes first:
-a read is let through only while no push of the campaign is claimed or pending, and never into
-the last free slot; a 420 on a read holds back only reads.
+a read takes only a slot sending does not need right now. Sending needs a slot for each live claim
+(a push queued or under way) and one for each further full batch of unclaimed pending keys (the
+drain gives those the rest of the slots); a part batch pending with no claim needs one, and with a
+claim it goes with that push's next claim. A read may start when a slot is free and the slots
+sending needs, the reads in flight and itself fit in `max_parallel`. So a steady stream of
+changes (one push at a time) leaves a slot to the sweep, and a backlog (full batches waiting)
+takes every slot until it is sent. A 420 on a read holds back only reads.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 
+from domain.market_rules import SKUS_PER_REQUEST_MAX
 from domain.rate_window import seconds_until_room
 from domain.route import Method, Route
 from worker import campaign_health, counters
@@ -106,15 +112,29 @@ _CORRECT = text("""
     VALUES (:c, :skus, clock_timestamp(), clock_timestamp(), true, :kind)
 """)
 
-# Is sending waiting for the campaign: a live claim (a push queued or under way), or a pending key
-# the drain can claim? Both walk an index and stop at the first row.
-_SENDING_WAITS = text("""
-    SELECT EXISTS (SELECT 1 FROM push_claim
-                   WHERE campaign_id = :c AND lease_until > clock_timestamp())
-        OR EXISTS (SELECT 1 FROM stock s
-                   WHERE s.group_id = :c AND s.version > s.acked_version
-                     AND (s.parked_version IS NULL OR s.parked_version < s.version))
+# What sending needs of the campaign's slots: its live claims (pushes queued or under way), the
+# SKUs they hold, and its pending keys counted up to :cap beyond those (walks of
+# `push_claim_campaign` and `stock_pending`, stopping at the limit).
+_SENDING_NEEDS = text("""
+    WITH claimed AS (
+        SELECT count(*) AS claims, COALESCE(sum(skus), 0) AS skus FROM push_claim
+        WHERE campaign_id = :c AND lease_until > clock_timestamp()
+    )
+    SELECT claimed.claims,
+           GREATEST(0, (SELECT count(*) FROM (
+                SELECT 1 FROM stock s
+                WHERE s.group_id = :c AND s.version > s.acked_version
+                  AND (s.parked_version IS NULL OR s.parked_version < s.version)
+                LIMIT :cap + claimed.skus) AS p) - claimed.skus) AS pending
+    FROM claimed
 """)
+
+
+def sending_needs(claims: int, pending: int) -> int:
+    """Slots sending needs now: one per live claim, one per further full batch of unclaimed
+    pending keys; a part batch needs one only when no claim will take it with its next batch."""
+    full, part = divmod(pending, SKUS_PER_REQUEST_MAX)
+    return claims + full + (1 if part and claims == 0 else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +169,7 @@ class Usage:
     reads_in_window: int = 0
     read_window: list[tuple[int, datetime]] | None = None
     reads_blocked_until: datetime | None = None
+    reads_in_flight: int = 0
 
 
 def _counted(use: Usage, read: bool) -> int:
@@ -220,6 +241,7 @@ class RateLimiter:
             reads_in_window=sum(r.amount for r in reads),
             read_window=[(r.amount, r.leaves_at) for r in reads],
             reads_blocked_until=campaign.verify_blocked_until,
+            reads_in_flight=sum(1 for r in reads if r.in_flight),
         )
 
     def acquire(self, campaign_id: int, skus: int, kind: str = PUSH) -> Permit | Wait:
@@ -266,10 +288,12 @@ class RateLimiter:
         blocked = use.reads_blocked_until
         if blocked is not None and blocked > use.now:
             return Wait((blocked - use.now).total_seconds(), "420")
-        # One slot stays free for sending (with a single slot, reads take it only when idle).
-        if use.in_flight >= max(1, self.max_parallel - 1):
+        if use.in_flight >= self.max_parallel:
             return Wait(PARALLEL_WAIT_SECONDS, "parallel")
-        if conn.execute(_SENDING_WAITS, {"c": campaign_id}).scalar_one():
+        cap = (self.max_parallel + 1) * SKUS_PER_REQUEST_MAX  # enough to fill every slot
+        sending = conn.execute(_SENDING_NEEDS, {"c": campaign_id, "cap": cap}).one()
+        needed = sending_needs(int(sending.claims), int(sending.pending))
+        if use.reads_in_flight + needed + 1 > self.max_parallel:
             return Wait(SENDING_FIRST_WAIT_SECONDS, "sending first")
         wait = seconds_until_room(use.read_window or [], self.read_limit, offers, use.now)
         if wait > 0:

@@ -102,10 +102,12 @@ def test_pending_and_in_flight_keys_are_never_reported_as_drift(
     sandbox.configure(latency_ms=150, latency_jitter_ms=150)  # pushes stay in flight a while
     with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log", None, **FAST):
         wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 60)
-        # A stream of changes for 15 s while the sweep runs: the Market lags behind every one.
-        # (One a second: a change every 0.2 s leaves the sweep no moment at all, as sending goes
-        # first while any key is pending; see the report.)
-        for n in range(15):
+        # A stream of changes, one every 0.2 s for 15 s, while the sweep runs: the Market lags
+        # behind every one, and the sweep still reads in the slots sending leaves free.
+        checked_before = one(
+            engine, "SELECT keys_checked_total FROM campaign WHERE campaign_id = :c", c=CAMPAIGN
+        )
+        for n in range(75):
             put_changes(
                 engine,
                 [
@@ -113,12 +115,16 @@ def test_pending_and_in_flight_keys_are_never_reported_as_drift(
                     for j in range(5)
                 ],
             )
-            time.sleep(1.0)
+            time.sleep(0.2)
+        checked_while_sending = one(
+            engine, "SELECT keys_checked_total FROM campaign WHERE campaign_id = :c", c=CAMPAIGN
+        )
         wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 60)
         checked = one(
             engine, "SELECT keys_checked_total FROM campaign WHERE campaign_id = :c", c=CAMPAIGN
         )
-    assert checked > 0  # the sweep did read meanwhile
+    assert checked_while_sending > checked_before, "the sweep never read while changes came"
+    assert checked > 0
     assert drifts(engine) == []
 
 
