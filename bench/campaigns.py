@@ -42,6 +42,8 @@ def load(engine: Engine, idle_keys: int) -> None:
     """Idle keys acknowledged an hour ago, then 10 pending keys per campaign; no ANALYZE."""
     per_campaign = max(1, idle_keys // CAMPAIGNS)
     with engine.begin() as conn:
+        # 10 M rows in one statement outlast the service sessions' statement timeout.
+        conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
         conn.execute(
             text("""
                 INSERT INTO stock (group_id, sku, abs_count, version, acked_version, acked_value,
