@@ -93,6 +93,7 @@ class Settings(BaseSettings):
         "FIT", "FREEZE", "AVAILABLE", "QUARANTINE", "UTILIZATION", "DEFECT", "EXPIRED"
     ] = "AVAILABLE"
     verify_read_limit_per_minute: int = Field(default=100_000, ge=1)
+    verify_v3_read_limit_per_minute: int = Field(default=500, ge=1)
     verify_read_share: float = Field(default=0.5, gt=0, le=1)
     verify_interval_seconds: float = Field(default=10.0, gt=0)
 
