@@ -67,6 +67,24 @@ def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
     }
 
 
+def rate_limits(settings: Settings) -> dict[str, dict[str, str]]:
+    """Celery's `rate_limit` of `stocks.push` (STOCKSYNC_PUSH_RATE_LIMIT): a ceiling per worker,
+    not the Market's limit, which worker/rate_limiter.py keeps per route across all workers."""
+    limit = settings.push_rate_limit
+    return {} if limit is None else {"stocks.push": {"rate_limit": limit}}
+
+
+def task_annotations(settings: Settings) -> dict[str, dict[str, float | str]]:
+    """The time limits and rate limits in one mapping: Celery applies only the first annotation
+    mapping that names a task, so two mappings would drop the second's options."""
+    merged: dict[str, dict[str, float | str]] = {
+        name: dict(options) for name, options in time_limits(settings).items()
+    }
+    for name, options in rate_limits(settings).items():
+        merged.setdefault(name, {}).update(options)
+    return merged
+
+
 def _embedded(broker: str) -> bool:
     return broker.startswith(("sqla+", "sqlalchemy+", f"{BROKER_ALIAS}+"))
 
@@ -97,7 +115,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # A task past its hard time limit (its pool process replaced) hands its message back.
         "task_acks_on_timeout": False,
-        "task_annotations": time_limits(settings),
+        "task_annotations": task_annotations(settings),
         # With late acks every prefetched message is one more a crash hands back: keep it to one.
         "worker_prefetch_multiplier": 1,
         # Celery's consumer, storing every message it drops (worker/unreadable_messages.py).

@@ -41,6 +41,12 @@ _BLOCK = text("""
     WHERE campaign_id = :c
 """)
 
+# Seconds until a 420's block of the route ends, on the database's clock (0: not blocked).
+_BLOCKED_SECONDS = text("""
+    SELECT GREATEST(0, EXTRACT(EPOCH FROM blocked_until - clock_timestamp()))
+    FROM campaign WHERE campaign_id = :c
+""")
+
 _BLOCK_VERIFY = text("""
     UPDATE campaign
     SET verify_blocked_until = GREATEST(COALESCE(verify_blocked_until, :until), :until)
@@ -150,6 +156,12 @@ class CampaignHealth:
         """401/403/404: nothing but a probe every `probe_interval` seconds goes to the campaign."""
         with self.engine.begin() as conn:
             conn.execute(_PARK, {"c": campaign_id, "reason": reason, "probe": probe_interval})
+
+    def blocked_seconds(self, campaign_id: int) -> float:
+        """How long sending to the route stays blocked by a 420 from now (0: not blocked)."""
+        with self.engine.connect() as conn:
+            seconds = conn.execute(_BLOCKED_SECONDS, {"c": campaign_id}).scalar()
+            return 0.0 if seconds is None else float(seconds)
 
     def degrade(self, campaign_id: int, reason: str) -> None:
         """Retries ran out: the campaign is marked degraded until a 200."""

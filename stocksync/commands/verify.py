@@ -6,18 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from sqlalchemy import text
 from tqdm import tqdm
 
 from stocksync import exit_codes
 from stocksync.json_output import add_json_option, print_json
 from stocksync.migrations_runner import resolve_database_url
-from worker.database import make_engine
-from worker.market_client import MarketClient
-from worker.rate_limiter import RateLimiter
-from worker.runtime import read_budget, request_deadline
-from worker.settings import load_settings
-from worker.verify import SweepResult, V2Reader, Verifier, keeps_drifting
+from worker import runtime
+from worker.settings import get_settings
+from worker.verify import SweepResult, campaigns_to_sweep, keeps_drifting
 
 HELP = "read every acknowledged key back from the Market now, repair what drifted, report it"
 EPILOG = """\
@@ -31,8 +27,6 @@ read through (3, the reason is printed), else 0; 64 on bad usage.
 """
 DRIFT_EXIT_CODE = exit_codes.ATTENTION  # CONTRACT.md 5
 SKUS_SHOWN = 20
-
-_CAMPAIGNS = text("SELECT campaign_id FROM campaign ORDER BY campaign_id")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -64,29 +58,16 @@ def _shown(skus: list[str]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Sweeps, prints the report; 2 when something drifted, 3 when a campaign was not read
     through."""
-    settings = load_settings()
-    engine = make_engine(resolve_database_url(settings))
-    client = MarketClient(
-        settings.market_base_url,
-        settings.market_api_key,
-        settings.market_oauth_token,
-        settings.market_timeout_seconds,
-    )
-    limiter = RateLimiter(
-        engine,
-        settings.rate_limit_skus_per_minute,
-        settings.max_parallel_requests_per_campaign,
-        read_budget(settings),
-        request_deadline_seconds=request_deadline(settings),
-    )
-    reader = V2Reader(engine, client, settings.verify_stock_type)
-    verifier = Verifier(engine, limiter, lambda campaign_id: reader, settings.verify_hours * 3600)
+    settings = get_settings()
+    resolve_database_url(settings)  # the embedded server, if any, stops when the command ends
+    engine = runtime.engine()
+    verifier = runtime.verifier()
     try:
         if args.campaign is not None:
             campaigns = [settings.group_of(args.campaign)]
         else:
             with engine.connect() as conn:
-                campaigns = [int(r[0]) for r in conn.execute(_CAMPAIGNS)]
+                campaigns = campaigns_to_sweep(conn, runtime.routing())
         before = verifier.now()
         total = sum(verifier.due(c, before) for c in campaigns)
         reports = []

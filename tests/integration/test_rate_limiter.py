@@ -250,3 +250,18 @@ def test_reads_in_flight_and_sendings_needs_together_fit_the_slots(engine: Engin
     # And the push takes the slot
     assert isinstance(limiter.acquire(CAMPAIGN, 3), Permit)
     limiter.finish(first, MarketAnswer(200))
+
+
+def test_a_v3_read_counts_one_request_against_its_business_read_limit(engine: Engine) -> None:
+    # Given a business (route key minus its id) allowed two v3 reads a minute
+    business = -901
+    limiter = RateLimiter(engine, 100_000, 3, 100_000, 50, v3_read_requests_per_minute=2)
+    for _ in range(2):  # 500 offers each, one request each
+        permit = limiter.acquire(business, 500, READ, groups=[4001])
+        assert isinstance(permit, Permit), permit
+        limiter.finish(permit, MarketAnswer(200))
+    # Then the third waits for the window, and a v2 campaign's reads are not touched
+    third = limiter.acquire(business, 1, READ, groups=[4001])
+    assert isinstance(third, Wait)
+    assert third.reason == "window"
+    assert isinstance(limiter.acquire(CAMPAIGN, 500, READ), Permit)

@@ -161,7 +161,21 @@ def test_sending_goes_first_and_both_limits_hold_while_a_backlog_is_sent(
             [{"campaign_id": CAMPAIGN, "sku": f"B{i:05d}", "count": i} for i in range(12_000)],
         )
         wait_for("the backlog to be sent", lambda: pending_keys(engine) == 0, 90)
-        time.sleep(3)
+        sent_at = datetime.now(UTC)
+        # The sweep goes on once the backlog is sent (after its own window, 1,500 a minute,
+        # has room again: up to a minute when it was used up before the backlog).
+        wait_for(
+            "a read after the backlog",
+            lambda: any(
+                datetime.fromisoformat(r["started_at"]) > sent_at
+                for r in requests.get(
+                    f"{sandbox.url}/_sandbox/read-requests",
+                    params={"campaign": CAMPAIGN},
+                    timeout=10,
+                ).json()["requests"]
+            ),
+            70,
+        )
     reads = requests.get(
         f"{sandbox.url}/_sandbox/read-requests", params={"campaign": CAMPAIGN}, timeout=10
     ).json()["requests"]
