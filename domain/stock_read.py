@@ -2,7 +2,9 @@
 
 Pure: no I/O. The v2 answer is `result.warehouses[{warehouseId, offers[{offerId, updatedAt,
 stocks[{type, count}]}]}]`; only the campaign's own warehouse counts (a Market returns warehouse
-beside it is ignored), and in it only the stock entry of the configured type.
+beside it is ignored), and in it only the stock entry of the configured type. The v3 answer
+(`POST /v3/businesses/{id}/offers/stocks`) is `result.partnerWarehouseId` and `result.offers`,
+the same offers.
 """
 
 from __future__ import annotations
@@ -47,6 +49,23 @@ def _time(raw: object) -> datetime | None:
         return None
 
 
+def _offers(offers: object, where: str, stock_type: str) -> dict[str, MarketStock]:
+    """offerId -> the count of `stock_type`, from a list of WarehouseOfferDTO at `where`."""
+    if not isinstance(offers, list):
+        raise AnswerError(f"{where} must be an array")
+    parsed: dict[str, MarketStock] = {}
+    for offer in offers:
+        if not isinstance(offer, dict) or not isinstance(offer.get("offerId"), str):
+            raise AnswerError(f"{where}[].offerId must be a string")
+        count = None
+        for stock in offer.get("stocks") or []:
+            if isinstance(stock, dict) and stock.get("type") == stock_type:
+                raw = stock.get("count")
+                count = raw if type(raw) is int else None
+        parsed[offer["offerId"]] = MarketStock(count, _time(offer.get("updatedAt")))
+    return parsed
+
+
 def parse_warehouses(body: Any, stock_type: str) -> dict[int, dict[str, MarketStock]]:
     """Every warehouse of a getStocks answer: offerId -> the offer's count of `stock_type`."""
     result = body.get("result") if isinstance(body, dict) else None
@@ -57,20 +76,21 @@ def parse_warehouses(body: Any, stock_type: str) -> dict[int, dict[str, MarketSt
     for w in warehouses:
         if not isinstance(w, dict) or type(w.get("warehouseId")) is not int:
             raise AnswerError("result.warehouses[].warehouseId must be an integer")
-        offers = w.get("offers") or []
-        if not isinstance(offers, list):
-            raise AnswerError("result.warehouses[].offers must be an array")
         place = parsed.setdefault(w["warehouseId"], {})
-        for offer in offers:
-            if not isinstance(offer, dict) or not isinstance(offer.get("offerId"), str):
-                raise AnswerError("result.warehouses[].offers[].offerId must be a string")
-            count = None
-            for stock in offer.get("stocks") or []:
-                if isinstance(stock, dict) and stock.get("type") == stock_type:
-                    raw = stock.get("count")
-                    count = raw if type(raw) is int else None
-            place[offer["offerId"]] = MarketStock(count, _time(offer.get("updatedAt")))
+        place.update(_offers(w.get("offers") or [], "result.warehouses[].offers", stock_type))
     return parsed
+
+
+def parse_v3_offers(body: Any, warehouse_id: int, stock_type: str) -> dict[str, MarketStock]:
+    """The offers of the v3 read's answer (`result.partnerWarehouseId`, `result.offers`), which
+    must be of the partner warehouse asked for."""
+    result = body.get("result") if isinstance(body, dict) else None
+    if not isinstance(result, dict):
+        raise AnswerError("result must be an object")
+    if result.get("partnerWarehouseId") != warehouse_id:
+        got = result.get("partnerWarehouseId")
+        raise AnswerError(f"result.partnerWarehouseId is {got!r}, not {warehouse_id}")
+    return _offers(result.get("offers") or [], "result.offers", stock_type)
 
 
 class UnknownWarehouse(ValueError):

@@ -1,4 +1,5 @@
-"""`stocksync`: one sub-command per module of `stocksync.commands`; exit 2 on bad settings."""
+"""`stocksync`: one sub-command per module of `stocksync.commands`; exit codes of
+`stocksync.exit_codes` (64 on bad usage or settings, 3 when the database cannot be used)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,43 @@ import argparse
 import sys
 import warnings
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import NoReturn
 
 from sqlalchemy.exc import DBAPIError
 
+from stocksync import exit_codes
 from stocksync.commands import COMMANDS
 from worker.settings import SettingsError
 
 UNDEFINED_TABLE = "42P01"  # PostgreSQL's SQLSTATE for a missing relation
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, exiting 64 (usage) instead of its 2 on a bad option: 2 means "needs attention"."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(exit_codes.USAGE, f"{self.prog}: error: {message}\n")
+
+
+def package_version() -> str:
+    """The installed distribution's version (importlib.metadata), "unknown" when not installed."""
+    try:
+        return version("stocksync")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every registered command as a sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="stocksync",
         description="Keeps Yandex Market stock levels equal to the warehouses' own.",
+        epilog="Exit codes: 0 ok, 2 needs attention, 3 cannot check (database or Market "
+        "unreachable), 64 bad usage or settings, 130 interrupted.",
     )
+    parser.add_argument("--version", action="version", version=f"stocksync {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command_parser = sub.add_parser(
@@ -35,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs one command, returns its exit code; bad settings print one line and return 2."""
+    """Runs one command, returns its exit code; bad settings print one line and return 64, a
+    database that cannot be used one line and 3."""
     # platformdirs warns on every run as root without XDG_RUNTIME_DIR (CI, containers): noise.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     parser = build_parser()
@@ -48,10 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(command.run(args))
     except SettingsError as exc:
         print(f"stocksync: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     except DBAPIError as exc:  # unreachable, or not migrated: say so in one line
         reason = str(exc.orig or exc).strip().splitlines()[0]
         if getattr(exc.orig, "sqlstate", None) == UNDEFINED_TABLE:
             reason += " (not migrated yet? run `stocksync migrate`)"
         print(f"stocksync: database error: {reason}", file=sys.stderr)
-        return 1
+        return exit_codes.CANNOT_CHECK

@@ -1,12 +1,15 @@
 """`stocks.push`: send one claimed batch to the Market and record what the Market said.
 
-What to do with each answer is `domain.push_decision.decide`; this task carries it out. A wait
-for the limiter (a 420's -Until, a full window) up to SHORT_WAIT_SECONDS is slept here; a longer
-one releases the claim to a later drain. 5xx and no answer retry through Celery with backoff.
+What to do with each answer is `domain.push_decision.decide`; this task carries it out. A 420 and
+a 5xx (or no answer) are Celery retries (`self.retry`, a countdown above zero: the end of the
+420's block, or the backoff; `max_retries` from STOCKSYNC_PUSH_MAX_RETRIES), the claim's lease
+renewed past the countdown first. A wait longer than SHORT_WAIT_SECONDS releases the claim to a
+later drain instead of holding an ETA message; so do spent retries (counted and logged). The
+limiter's own pacing (a full window, a busy slot) is slept up to SHORT_WAIT_SECONDS.
 
 `campaign_id` is the claim's route key (`domain.route`): a v2 campaign, or minus a v3 business,
 whose batch goes as one v3 request with each item's campaign's partner warehouse. Parking, 420
-blocks and degrading apply to the route: for v3, the business.
+blocks, retries and degrading apply to the route: for v3, the business.
 """
 
 from __future__ import annotations
@@ -20,22 +23,28 @@ from celery import Task
 
 from domain.market_payload import PendingStock, stocks_body, v3_stocks_body
 from domain.market_rules import items_named
-from domain.push_decision import Namer, PushOutcome, by_sku, decide
+from domain.push_decision import (
+    SHORT_WAIT_SECONDS,
+    Namer,
+    PushDecision,
+    PushOutcome,
+    by_sku,
+    decide,
+    wait_for_leave,
+)
 from domain.route import Method, Route
 from worker import counters, runtime
 from worker.app import app
 from worker.claims import Claim, Claims
 from worker.logs import log_event
 from worker.market_client import MarketAnswer
-from worker.rate_limiter import Permit
+from worker.rate_limiter import Permit, Wait
 from worker.settings import get_settings
 
 log = logging.getLogger("stocksync.push")
 
-# A wait up to this long is slept in the task; anything longer hands the keys back to the drain,
-# so no message waits in a worker under a countdown.
-SHORT_WAIT_SECONDS = 3.0
-# The lease renewed before a PUT outlasts its total deadline by this much.
+# The lease renewed before a PUT outlasts its total deadline by this much, and before a retry
+# its countdown.
 LEASE_MARGIN = 5.0
 # updatedAt stays this far behind the database's clock: the Market's clock may lag it a little.
 CLOCK_MARGIN = timedelta(seconds=1)
@@ -47,25 +56,25 @@ def enqueue(claims: list[Claim]) -> None:
         push.apply_async(args=(claim.campaign_id, claim.claim_id, claim.skus))
 
 
-def count_retry(campaign_id: int) -> None:
-    """Counts one Celery retry of a push (stocksync_push_retries_total)."""
+def _count(name: str, campaign_id: int, label: str = "") -> None:
+    """Counts one retry (stocksync_push_retries_total) or give-up of a push."""
     with runtime.engine().begin() as conn:
-        counters.add(conn, [((counters.PUSH_RETRIES, campaign_id, ""), 1)])
+        counters.add(conn, [((name, campaign_id, label), 1)])
 
 
 def _send(
     box: Claims, campaign_id: int, claim_id: str, batch: list[PendingStock], attempt: int
-) -> tuple[MarketAnswer, datetime] | float | None:
-    """One request through the limiter: the answer and the moment its body was built at, the
-    seconds to wait when that is long, or
-    None when the claim's lease ran out: its keys may be another push's by now, and the values
-    read before could overwrite a newer value at the Market."""
+) -> tuple[MarketAnswer, datetime] | Wait | None:
+    """One request through the limiter: the answer and the moment its body was built at; the
+    limiter's wait when it is a 420's block or long (the task retries or releases); or None when
+    the claim's lease ran out: its keys may be another push's by now, and the values read before
+    could overwrite a newer value at the Market."""
     while True:
         decision = runtime.limiter().acquire(campaign_id, len(batch))
         if isinstance(decision, Permit):
             break
-        if decision.seconds > SHORT_WAIT_SECONDS:
-            return decision.seconds
+        if decision.reason == "420" or decision.seconds > SHORT_WAIT_SECONDS:
+            return decision
         time.sleep(decision.seconds)
         if not box.renew(claim_id):  # the keys stay this push's while it waits for room
             return None
@@ -140,6 +149,87 @@ def _campaign_warning(event: str, campaign_id: int, reason: str) -> None:
     log_event(log, logging.WARNING, event, campaign=campaign_id, reason=reason)
 
 
+def _decision(
+    box: Claims, campaign_id: int, claim_id: str, batch: list[PendingStock], attempt: int
+) -> tuple[PushDecision, int, datetime | None, dict[str, PendingStock]] | None:
+    """One send and its decision, with the status it follows, the moment the body was built at
+    and the batch's items by label; None when the claim's lease ran out."""
+    max_retries = get_settings().push_max_retries
+    sent = _send(box, campaign_id, claim_id, batch, attempt)
+    if sent is None:
+        return None
+    if isinstance(sent, Wait):
+        # Blocked by a 420 another push met, or a long wait: the same rule as a 420's answer.
+        reason = f"waiting for the limiter ({sent.reason})"
+        leave = wait_for_leave(
+            sent.seconds, attempt=attempt, max_retries=max_retries, reason=reason
+        )
+        return leave, 420, None, {}
+    answer, sent_at = sent
+    labels, namer = _labels(campaign_id, batch)
+    decision = decide(
+        answer.status,
+        [e.message for e in answer.errors],
+        list(labels),
+        attempt=attempt,
+        max_retries=max_retries,
+        reason=answer.reason(),
+        # After a 420 the limiter has recorded the route's block (from -Until): its length.
+        blocked_seconds=runtime.campaign_health().blocked_seconds(campaign_id)
+        if answer.status == 420
+        else 0.0,
+        namer=namer,
+    )
+    return decision, answer.status, sent_at, labels
+
+
+def _stop(
+    task: Task, box: Claims, campaign_id: int, claim_id: str, *, decision: PushDecision, status: int
+) -> dict[str, Any]:
+    """Carries out a decision that ends this run: parking, a Celery retry (raised: the claim's
+    lease renewed past its countdown first, so the keys stay this push's while it waits),
+    releasing to a later drain, giving up (counted, logged, degraded but after 420s)."""
+    attempt = task.request.retries
+    match decision.kind:
+        case PushOutcome.PARK_CAMPAIGN:
+            runtime.campaign_health().park(
+                campaign_id, decision.reason, get_settings().probe_interval_seconds
+            )
+            box.release(campaign_id, claim_id)
+            _campaign_warning("campaign_parked", campaign_id, decision.reason)
+            return {"outcome": "campaign parked"}
+        case PushOutcome.RETRY:
+            if not box.renew(claim_id, at_least=decision.countdown + LEASE_MARGIN):
+                return {"outcome": "lease lost"}
+            _count(counters.PUSH_RETRIES, campaign_id)
+            raise task.retry(
+                countdown=decision.countdown, max_retries=get_settings().push_max_retries
+            )
+        case PushOutcome.RELEASE:
+            box.release(campaign_id, claim_id)
+            return {"outcome": f"released: wait {decision.countdown:.1f}s"}
+        case PushOutcome.GIVE_UP:
+            box.release(campaign_id, claim_id)  # the keys stay pending: nothing is lost
+            _count(counters.PUSH_GIVEN_UP, campaign_id, str(status))
+            log_event(
+                log,
+                logging.WARNING,
+                "push_given_up",
+                campaign=campaign_id,
+                status=status,
+                retries=attempt,
+                reason=decision.reason,
+            )
+            if decision.degrade:
+                runtime.campaign_health().degrade(campaign_id, decision.reason)
+                _campaign_warning("campaign_degraded", campaign_id, decision.reason)
+            return {"outcome": "released after retries"}
+        case PushOutcome.ACKNOWLEDGE | PushOutcome.ISOLATE:
+            raise ValueError(f"{decision.kind} does not end a push")
+        case _ as unreachable:
+            assert_never(unreachable)
+
+
 @app.task(name="stocks.push", bind=True, acks_late=True, reject_on_worker_lost=True)
 def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, Any]:
     """Delivers the claim's keys at their current values; never drops one."""
@@ -154,50 +244,28 @@ def push(self: Task, campaign_id: int, claim_id: str, skus: int) -> dict[str, An
         batch = work.pop()
         if not batch:
             continue
-        sent = _send(box, campaign_id, claim_id, batch, self.request.retries)
-        if sent is None:
+        step = _decision(box, campaign_id, claim_id, batch, self.request.retries)
+        if step is None:
             return {"outcome": "lease lost", "delivered": delivered}
-        if isinstance(sent, float):
-            box.release(campaign_id, claim_id)
-            return {"outcome": f"released: wait {sent:.1f}s", "delivered": delivered}
-        answer, sent_at = sent
-        labels, namer = _labels(campaign_id, batch)
-        decision = decide(
-            answer.status,
-            [e.message for e in answer.errors],
-            list(labels),
-            attempt=self.request.retries,
-            max_retries=settings.push_max_retries,
-            reason=answer.reason(),
-            namer=namer,
-        )
+        decision, status, sent_at, labels = step
         match decision.kind:
             case PushOutcome.ACKNOWLEDGE:
                 box.acknowledge(campaign_id, claim_id, batch, sent_at)
                 delivered += len(batch)
-            case PushOutcome.ISOLATE | PushOutcome.WAIT:
-                # On WAIT the limiter now holds the campaign until -Until; the batch goes again.
+            case PushOutcome.ISOLATE:
                 if decision.hold:
                     box.hold_skus(
                         campaign_id, claim_id, [(labels[item], why) for item, why in decision.hold]
                     )
                 work.extend([labels[item] for item in group] for group in decision.resend)
-            case PushOutcome.PARK_CAMPAIGN:
-                runtime.campaign_health().park(
-                    campaign_id, decision.reason, settings.probe_interval_seconds
-                )
-                box.release(campaign_id, claim_id)
-                _campaign_warning("campaign_parked", campaign_id, decision.reason)
-                return {"outcome": "campaign parked", "delivered": delivered}
-            case PushOutcome.RETRY:
-                box.renew(claim_id)
-                count_retry(campaign_id)
-                raise self.retry(countdown=decision.countdown)
-            case PushOutcome.GIVE_UP:
-                box.release(campaign_id, claim_id)
-                runtime.campaign_health().degrade(campaign_id, decision.reason)
-                _campaign_warning("campaign_degraded", campaign_id, decision.reason)
-                return {"outcome": "released after retries", "delivered": delivered}
+            case (
+                PushOutcome.PARK_CAMPAIGN
+                | PushOutcome.RETRY
+                | PushOutcome.RELEASE
+                | PushOutcome.GIVE_UP
+            ):
+                ended = _stop(self, box, campaign_id, claim_id, decision=decision, status=status)
+                return {**ended, "delivered": delivered}
             case _ as unreachable:
                 assert_never(unreachable)
     box.release(campaign_id, claim_id)

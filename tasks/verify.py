@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import text
-
 from worker import runtime
 from worker.app import app
 from worker.settings import get_settings
+from worker.verify import campaigns_to_sweep
 
 # A pass ends within this long, so a pool slot is never held for long; waits longer than
 # SHORT_WAIT_SECONDS (a full read window, a 420) end the pass: the next beat tick goes on.
 PASS_SECONDS = 20.0
 SHORT_WAIT_SECONDS = 3.0
-
-_CAMPAIGNS = text("SELECT campaign_id FROM campaign ORDER BY campaign_id")
 
 
 @app.task(name="stocks.verify", send_events=False)  # housekeeping: out of Flower
@@ -24,7 +21,7 @@ def verify() -> dict[str, Any]:
     if get_settings().verify_hours <= 0:
         return {"campaigns": 0, "checked": 0}
     with runtime.engine().connect() as conn:
-        campaigns = [int(r[0]) for r in conn.execute(_CAMPAIGNS)]
+        campaigns = campaigns_to_sweep(conn, runtime.routing())
     verifier = runtime.verifier()
     checked = drifted = 0
     for campaign_id in campaigns:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import psycopg
 import requests
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import Engine, make_url, text
 
 from stocksync.processes import (
     ProcessExited,
@@ -82,6 +84,27 @@ def drop_database(name: str) -> None:
     admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def shift_database_clock(engine: Engine, database_url: str) -> None:
+    """Makes `clock_timestamp()` steppable in this test database: a function of that name in a
+    schema searched before pg_catalog, adding `clockshift.shift.by` (0 until a test sets it).
+    It affects connections made afterwards (the workers'), as a stepped host clock would."""
+    name = make_url(database_url).database
+    with engine.begin() as conn:
+        conn.execute(text("CREATE SCHEMA clockshift"))
+        conn.execute(text("CREATE TABLE clockshift.shift (by interval NOT NULL)"))
+        conn.execute(text("INSERT INTO clockshift.shift VALUES ('0 s')"))
+        conn.execute(
+            text("""
+                CREATE FUNCTION clockshift.clock_timestamp() RETURNS timestamptz
+                LANGUAGE sql VOLATILE
+                AS $$ SELECT pg_catalog.clock_timestamp() + (SELECT by FROM clockshift.shift) $$
+            """)
+        )
+        conn.execute(
+            text(f'ALTER DATABASE "{name}" SET search_path = clockshift, pg_catalog, public')
+        )
+
+
 def _rabbitmqctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["rabbitmqctl", "-q", *args], check=check, capture_output=True, text=True, timeout=60
@@ -124,7 +147,11 @@ class WorkerProcess:
         extra_args: tuple[str, ...] = (),
         cwd: Path = ROOT,
         beat_schedule: Path | None = None,
+        command_prefix: tuple[str, ...] = (),
     ):
+        # `command_prefix` runs the worker through another command that ends by exec'ing it (e.g.
+        # `ip netns exec NAME`), so the process and its group stay the worker's.
+        self.command_prefix = command_prefix
         self.env = env
         self.log_path = log_path
         self.extra_args = extra_args
@@ -144,6 +171,7 @@ class WorkerProcess:
             start_offset = log.tell()
             self.process = subprocess.Popen(
                 [
+                    *self.command_prefix,
                     sys.executable,
                     "-m",
                     "celery",
@@ -203,6 +231,27 @@ def service_env(database_url: str, broker_url: str, **extra: str) -> dict[str, s
     )
     env.update(extra)
     return env
+
+
+def faketime_env(offset: str) -> dict[str, str]:
+    """libfaketime on one process: its host clock (realtime and monotonic) moved by `offset`
+    (`+30s`, `-20s`). Fails, never skips, where libfaketime is missing."""
+    library = next(
+        (
+            p
+            for p in (
+                Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
+                Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"),
+            )
+            if p.exists()
+        ),
+        None,
+    )
+    if library is None or shutil.which("faketime") is None:
+        raise RuntimeError(
+            "libfaketime is missing: apt-get install -y faketime (.ci/run installs it)"
+        )
+    return {"LD_PRELOAD": str(library), "FAKETIME": offset, "FAKETIME_NO_CACHE": "1"}
 
 
 @contextmanager

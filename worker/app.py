@@ -8,13 +8,20 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, beat_init, worker_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    beat_init,
+    task_postrun,
+    task_prerun,
+    worker_init,
+)
 from kombu import Exchange, Queue
 
+from worker import logs
 from worker.database import database_url
 from worker.embedded_broker import ALIAS as BROKER_ALIAS
 from worker.embedded_broker import embedded_url
-from worker.logs import apply_to
 from worker.settings import Settings, SettingsError, get_settings
 
 T = TypeVar("T")
@@ -68,6 +75,38 @@ def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
     }
 
 
+def rate_limits(settings: Settings) -> dict[str, dict[str, str]]:
+    """Celery's `rate_limit` of `stocks.push` (STOCKSYNC_PUSH_RATE_LIMIT): a ceiling per worker,
+    not the Market's limit, which worker/rate_limiter.py keeps per route across all workers."""
+    limit = settings.push_rate_limit
+    return {} if limit is None else {"stocks.push": {"rate_limit": limit}}
+
+
+def task_annotations(settings: Settings) -> dict[str, dict[str, float | str]]:
+    """The time limits and rate limits in one mapping: Celery applies only the first annotation
+    mapping that names a task, so two mappings would drop the second's options."""
+    merged: dict[str, dict[str, float | str]] = {
+        name: dict(options) for name, options in time_limits(settings).items()
+    }
+    for name, options in rate_limits(settings).items():
+        merged.setdefault(name, {}).update(options)
+    return merged
+
+
+def _embedded(broker: str) -> bool:
+    return broker.startswith(("sqla+", "sqlalchemy+", f"{BROKER_ALIAS}+"))
+
+
+def stale_after(broker: str, seconds: float) -> dict[str, float]:
+    """The send option that drops a beat-sent task not started within `seconds`. On RabbitMQ a
+    per-message TTL (`expiration`), counted by the broker on its own clock. Not Celery's
+    `expires`: that is an instant on the sender's clock which each worker compares with its own,
+    so a beat on a host whose clock is behind would have every task it sends thrown away as
+    expired by the workers on other hosts. kombu's SQLAlchemy transport has no TTL, so on the
+    embedded broker `expires` stays (its hosts' clocks must then agree within `seconds`)."""
+    return {"expires": seconds} if _embedded(broker) else {"expiration": seconds}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings: JSON only, acknowledged after commit, a lost worker's message requeued."""
     broker = broker_url(settings)
@@ -84,7 +123,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # A task past its hard time limit (its pool process replaced) hands its message back.
         "task_acks_on_timeout": False,
-        "task_annotations": time_limits(settings),
+        "task_annotations": task_annotations(settings),
         # A lost broker connection cancels the tasks under way (their unacknowledged messages
         # are redelivered anyway) instead of letting them finish and fail to acknowledge.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
@@ -113,19 +152,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "stocks.drain",
                 "schedule": settings.drain_interval_seconds,
                 # A drain not started by the next tick is useless: the next one does its work.
-                "options": {"expires": max(1.0, settings.drain_interval_seconds * 2)},
+                "options": stale_after(broker, max(1.0, settings.drain_interval_seconds * 2)),
             },
             "check-routing": {
                 "task": "stocks.check_routing",
                 "schedule": ROUTING_CHECK_INTERVAL_SECONDS,
-                "options": {"expires": ROUTING_CHECK_INTERVAL_SECONDS},
+                "options": stale_after(broker, ROUTING_CHECK_INTERVAL_SECONDS),
             },
             **(
                 {
                     "verify-stock": {
                         "task": "stocks.verify",
                         "schedule": settings.verify_interval_seconds,
-                        "options": {"expires": max(1.0, settings.verify_interval_seconds)},
+                        "options": stale_after(broker, max(1.0, settings.verify_interval_seconds)),
                     }
                 }
                 if settings.verify_hours > 0
@@ -134,16 +173,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "housekeeping": {
                 "task": "stocks.housekeeping",
                 "schedule": HOUSEKEEPING_INTERVAL_SECONDS,
-                "options": {"expires": HOUSEKEEPING_INTERVAL_SECONDS},
+                "options": stale_after(broker, HOUSEKEEPING_INTERVAL_SECONDS),
             },
         },
         "task_send_sent_event": True,
         "worker_send_task_events": True,
         # kombu's SQLAlchemy transport hands its options to create_engine(), which refuses
         # unknown ones: it keeps its own one-second polling.
-        "broker_transport_options": {}
-        if broker.startswith(("sqla+", "sqlalchemy+", f"{BROKER_ALIAS}+"))
-        else {"polling_interval": 0.2},
+        "broker_transport_options": {} if _embedded(broker) else {"polling_interval": 0.2},
     }
 
 
@@ -175,8 +212,25 @@ app.add_defaults(lambda: or_exit(lambda: celery_config(get_settings())))
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _configure_log_lines(logger: logging.Logger, **_: Any) -> None:
-    """The worker's and beat's handlers: secrets masked, JSON lines when configured."""
-    apply_to(logger, get_settings())
+    """The worker's and beat's handlers: the task context, secrets masked, logfmt or JSON."""
+    logs.apply_to(logger, get_settings())
+
+
+@task_prerun.connect
+def _bind_task_context(
+    task_id: str | None = None,
+    task: Any = None,
+    args: Any = None,
+    kwargs: Any = None,
+    **_: Any,
+) -> None:
+    """Every line logged while a task runs carries its id, name, and campaign and claim."""
+    logs.bind_task(task_id, task, args, kwargs)
+
+
+@task_postrun.connect
+def _clear_task_context(**_: Any) -> None:
+    logs.clear()
 
 
 @worker_init.connect
@@ -212,5 +266,5 @@ def _check_routing_at_start(sender: Any, **_: Any) -> None:
         "stocks.check_routing",
         kwargs={"at_start": True},
         queue=DRAIN_QUEUE,
-        expires=ROUTING_CHECK_INTERVAL_SECONDS,
+        **stale_after(sender.app.conf.broker_url, ROUTING_CHECK_INTERVAL_SECONDS),
     )

@@ -11,9 +11,14 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, text
 
-_ENSURE = text(
-    "INSERT INTO campaign (campaign_id) VALUES (:c) ON CONFLICT (campaign_id) DO NOTHING"
-)
+# Only a campaign without a row inserts one. `ON CONFLICT` alone would wait for any transaction
+# that changed an existing row (its new version is not yet committed), such as a planner frozen
+# inside its claim: the NOT EXISTS reads the committed row and never waits.
+_ENSURE = text("""
+    INSERT INTO campaign (campaign_id) SELECT :c
+    WHERE NOT EXISTS (SELECT 1 FROM campaign WHERE campaign_id = :c)
+    ON CONFLICT (campaign_id) DO NOTHING
+""")
 
 _LOCK = text("""
     SELECT blocked_until, parked_reason, verify_blocked_until, clock_timestamp() AS now
@@ -34,6 +39,12 @@ _KNOWN = text("SELECT campaign_id FROM campaign ORDER BY campaign_id")
 _BLOCK = text("""
     UPDATE campaign SET blocked_until = GREATEST(COALESCE(blocked_until, :until), :until)
     WHERE campaign_id = :c
+""")
+
+# Seconds until a 420's block of the route ends, on the database's clock (0: not blocked).
+_BLOCKED_SECONDS = text("""
+    SELECT GREATEST(0, EXTRACT(EPOCH FROM blocked_until - clock_timestamp()))
+    FROM campaign WHERE campaign_id = :c
 """)
 
 _BLOCK_VERIFY = text("""
@@ -145,6 +156,12 @@ class CampaignHealth:
         """401/403/404: nothing but a probe every `probe_interval` seconds goes to the campaign."""
         with self.engine.begin() as conn:
             conn.execute(_PARK, {"c": campaign_id, "reason": reason, "probe": probe_interval})
+
+    def blocked_seconds(self, campaign_id: int) -> float:
+        """How long sending to the route stays blocked by a 420 from now (0: not blocked)."""
+        with self.engine.connect() as conn:
+            seconds = conn.execute(_BLOCKED_SECONDS, {"c": campaign_id}).scalar()
+            return 0.0 if seconds is None else float(seconds)
 
     def degrade(self, campaign_id: int, reason: str) -> None:
         """Retries ran out: the campaign is marked degraded until a 200."""

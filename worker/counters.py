@@ -17,7 +17,9 @@ from sqlalchemy import Connection, text
 SKUS_PUSHED = "skus_pushed"
 MARKET_REQUESTS = "market_requests"  # label: the HTTP status, "0" for no answer
 MARKET_RATE_LIMITED = "market_rate_limited"  # 420 answers
-PUSH_RETRIES = "push_retries"  # Celery retries of stocks.push (5xx, no answer)
+PUSH_RETRIES = "push_retries"  # Celery retries of stocks.push (420, 5xx, no answer)
+# Pushes that handed their keys back without delivering: retries spent or an unexpected status.
+PUSH_GIVEN_UP = "push_given_up"  # label: the last HTTP status, "0" for no answer
 REJECTED_CHANGES = "rejected_changes"  # campaign 0: the change named no valid campaign
 UNREADABLE_MESSAGES = "unreadable_messages"
 # Drift between the Market's stock and ours (issue 8): counted here by whoever finds or repairs.

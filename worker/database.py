@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, create_engine
@@ -124,3 +126,11 @@ def paused_while_down(exc: DBAPIError, log: logging.Logger, **fields: Any) -> bo
     log_event(log, logging.WARNING, "database_unavailable", **fields, sqlstate=sqlstate)
     time.sleep(DATABASE_DOWN_PAUSE_SECONDS)
     return True
+
+
+def iso_instants(instants: Iterable[datetime | None]) -> list[str | None]:
+    """Instants as ISO 8601 text for a `timestamptz[]` cast: psycopg's text dumping of a list of
+    datetimes costs about 2.7 ms per 500, the largest Python cost of storing a big message and
+    of acknowledging a 2,000-key batch."""
+    # In UTC: PostgreSQL accepts offsets up to 15:59 only, ISO 8601 (and Python) up to 23:59.
+    return [None if t is None else t.astimezone(UTC).isoformat() for t in instants]

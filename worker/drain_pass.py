@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from domain.market_rules import SKUS_PER_REQUEST_MAX
 from worker.claims import Claim, Claims
+from worker.logs import log_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +44,9 @@ def run_pass(
     for campaign_id in campaigns:
         if served and time.monotonic() >= deadline:
             break
-        claimed = claims.claim(campaign_id, probe_interval, max_batches=1)
-        enqueue(claimed)
+        with log_context(campaign=campaign_id):  # what claiming and enqueueing log names it
+            claimed = claims.claim(campaign_id, probe_interval, max_batches=1)
+            enqueue(claimed)
         served += 1
         batches += len(claimed)
         if sum(c.skus for c in claimed) >= SKUS_PER_REQUEST_MAX:
@@ -52,7 +54,8 @@ def run_pass(
     for campaign_id in wants_more:
         if time.monotonic() >= deadline:
             break
-        claimed = claims.claim(campaign_id, probe_interval)
-        enqueue(claimed)
+        with log_context(campaign=campaign_id):
+            claimed = claims.claim(campaign_id, probe_interval)
+            enqueue(claimed)
         batches += len(claimed)
     return PassResult(len(campaigns), served, batches)

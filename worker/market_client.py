@@ -244,46 +244,13 @@ class MarketClient:
         """getStocks of up to 500 SKUs: `POST /v2/campaigns/{id}/offers/stocks {offerIds}`."""
         return self._post(f"/v2/campaigns/{campaign_id}/offers/stocks", {"offerIds": skus})
 
-    def campaign_business(self, campaign_id: int) -> int | None:
-        """The business of a campaign from `GET /v2/campaigns` (paged); None when not listed."""
-        token: str | None = None
-        for _ in range(100):  # at most 10,000 campaigns: more is not a seller's account
-            params: dict[str, str | int] = {"limit": 100}
-            if token:
-                params["page_token"] = token
-            try:
-                response = self.session.get(
-                    self.base_url + "/v2/campaigns",
-                    params=params,
-                    timeout=self.timeout,
-                    allow_redirects=False,  # as put_stocks: Api-Key goes to the Market only
-                )
-            except (requests.RequestException, OSError):
-                return None
-            answer = self._answer(response)
-            if answer.status != 200 or not isinstance(answer.body, dict):
-                return None
-            for campaign in answer.body.get("campaigns") or []:
-                if isinstance(campaign, dict) and campaign.get("id") == campaign_id:
-                    business = campaign.get("business") or {}
-                    found = business.get("id") if isinstance(business, dict) else None
-                    return found if type(found) is int else None
-            token = (answer.body.get("paging") or {}).get("nextPageToken")
-            if not token:
-                return None
-        return None
-
-    def campaign_warehouse(self, business_id: int, campaign_id: int) -> int | None:
-        """The warehouse `POST /v2/businesses/{id}/warehouses` lists with the campaign's id."""
-        answer = self._post(
-            f"/v2/businesses/{business_id}/warehouses", {"campaignIds": [campaign_id]}
+    def get_v3_stocks(self, business_id: int, warehouse_id: int, skus: list[str]) -> MarketAnswer:
+        """The v3 read of up to 500 SKUs of one partner warehouse: `POST
+        /v3/businesses/{id}/offers/stocks {partnerWarehouseId, offerIds}`."""
+        return self._post(
+            f"/v3/businesses/{business_id}/offers/stocks",
+            {"partnerWarehouseId": warehouse_id, "offerIds": skus},
         )
-        result = answer.body.get("result") if isinstance(answer.body, dict) else None
-        for warehouse in (result or {}).get("warehouses") or []:
-            if isinstance(warehouse, dict) and warehouse.get("campaignId") == campaign_id:
-                found = warehouse.get("id")
-                return found if type(found) is int else None
-        return None
 
 
 class MarketReadError(Exception):

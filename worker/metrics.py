@@ -41,8 +41,15 @@ COUNTERS: tuple[tuple[str, str, str, str | None], ...] = (
     (
         counters.PUSH_RETRIES,
         "push_retries",
-        "Celery retries of stocks.push after a 5xx or no answer",
+        "Celery retries of stocks.push after a 420, a 5xx or no answer",
         None,
+    ),
+    (
+        counters.PUSH_GIVEN_UP,
+        "push_given_up",
+        "Pushes that handed their keys back undelivered (retries spent or an unexpected status), "
+        "by the last HTTP status (0: no answer)",
+        "status",
     ),
     (
         counters.REJECTED_CHANGES,

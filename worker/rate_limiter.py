@@ -14,19 +14,27 @@ never finished (its worker died) until its deadline too. SKUs of 5xx answers are
 the Market saw more; a 420 blocks the campaign until `X-RateLimit-Resource-Until` plus 0.5 s.
 
 Two kinds of request share the ledger and the parallel slots: pushes (updateStocks, SKUs per
-window) and reads (getStocks, offers per window, its own limit: `read_limit`). Sending goes first:
-a read is let through only while no push of the campaign is claimed or pending, and never into
-the last free slot; a 420 on a read holds back only reads.
+window) and reads (getStocks, offers per window, its own limit: `read_limit`; a v3 read counts
+one request against `v3_read_limit`, per business). Sending goes first:
+a read takes only a slot sending does not need right now. Sending needs a slot for each live claim
+(a push queued or under way) and one for each further full batch of unclaimed pending keys (the
+drain gives those the rest of the slots); a part batch pending with no claim needs one, and with a
+claim it goes with that push's next claim. A read may start when a slot is free and the slots
+sending needs, the reads in flight and itself fit in `max_parallel`. So a steady stream of
+changes (one push at a time) leaves a slot to the sweep, and a backlog (full batches waiting)
+takes every slot until it is sent. A 420 on a read holds back only reads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 
+from domain.market_rules import SKUS_PER_REQUEST_MAX
 from domain.rate_window import seconds_until_room
 from domain.route import Method, Route
 from worker import campaign_health, counters
@@ -61,11 +69,12 @@ SENDING_FIRST_WAIT_SECONDS = 0.5
 PUSH = "push"
 READ = "read"
 
-# `amount` is what a request counts against its route's limit: SKUs (v2) or one request (v3;
-# a 5xx is not counted, a correction counts the requests the Market saw beyond ours).
+# `amount` is what a request counts against its route's limit: SKUs or offers (v2) or one
+# request (v3; a push's 5xx is not counted, a correction counts the requests the Market saw
+# beyond ours).
 _WINDOW = text("""
-    SELECT CASE WHEN NOT :requests OR kind = 'read' THEN skus
-                WHEN correction THEN skus
+    SELECT CASE WHEN NOT :requests OR correction THEN skus
+                WHEN kind = 'read' THEN 1
                 WHEN status >= 500 THEN 0
                 ELSE 1 END AS amount,
            kind,
@@ -106,15 +115,30 @@ _CORRECT = text("""
     VALUES (:c, :skus, clock_timestamp(), clock_timestamp(), true, :kind)
 """)
 
-# Is sending waiting for the campaign: a live claim (a push queued or under way), or a pending key
-# the drain can claim? Both walk an index and stop at the first row.
-_SENDING_WAITS = text("""
-    SELECT EXISTS (SELECT 1 FROM push_claim
-                   WHERE campaign_id = :c AND lease_until > clock_timestamp())
-        OR EXISTS (SELECT 1 FROM stock s
-                   WHERE s.group_id = :c AND s.version > s.acked_version
-                     AND (s.parked_version IS NULL OR s.parked_version < s.version))
+# What sending needs of the campaign's slots: its live claims (pushes queued or under way), the
+# SKUs they hold, and its pending keys counted up to :cap beyond those (walks of
+# `push_claim_campaign` and `stock_pending`, stopping at the limit).
+_SENDING_NEEDS = text("""
+    WITH claimed AS (
+        SELECT count(*) AS claims, COALESCE(sum(skus), 0) AS skus FROM push_claim
+        WHERE campaign_id = :c AND lease_until > clock_timestamp()
+    )
+    SELECT claimed.claims,
+           GREATEST(0, (SELECT count(*) FROM (
+                SELECT 1 FROM stock s
+                WHERE s.version > s.acked_version
+                  AND (s.parked_version IS NULL OR s.parked_version < s.version)
+                  AND s.group_id = ANY(CAST(:groups AS bigint[]))
+                LIMIT :cap + claimed.skus) AS p) - claimed.skus) AS pending
+    FROM claimed
 """)
+
+
+def sending_needs(claims: int, pending: int) -> int:
+    """Slots sending needs now: one per live claim, one per further full batch of unclaimed
+    pending keys; a part batch needs one only when no claim will take it with its next batch."""
+    full, part = divmod(pending, SKUS_PER_REQUEST_MAX)
+    return claims + full + (1 if part and claims == 0 else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +173,7 @@ class Usage:
     reads_in_window: int = 0
     read_window: list[tuple[int, datetime]] | None = None
     reads_blocked_until: datetime | None = None
+    reads_in_flight: int = 0
 
 
 def _counted(use: Usage, read: bool) -> int:
@@ -168,6 +193,7 @@ class RateLimiter:
         read_offers_per_minute: int = 50_000,
         v3_requests_per_minute: int = 50,
         *,
+        v3_read_requests_per_minute: int = 250,
         request_deadline_seconds: float = UNFINISHED_REQUEST_SECONDS,
     ) -> None:
         self.engine = engine
@@ -176,10 +202,17 @@ class RateLimiter:
         self.read_limit = read_offers_per_minute
         self.deadline = request_deadline_seconds
         self.v3_limit = v3_requests_per_minute
+        self.v3_read_limit = v3_read_requests_per_minute
 
     def limit_of(self, route_key: int) -> int:
         """The route's limit per rolling minute: SKUs for a campaign, requests for a business."""
         return self.limit if Route.of_key(route_key).method is Method.V2 else self.v3_limit
+
+    def read_limit_of(self, route_key: int) -> int:
+        """The route's read limit per rolling minute: offers (v2) or requests (v3)."""
+        return (
+            self.read_limit if Route.of_key(route_key).method is Method.V2 else self.v3_read_limit
+        )
 
     def amount_of(self, route_key: int, skus: int) -> int:
         """What a request of `skus` items counts against its route's limit."""
@@ -220,27 +253,32 @@ class RateLimiter:
             reads_in_window=sum(r.amount for r in reads),
             read_window=[(r.amount, r.leaves_at) for r in reads],
             reads_blocked_until=campaign.verify_blocked_until,
+            reads_in_flight=sum(1 for r in reads if r.in_flight),
         )
 
-    def acquire(self, campaign_id: int, skus: int, kind: str = PUSH) -> Permit | Wait:
+    def acquire(
+        self, campaign_id: int, skus: int, kind: str = PUSH, groups: Sequence[int] | None = None
+    ) -> Permit | Wait:
         """Leave for a request of `skus` SKUs (a read: offers) now, or how long to wait for it; a
         campaign whose row stays busy for BUSY_LOCK_SECONDS (its holder frozen or cut off) is a
-        long `busy` wait, so the push hands its keys back instead of holding a pool process."""
+        long `busy` wait, so the push hands its keys back instead of holding a pool process.
+        `groups`: the key groups the route sends for (a read's sending first; default the
+        route's own key, as for a v2 campaign)."""
         try:
-            return self._acquire(campaign_id, skus, kind)
+            return self._acquire(campaign_id, skus, kind, list(groups or [campaign_id]))
         except OperationalError as exc:
             if is_lock_timeout(exc):
                 return Wait(BUSY_WAIT_SECONDS, "busy")
             raise
 
-    def _acquire(self, campaign_id: int, skus: int, kind: str) -> Permit | Wait:
+    def _acquire(self, campaign_id: int, skus: int, kind: str, groups: list[int]) -> Permit | Wait:
         with self.engine.begin() as conn:
             conn.execute(_BUSY_LOCK_TIMEOUT, {"ms": f"{round(BUSY_LOCK_SECONDS * 1000)}ms"})
             use = self.usage(conn, campaign_id)
             if use.blocked_until is not None and use.blocked_until > use.now:
                 return Wait((use.blocked_until - use.now).total_seconds(), "420")
             if kind == READ:
-                wait_for = self._read_wait(conn, campaign_id, use, skus)
+                wait_for = self._read_wait(conn, campaign_id, use, skus, groups)
                 if wait_for is not None:
                     return wait_for
             else:
@@ -260,18 +298,27 @@ class RateLimiter:
             return Permit(request_id, campaign_id, kind)
 
     def _read_wait(
-        self, conn: Connection, campaign_id: int, use: Usage, offers: int
+        self, conn: Connection, campaign_id: int, use: Usage, offers: int, groups: list[int]
     ) -> Wait | None:
         """Why a read must wait (sending first, its own 420, slots, its window), or None."""
         blocked = use.reads_blocked_until
         if blocked is not None and blocked > use.now:
             return Wait((blocked - use.now).total_seconds(), "420")
-        # One slot stays free for sending (with a single slot, reads take it only when idle).
-        if use.in_flight >= max(1, self.max_parallel - 1):
+        if use.in_flight >= self.max_parallel:
             return Wait(PARALLEL_WAIT_SECONDS, "parallel")
-        if conn.execute(_SENDING_WAITS, {"c": campaign_id}).scalar_one():
+        cap = (self.max_parallel + 1) * SKUS_PER_REQUEST_MAX  # enough to fill every slot
+        sending = conn.execute(
+            _SENDING_NEEDS, {"c": campaign_id, "cap": cap, "groups": groups}
+        ).one()
+        needed = sending_needs(int(sending.claims), int(sending.pending))
+        if use.reads_in_flight + needed + 1 > self.max_parallel:
             return Wait(SENDING_FIRST_WAIT_SECONDS, "sending first")
-        wait = seconds_until_room(use.read_window or [], self.read_limit, offers, use.now)
+        wait = seconds_until_room(
+            use.read_window or [],
+            self.read_limit_of(campaign_id),
+            offers if Route.of_key(campaign_id).method is Method.V2 else 1,
+            use.now,
+        )
         if wait > 0:
             return Wait(wait, "window")
         return None

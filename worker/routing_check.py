@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.dialects.postgresql import insert
@@ -117,6 +117,11 @@ def _fresh(previous: RoutingCheck | None, fingerprint: str, now: datetime) -> bo
     )
 
 
+def _database_now(conn: Connection) -> datetime:
+    now: datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+    return now
+
+
 def check_routing(
     engine: Engine, settings: Settings, reader: MarketReader, *, at_start: bool = False
 ) -> RoutingCheck | None:
@@ -127,14 +132,15 @@ def check_routing(
         # Held through the reads: a second process skips instead of spending read calls too.
         if not conn.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _LOCK_KEY}):
             return None
-        if at_start and _fresh(_row(conn), fingerprint, datetime.now(UTC)):
+        # Dated and judged by the database's clock: every host reads the same one.
+        if at_start and _fresh(_row(conn), fingerprint, _database_now(conn)):
             return None
         try:
             differences, error = read_discovery(settings, reader).differences, None
         except MarketReadError as exc:
             differences, error = [], str(exc)
         result = RoutingCheck(
-            checked_at=datetime.now(UTC),
+            checked_at=_database_now(conn),
             readable=error is None,
             differences=differences,
             error=error,

@@ -23,7 +23,7 @@ from worker.database import database_url, make_engine, session_attrs
 from worker.market_client import MarketClient
 from worker.rate_limiter import RateLimiter
 from worker.settings import Settings, get_settings
-from worker.verify import V2Reader, Verifier
+from worker.verify import StockReader, V2Reader, V3Reader, Verifier
 
 T = TypeVar("T")
 
@@ -90,6 +90,7 @@ def limiter() -> RateLimiter:
             settings.max_parallel_requests_per_campaign,
             read_budget(settings),
             settings.v3_requests_per_minute,
+            v3_read_requests_per_minute=v3_read_budget(settings),
             request_deadline_seconds=request_deadline(settings),
         ),
     )
@@ -120,14 +121,25 @@ def read_budget(settings: Settings) -> int:
     return max(1, int(settings.verify_read_limit_per_minute * settings.verify_read_share))
 
 
+def v3_read_budget(settings: Settings) -> int:
+    """v3 reads a minute the sweep may make per business: its share of the v3 read limit."""
+    return max(1, int(settings.verify_v3_read_limit_per_minute * settings.verify_read_share))
+
+
 def verifier() -> Verifier:
-    """The verify sweep; every campaign is read as v2 (a v3 reader plugs in by campaign here)."""
+    """The verify sweep: a v3 campaign (STOCKSYNC_V3_CAMPAIGNS) read by v3, every other by v2."""
     settings = get_settings()
 
     def build() -> Verifier:
-        reader = V2Reader(engine(), market_client(), settings.verify_stock_type)
+        v2 = V2Reader(engine(), market_client(), settings.verify_stock_type)
+        v3 = V3Reader(market_client(), settings.verify_stock_type, routing())
+        by_v3 = routing().v3
+
+        def reader_of(campaign_id: int) -> StockReader:
+            return v3 if campaign_id in by_v3 else v2
+
         return Verifier(
-            engine(), limiter(), lambda campaign_id: reader, settings.verify_hours * 3600
+            engine(), limiter(), reader_of, settings.verify_hours * 3600, routing=routing()
         )
 
     return _once("verifier", build)

@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     claim_lease_seconds: float = Field(default=60.0, ge=1)
     # Retries of a push on 5xx, timeouts and broken connections before its keys go back.
     push_max_retries: int = Field(default=5, ge=0, le=20)
+    # Celery's `rate_limit` of `stocks.push`: a ceiling per worker process (all its pool
+    # processes together), never the Market's limit, which is per route across every worker and
+    # kept in PostgreSQL (worker/rate_limiter.py). None ("off" or empty): no ceiling. The default
+    # is far above what the global limits let one worker need (README, "Celery's own mechanisms").
+    push_rate_limit: str | None = "100/s"
     # How often a parked campaign (401/403/404) is probed with one SKU to see if it works again.
     probe_interval_seconds: float = Field(default=60.0, gt=0)
     market_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -132,6 +137,7 @@ class Settings(BaseSettings):
         "FIT", "FREEZE", "AVAILABLE", "QUARANTINE", "UTILIZATION", "DEFECT", "EXPIRED"
     ] = "AVAILABLE"
     verify_read_limit_per_minute: int = Field(default=100_000, ge=1)
+    verify_v3_read_limit_per_minute: int = Field(default=500, ge=1)
     verify_read_share: float = Field(default=0.5, gt=0, le=1)
     verify_interval_seconds: float = Field(default=10.0, gt=0)
 
@@ -141,6 +147,19 @@ class Settings(BaseSettings):
         if url is not None and not url.startswith("postgresql"):
             raise ValueError("must be a PostgreSQL SQLAlchemy URL (postgresql+psycopg://…)")
         return url
+
+    @field_validator("push_rate_limit")
+    @classmethod
+    def _celery_rate(cls, limit: str | None) -> str | None:
+        if limit is None or limit.strip().lower() in {"", "off", "none"}:
+            return None
+        found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(/\s*[smh])?\s*", limit)
+        if found is None or float(found.group(1)) <= 0:
+            raise ValueError(
+                "must be a Celery rate above 0, tasks per second, minute or hour such as "
+                "'100/s', '600/m' or '36000/h' (a bare number is per second), or 'off'"
+            )
+        return limit.replace(" ", "")
 
     @field_validator("market_base_url")
     @classmethod

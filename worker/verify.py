@@ -13,8 +13,10 @@ STOCKSYNC_VERIFY_HOURS; when a round has read every key, `last_full_sweep_at` is
 round starts. `stocksync verify` reads every key now (`sweep_now`).
 
 Reading is behind `StockReader`, chosen per campaign by `readers(campaign_id)`: `V2Reader` reads
-`POST /v2/campaigns/{id}/offers/stocks`; a v3 campaign plugs in a reader of `POST
-/v3/businesses/{id}/offers/stocks` returning the same `ReadOutcome` (offers by SKU).
+`POST /v2/campaigns/{id}/offers/stocks`; `V3Reader` reads a v3 campaign (STOCKSYNC_V3_CAMPAIGNS)
+with `POST /v3/businesses/{id}/offers/stocks` of its partner warehouse; both return the same
+`ReadOutcome` (offers by SKU), so drift and repair are one. The limiter is asked on the key's
+route (`domain.route`): the campaign for v2, the business for v3 (its reads count requests).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Protocol
 
 from sqlalchemy import Connection, Engine, text
 
+from domain.route import Method, Routing
 from domain.stock_read import (
     KEEPS_DRIFTING_AFTER,
     READ_OFFER_IDS_MAX,
@@ -39,13 +42,14 @@ from domain.stock_read import (
     UnknownWarehouse,
     check_keys,
     own_warehouse,
+    parse_v3_offers,
     parse_warehouses,
     sweep_allowance,
 )
 from worker import campaign_health, counters
 from worker.claims import NOT_CLAIMED
 from worker.logs import log_event
-from worker.market_client import MarketAnswer, MarketClient
+from worker.market_client import MarketAnswer, MarketClient, MarketReader, MarketReadError
 from worker.rate_limiter import READ, Permit, RateLimiter
 
 log = logging.getLogger("stocksync.verify")
@@ -168,6 +172,8 @@ _DUE = text(f"""
 
 _NOW = text("SELECT clock_timestamp()")
 
+_CAMPAIGNS = text("SELECT campaign_id FROM campaign WHERE campaign_id > 0 ORDER BY campaign_id")
+
 _WAREHOUSE = text("""
     SELECT warehouse_id, EXTRACT(EPOCH FROM clock_timestamp() - warehouse_checked_at) AS age
     FROM campaign WHERE campaign_id = :c
@@ -226,8 +232,29 @@ class V2Reader:
             return int(row.warehouse_id)
         if row is not None and row.age is not None and float(row.age) < WAREHOUSE_RETRY_SECONDS:
             return None
-        business = self.client.campaign_business(campaign_id)
-        found = None if business is None else self.client.campaign_warehouse(business, campaign_id)
+        found = None
+        reader = MarketReader(self.client)
+        try:
+            business = next(
+                (c.business_id for c in reader.campaigns() if c.id == campaign_id), None
+            )
+            if business is not None:
+                found = next(
+                    (
+                        w.id
+                        for w in reader.warehouses(business, [campaign_id])
+                        if w.campaign_id == campaign_id
+                    ),
+                    None,
+                )
+        except MarketReadError as exc:
+            log_event(
+                log,
+                logging.WARNING,
+                "verify_warehouse_unknown",
+                campaign=campaign_id,
+                reason=str(exc),
+            )
         with self.engine.begin() as conn:
             conn.execute(_SET_WAREHOUSE, {"c": campaign_id, "w": found})
         return found
@@ -245,6 +272,34 @@ class V2Reader:
         except UnknownWarehouse as exc:
             return ReadOutcome(answer, None, str(exc))
         return ReadOutcome(answer, dict(warehouses.get(own, {})) if own is not None else {})
+
+
+class V3Reader:
+    """The v3 read of a v3 campaign: its business and partner warehouse from the routing, the
+    count of `stock_type` in the answer's offers (the answer is of that warehouse only)."""
+
+    def __init__(self, client: MarketClient, stock_type: str, routing: Routing) -> None:
+        self.client = client
+        self.stock_type = stock_type
+        self.routing = routing
+
+    def read(self, campaign_id: int, skus: list[str]) -> ReadOutcome:
+        destination = self.routing.v3[campaign_id]
+        warehouse = destination.warehouse_id
+        answer = self.client.get_v3_stocks(destination.business_id, warehouse, skus)
+        if answer.status != 200:
+            return ReadOutcome(answer, None, answer.reason())
+        try:
+            return ReadOutcome(answer, parse_v3_offers(answer.body, warehouse, self.stock_type))
+        except AnswerError as exc:
+            return ReadOutcome(answer, None, f"unexpected v3 stocks answer: {exc}")
+
+
+def campaigns_to_sweep(conn: Connection, routing: Routing) -> list[int]:
+    """The campaigns a sweep walks: every v2 campaign sent to (a `campaign` row of a positive
+    key; a v3 business's row is its route's, not a campaign's) and every v3 campaign."""
+    sent = {int(r[0]) for r in conn.execute(_CAMPAIGNS)}
+    return sorted(sent | routing.v3.keys())
 
 
 @dataclass(slots=True)
@@ -281,12 +336,22 @@ class Verifier:
         readers: Callable[[int], StockReader],
         period_seconds: float,
         drift_hours: float = 24.0,
+        *,
+        routing: Routing | None = None,
     ) -> None:
         self.engine = engine
         self.limiter = limiter
         self.readers = readers
         self.period_seconds = period_seconds
         self.drift_hours = drift_hours
+        self.routing = routing or Routing({})
+
+    def _read_route(self, campaign_id: int) -> tuple[int, list[int]]:
+        """The limiter's key for the campaign's reads, and the key groups it sends for."""
+        route = self.routing.route_of(campaign_id)
+        if route.method is Method.V3:
+            return route.key, self.routing.campaigns_of(route.target)
+        return route.key, [campaign_id]
 
     @contextmanager
     def _turn(self, campaign_id: int) -> Iterator[bool]:
@@ -454,8 +519,9 @@ class Verifier:
         A paced pass gives way at once when sending waits (its pool slot is the pushes'); a
         sweep now waits for sending up to SENDING_PATIENCE_SECONDS."""
         asked = time.monotonic()
+        key, groups = self._read_route(campaign_id)
         while True:
-            decision = self.limiter.acquire(campaign_id, offers, READ)
+            decision = self.limiter.acquire(key, offers, READ, groups=groups)
             if isinstance(decision, Permit):
                 return decision
             left = deadline - time.monotonic()

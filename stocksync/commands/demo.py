@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from stocksync import exit_codes
 from stocksync.demo_stream import MIN_CHANGES, DemoStream, Outcome
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ CHANGES_QUEUE = "stocks.changes"  # the contract's queue, named here: producers 
 PROGRESS_EVERY_SECONDS = 1.0
 CHECK_EVERY_SECONDS = 0.25
 POLL_SECONDS = 0.02
-INTERRUPTED_EXIT_CODE = 130
+INTERRUPTED_EXIT_CODE = exit_codes.INTERRUPTED
 
 _PENDING_KEYS = "SELECT count(*) FROM stock WHERE version > acked_version"
 _REJECTED_COUNT = "SELECT count(*) FROM rejected"
@@ -47,7 +48,8 @@ EPILOG = (
     "It ignores every STOCKSYNC_* variable and .env file, a broker URL included, so it never "
     "sends to a real broker, database or Market. It stops all of it on exit, Ctrl-C or failure. "
     "Exit codes: 0 PASS (the sandbox holds the expected state and exactly the invalid changes "
-    "were rejected), 1 FAIL or set-up error, 2 bad options, 130 interrupted."
+    "were rejected), 2 FAIL, 3 set-up error (a service would not start), 64 bad options, "
+    "130 interrupted."
 )
 
 
@@ -89,11 +91,11 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Sets up, sends, waits and reports; 0 on PASS, 1 on FAIL, 130 when interrupted."""
+    """Sets up, sends, waits and reports; 0 on PASS, 2 on FAIL, 3 when set-up fails."""
     problem = _check_arguments(args)
     if problem:
         print(f"stocksync demo: {problem}", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     signal.signal(signal.SIGTERM, _on_sigterm)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     ignored = sorted(k for k in os.environ if k.startswith("STOCKSYNC_"))
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                 print("stopping", flush=True)
     except DemoError as exc:
         print(f"stocksync demo: {exc}", file=sys.stderr)
-        return 1
+        return exit_codes.CANNOT_CHECK
     except KeyboardInterrupt:
         print("stocksync demo: interrupted; everything it started is stopped", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
@@ -305,7 +307,7 @@ class _Demo:
         if not passed:
             tail = self.services.worker_log_tail()
             print(f"last lines of the worker's log:\n{tail}", file=sys.stderr)
-        return 0 if passed else 1
+        return exit_codes.OK if passed else exit_codes.ATTENTION
 
     def _check_rejections(self, rejected: list[tuple[Any, ...]]) -> tuple[bool, list[str]]:
         """True when exactly the invalid changes sent were rejected, each naming its field."""

@@ -9,6 +9,8 @@ import json
 import sys
 
 from domain.discovery import Discovery, v3_json
+from stocksync import exit_codes
+from stocksync.json_output import add_json_option, print_json
 from worker.market_client import MarketReadError
 from worker.routing_check import read_discovery, reader_for
 from worker.settings import load_settings
@@ -17,18 +19,14 @@ HELP = (
     "reads the key's campaigns and warehouses from the Market and prints "
     "STOCKSYNC_WAREHOUSE_GROUPS and STOCKSYNC_V3_CAMPAIGNS for a .env file, then the differences"
 )
-MATCH_EXIT_CODE = 0
-DIFFERENT_EXIT_CODE = 2
-UNREADABLE_EXIT_CODE = 3
+MATCH_EXIT_CODE = exit_codes.OK
+DIFFERENT_EXIT_CODE = exit_codes.ATTENTION
+UNREADABLE_EXIT_CODE = exit_codes.CANNOT_CHECK
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """--json."""
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help='print {"warehouse_groups": […], "v3_campaigns": {…}, "differences": […]} instead',
-    )
+    add_json_option(parser, '{"warehouse_groups": […], "v3_campaigns": {…}, "differences": […]}')
 
 
 def render(found: Discovery) -> str:
@@ -55,5 +53,8 @@ def run(args: argparse.Namespace) -> int:
     except MarketReadError as exc:
         print(f"stocksync: cannot read the Market: {exc}", file=sys.stderr)
         return UNREADABLE_EXIT_CODE
-    print(json.dumps(found.as_json(), indent=2) if args.json else render(found))
+    if args.json:
+        print_json(found.as_json())
+    else:
+        print(render(found))
     return DIFFERENT_EXIT_CODE if found.differences else MATCH_EXIT_CODE

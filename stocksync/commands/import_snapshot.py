@@ -1,4 +1,4 @@
-"""`stocksync import FILE --campaign N [--format csv|jsonl] [--at T]`: apply a stock snapshot."""
+"""`stocksync import FILE --campaign N [--format F] [--at T] [--json]`: apply a stock snapshot."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from sqlalchemy.exc import OperationalError
 
@@ -21,6 +21,8 @@ from domain.snapshot import (
     import_id,
     read_snapshot,
 )
+from stocksync import exit_codes
+from stocksync.json_output import add_json_option, print_json
 from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
 from worker.operations import ImportReport, import_snapshot
@@ -40,7 +42,8 @@ recount taken later must be given its own --at to apply again.
 
 Rejected lines are kept like producers' rejected changes (task id = the import id, position =
 the line number, see `stocksync rejected`). Exit 0 when every line was applied or already applied,
-1 when some lines were rejected (the others are applied), 2 when the file cannot be read.
+2 when some lines were rejected (the others are applied), 64 when the file or an option cannot be
+used (nothing is imported), 3 when the database failed midway, 130 when interrupted.
 """
 REJECTIONS_SHOWN = 10
 RESUME = "the chunks committed so far stay applied: run the same command again for the rest"
@@ -66,6 +69,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--at",
         metavar="ISO-DATETIME",
         help="when the counts were taken, with a UTC offset (default: the import's start)",
+    )
+    add_json_option(
+        parser,
+        '{"file", "campaign", "import_id", "lines", "applied", "duplicates", "rejected", '
+        '"first_rejections": [{"line", "reason"}]}',
     )
 
 
@@ -112,7 +120,7 @@ def _sha256(stream: IO[bytes]) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _fail(message: str, code: int = 2) -> int:
+def _fail(message: str, code: int = exit_codes.USAGE) -> int:
     print(f"stocksync import: {message}", file=sys.stderr)
     return code
 
@@ -135,6 +143,21 @@ def _report(report: ImportReport, name: str, campaign_id: int, identity: str) ->
         )
         for rejection in shown:
             print(f"  line {rejection.index}: {rejection.reason}")
+
+
+def _json(report: ImportReport, file: str, campaign_id: int, identity: str) -> dict[str, Any]:
+    return {
+        "file": file,
+        "campaign": campaign_id,
+        "import_id": identity,
+        "lines": report.lines,
+        "applied": report.applied,
+        "duplicates": report.duplicates,
+        "rejected": report.rejected,
+        "first_rejections": [
+            {"line": r.index, "reason": r.reason} for r in report.first_rejections
+        ],
+    }
 
 
 class _BadOptions(ValueError):
@@ -179,16 +202,16 @@ def _occurred_at(args: argparse.Namespace, started: datetime) -> str:
 def _explain(exc: BaseException, file: str) -> tuple[str, int]:
     """What an import stopped by `exc` says, and its exit code."""
     if isinstance(exc, SnapshotError):
-        return f"{file}: {exc}; nothing was imported", 2
+        return f"{file}: {exc}; nothing was imported", exit_codes.USAGE
     if isinstance(exc, OSError):
-        return f"{file}: {exc.strerror or exc}", 2
+        return f"{file}: {exc.strerror or exc}", exit_codes.USAGE
     if isinstance(exc, OperationalError):
-        return f"database error ({exc.orig}); {RESUME}", 1
-    return f"interrupted; {RESUME}", 130
+        return f"database error ({exc.orig}); {RESUME}", exit_codes.CANNOT_CHECK
+    return f"interrupted; {RESUME}", exit_codes.INTERRUPTED
 
 
 def run(args: argparse.Namespace) -> int:
-    """Applies the file; 0 when every line is applied (now or before), 1 when some were rejected."""
+    """Applies the file; 0 when every line is applied (now or before), 2 when some were rejected."""
     settings = load_settings()
     started = datetime.now(UTC)
     try:
@@ -219,11 +242,14 @@ def run(args: argparse.Namespace) -> int:
         return _fail(*_explain(exc, args.file))
     finally:
         engine.dispose()
-    _report(report, path.name, args.campaign, identity)
+    if args.json:
+        print_json(_json(report, str(path), args.campaign, identity))
+    else:
+        _report(report, path.name, args.campaign, identity)
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
         return _fail(
             f"{args.file} changed while it was imported: its lines were applied under the "
             "import id of its first reading; import it again once it is complete",
-            1,
+            exit_codes.ATTENTION,
         )
-    return 1 if report.rejected else 0
+    return exit_codes.ATTENTION if report.rejected else exit_codes.OK

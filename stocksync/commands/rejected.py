@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from domain.since import SINCE_HELP, parse_since
+from stocksync import exit_codes
+from stocksync.json_output import add_json_option, print_json
 from stocksync.migrations_runner import resolve_database_url
 from worker.database import make_engine
 from worker.operations import RejectedEntry, list_rejected
@@ -50,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"at most N lines, the newest (default: {DEFAULT_LIMIT})",
     )
-    parser.add_argument("--json", action="store_true", help="print a JSON object instead")
+    add_json_option(parser)
 
 
 def _group_members(settings: Settings, campaign_id: int) -> tuple[int, list[int]]:
@@ -60,7 +61,7 @@ def _group_members(settings: Settings, campaign_id: int) -> tuple[int, list[int]
 
 
 def run(args: argparse.Namespace) -> int:
-    """Prints the newest entries; 0, or 2 when --since cannot be read."""
+    """Prints the newest entries; 0, or 64 when --since cannot be read."""
     settings = load_settings()
     since = None
     if args.since is not None:
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             since = parse_since(args.since, datetime.now(UTC))
         except ValueError as exc:
             print(f"stocksync rejected: --since: {exc}; use {SINCE_HELP}", file=sys.stderr)
-            return 2
+            return exit_codes.USAGE
     group_id, campaigns = (None, None)
     if args.campaign is not None:
         group_id, campaigns = _group_members(settings, args.campaign)
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     more = len(rows) > args.limit
     rows = rows[: args.limit]
     if args.json:
-        print(json.dumps({"items": [as_json(r) for r in rows], "more": more}, indent=2))
+        print_json({"items": [as_json(r) for r in rows], "more": more})
     else:
         print(render_table(rows, more, args.limit))
     return 0

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
+import io
+import os
+import shutil
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC
 
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from stocksync import exit_codes
+from stocksync.json_output import add_json_option, print_json
 from stocksync.migrations_runner import resolve_database_url
 from stocksync.status_report import StatusReport, read_status
 from worker.database import make_engine
@@ -15,25 +25,19 @@ from worker.settings import load_settings
 
 HELP = "per campaign: pending SKUs, oldest pending age, last push, parked reason, rejected count"
 DEFAULT_MAX_AGE_SECONDS = 300.0
-TOO_OLD_EXIT_CODE = 2
-COLUMNS = (
-    "campaign",
-    "pending",
-    "oldest pending",
-    "last push (UTC)",
-    "SKUs 1m/1h",
-    "requests 1m/1h",
-    "420/5xx 1h",
-    "parked SKUs",
-    "rejected",
-    "sent by",
-    "state",
-)
+TOO_OLD_EXIT_CODE = exit_codes.ATTENTION
+# The width used when stdout is no terminal and COLUMNS is unset (a pipe, a file): no column is
+# dropped, nothing wrapped, as before.
+UNLIMITED_WIDTH = 10_000
+COLUMN_GAP = 2
+# A wrapping column (the state) counts this wide at most when columns are fitted: a long parked
+# reason wraps rather than push every other column out.
+WRAPPED_WIDTH = 24
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """--json and --max-age."""
-    parser.add_argument("--json", action="store_true", help="print a JSON object instead")
+    add_json_option(parser)
     parser.add_argument(
         "--max-age",
         type=float,
@@ -51,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
         report = read_status(engine, settings)
     finally:
         engine.dispose()
-    print(json.dumps(report.as_json(), indent=2) if args.json else render_table(report))
+    if args.json:
+        print_json(report.as_json())
+    else:
+        print(render_table(report, args.max_age, *terminal()))
     too_old = report.too_old(args.max_age)
     for campaign in too_old:
         print(
@@ -95,21 +102,101 @@ def _state(c: CampaignFigures) -> str:
     return "ok"
 
 
-def _row(c: CampaignFigures) -> tuple[str, ...]:
+def _last_push(c: CampaignFigures) -> str:
     last_push = c.last_push_at
-    return (
-        str(c.campaign_id),
-        str(c.pending_keys),
-        _age(c.oldest_pending_age_seconds),
-        last_push.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if last_push else "never",
-        f"{c.skus_pushed_last_minute}/{c.skus_pushed_last_hour}",
-        f"{c.requests_last_minute}/{c.requests_last_hour}",
-        f"{c.rate_limited_last_hour}/{c.failed_last_hour}",
-        str(c.parked_skus),
-        str(c.rejected),
-        "v2" if c.business_id is None else f"v3 business {c.business_id}",
-        _state(c),
-    )
+    return last_push.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if last_push else "never"
+
+
+def _state_style(c: CampaignFigures, max_age: float | None) -> str | None:
+    if c.parked_reason:
+        return "bold red"
+    if c.degraded_reason or c.blocked_until:
+        return "yellow"
+    return None
+
+
+def _age_style(c: CampaignFigures, max_age: float | None) -> str | None:
+    age = c.oldest_pending_age_seconds
+    return "bold red" if max_age is not None and age is not None and age > max_age else None
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of the table: its header, its cell, and how much it matters when the terminal
+    is narrow (columns of the highest `drop_order` go first; 0 never goes)."""
+
+    header: str
+    cell: Callable[[CampaignFigures], str]
+    drop_order: int = 0
+    # The cell's colour on a terminal (parked, degraded, stale), or None.
+    style: Callable[[CampaignFigures, float | None], str | None] | None = None
+    wraps: bool = False  # a long text that may wrap when even the kept columns are too wide
+
+
+# The table, in order; a new figure is one line here.
+COLUMNS: tuple[Column, ...] = (
+    Column("campaign", lambda c: str(c.campaign_id)),
+    Column("pending", lambda c: str(c.pending_keys)),
+    Column("oldest pending", lambda c: _age(c.oldest_pending_age_seconds), style=_age_style),
+    Column("last push (UTC)", _last_push, drop_order=3),
+    Column("SKUs 1m/1h", lambda c: f"{c.skus_pushed_last_minute}/{c.skus_pushed_last_hour}", 5),
+    Column("requests 1m/1h", lambda c: f"{c.requests_last_minute}/{c.requests_last_hour}", 6),
+    Column("420/5xx 1h", lambda c: f"{c.rate_limited_last_hour}/{c.failed_last_hour}", 4),
+    Column("parked SKUs", lambda c: str(c.parked_skus), drop_order=2),
+    Column("rejected", lambda c: str(c.rejected), drop_order=1),
+    Column(
+        "sent by", lambda c: "v2" if c.business_id is None else f"v3 business {c.business_id}", 7
+    ),
+    Column("state", _state, style=_state_style, wraps=True),
+)
+
+
+def terminal() -> tuple[int, bool]:
+    """How stdout takes the table: its width (the terminal's, COLUMNS, else unlimited) and
+    whether it gets colour (a terminal, and NO_COLOR unset)."""
+    width = shutil.get_terminal_size(fallback=(UNLIMITED_WIDTH, 24)).columns
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    return (width if width > 0 else UNLIMITED_WIDTH), color
+
+
+def _fitting(columns: tuple[Column, ...], rows: list[list[str]], width: int) -> list[int]:
+    """The indexes of the columns kept: the least important dropped until the rest fit."""
+    natural = [
+        max(len(column.header), *(len(row[i]) for row in rows)) for i, column in enumerate(columns)
+    ]
+    natural = [
+        min(n, max(WRAPPED_WIDTH, len(c.header))) if c.wraps else n
+        for n, c in zip(natural, columns, strict=True)
+    ]
+    kept = list(range(len(columns)))
+    for drop in sorted(
+        (i for i, c in enumerate(columns) if c.drop_order), key=lambda i: -columns[i].drop_order
+    ):
+        if sum(natural[i] for i in kept) + COLUMN_GAP * (len(kept) - 1) <= width:
+            break
+        kept.remove(drop)
+    return kept
+
+
+def _campaign_table(campaigns: list[CampaignFigures], max_age: float | None, width: int) -> Table:
+    rows = [[column.cell(c) for column in COLUMNS] for c in campaigns]
+    kept = _fitting(COLUMNS, rows, width)
+    table = Table(box=None, pad_edge=False, padding=(0, COLUMN_GAP, 0, 0), show_edge=False)
+    for i in kept:
+        column = COLUMNS[i]
+        table.add_column(
+            column.header,
+            overflow="fold" if column.wraps else "ellipsis",
+            no_wrap=not column.wraps,
+            header_style="bold",
+        )
+    for campaign, row in zip(campaigns, rows, strict=True):
+        cells = []
+        for i in kept:
+            style = COLUMNS[i].style
+            cells.append(Text(row[i], style=(style(campaign, max_age) if style else None) or ""))
+        table.add_row(*cells)
+    return table
 
 
 def _verify_line(c: CampaignFigures) -> str:
@@ -122,39 +209,49 @@ def _verify_line(c: CampaignFigures) -> str:
     )
 
 
-def render_table(report: StatusReport) -> str:
-    """The report as an aligned text table with the message-level counts below it."""
-    lines: list[str] = []
+def render_table(
+    report: StatusReport,
+    max_age: float | None = None,
+    width: int = UNLIMITED_WIDTH,
+    color: bool = False,
+) -> str:
+    """The report as a table no wider than `width` (less important columns dropped, the state
+    wrapped), with the message-level counts below it; colour (parked, degraded, older than
+    `max_age`) only when `color`."""
+    out = io.StringIO()
+    console = Console(
+        file=out,
+        width=width,
+        force_terminal=color,
+        no_color=not color,
+        color_system="auto" if color else None,
+        highlight=False,
+        emoji=False,
+        markup=False,
+    )
     if report.campaigns:
-        rows = [COLUMNS, *(_row(c) for c in report.campaigns)]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-        for row in rows:
-            lines.append(
-                "  ".join(
-                    cell.ljust(width) for cell, width in zip(row, widths, strict=True)
-                ).rstrip()
-            )
+        console.print(_campaign_table(report.campaigns, max_age, width))
         for c in report.campaigns:
             if c.last_full_sweep_at or c.keys_checked_last_day or c.drift_found_total:
-                lines.append(_verify_line(c))
+                console.print(_verify_line(c))
     else:
-        lines.append("no campaigns yet: nothing received")
+        console.print("no campaigns yet: nothing received")
     for b in report.v3_businesses:
         campaigns = ", ".join(map(str, b.campaigns)) or "none configured"
         state = f"parked: {b.parked_reason}" if b.parked_reason else "ok"
-        lines.append(
+        console.print(
             f"v3 business {b.business_id} (campaigns {campaigns}): "
             f"{b.requests_last_minute}/{b.requests_per_minute_limit} requests in the last minute, "
             f"{b.items_pushed_last_minute} items, {b.rate_limited_last_hour} 420s in the last "
             f"hour, {state}"
         )
-    lines.append(f"unreadable messages: {report.unreadable_messages}")
+    console.print(f"unreadable messages: {report.unreadable_messages}")
     if report.rejected_without_campaign:
-        lines.append(
+        console.print(
             f"rejected changes without a valid campaign: {report.rejected_without_campaign}"
         )
-    lines.append(_routing_line(report))
-    return "\n".join(lines)
+    console.print(_routing_line(report))
+    return "\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").split("\n"))
 
 
 def _routing_line(report: StatusReport) -> str:

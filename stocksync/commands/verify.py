@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-from sqlalchemy import text
 from tqdm import tqdm
 
+from stocksync import exit_codes
+from stocksync.json_output import add_json_option, print_json
 from stocksync.migrations_runner import resolve_database_url
-from worker.database import make_engine
-from worker.market_client import MarketClient
-from worker.rate_limiter import RateLimiter
-from worker.runtime import read_budget, request_deadline
-from worker.settings import load_settings
-from worker.verify import SweepResult, V2Reader, Verifier, keeps_drifting
+from worker import runtime
+from worker.settings import get_settings
+from worker.verify import SweepResult, campaigns_to_sweep, keeps_drifting
 
 HELP = "read every acknowledged key back from the Market now, repair what drifted, report it"
 EPILOG = """\
@@ -26,12 +23,10 @@ Market does not hold, or holds with another count, has drifted: it is made pendi
 with the next drain, unless it keeps drifting (more than 3 times in 24 hours): then it is left
 alone and listed; `stocksync resync --campaign N --drifting` sends those. A progress bar is drawn
 on stderr when it is a terminal. Exit 2 when something drifted, 1 when a campaign could not be
-read through (the reason is printed), else 0.
+read through (3, the reason is printed), else 0; 64 on bad usage.
 """
-DRIFT_EXIT_CODE = 2
+DRIFT_EXIT_CODE = exit_codes.ATTENTION  # CONTRACT.md 5
 SKUS_SHOWN = 20
-
-_CAMPAIGNS = text("SELECT campaign_id FROM campaign ORDER BY campaign_id")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--campaign", type=int, metavar="N", help="only this campaign")
-    parser.add_argument("--json", action="store_true", help="print a JSON object instead")
+    add_json_option(parser)
 
 
 def _campaign_json(campaign: int, result: SweepResult, drifting: list[str]) -> dict[str, Any]:
@@ -61,30 +56,18 @@ def _shown(skus: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Sweeps, prints the report; 2 when something drifted."""
-    settings = load_settings()
-    engine = make_engine(resolve_database_url(settings))
-    client = MarketClient(
-        settings.market_base_url,
-        settings.market_api_key,
-        settings.market_oauth_token,
-        settings.market_timeout_seconds,
-    )
-    limiter = RateLimiter(
-        engine,
-        settings.rate_limit_skus_per_minute,
-        settings.max_parallel_requests_per_campaign,
-        read_budget(settings),
-        request_deadline_seconds=request_deadline(settings),
-    )
-    reader = V2Reader(engine, client, settings.verify_stock_type)
-    verifier = Verifier(engine, limiter, lambda campaign_id: reader, settings.verify_hours * 3600)
+    """Sweeps, prints the report; 2 when something drifted, 3 when a campaign was not read
+    through."""
+    settings = get_settings()
+    resolve_database_url(settings)  # the embedded server, if any, stops when the command ends
+    engine = runtime.engine()
+    verifier = runtime.verifier()
     try:
         if args.campaign is not None:
             campaigns = [settings.group_of(args.campaign)]
         else:
             with engine.connect() as conn:
-                campaigns = [int(r[0]) for r in conn.execute(_CAMPAIGNS)]
+                campaigns = campaigns_to_sweep(conn, runtime.routing())
         before = verifier.now()
         total = sum(verifier.due(c, before) for c in campaigns)
         reports = []
@@ -107,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         "campaigns": reports,
     }
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print_json(summary)
     else:
         for r in reports:
             found = r["drifted"]["missing"] + r["drifted"]["count"]
@@ -128,4 +111,4 @@ def run(args: argparse.Namespace) -> int:
         )
     if drifted["missing"] + drifted["count"] > 0:
         return DRIFT_EXIT_CODE
-    return 1 if failed else 0
+    return exit_codes.CANNOT_CHECK if failed else exit_codes.OK

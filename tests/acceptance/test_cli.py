@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, text
 
-from tests.acceptance.conftest import RunStocksync
+from tests.acceptance.conftest import RunStocksync, clean_env
 
 EXPECTED_TABLES = {"alembic_version", "change_log", "stock", "rejected"}
 
@@ -60,8 +60,61 @@ def test_help_lists_the_commands(stocksync: RunStocksync) -> None:
 def test_unknown_option_is_refused_with_usage(stocksync: RunStocksync) -> None:
     result = stocksync("status", "--no-such-option")
 
-    assert result.returncode == 2
+    assert result.returncode == 64  # usage: 2 is "needs attention"
     assert "unrecognized arguments: --no-such-option" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),  # no command
+        ("verify", "--campaign", "many"),  # a value of the wrong type
+        ("rejected", "--limit", "0"),  # a value out of range
+        ("replay",),  # neither task ids nor --all
+        ("import", "stock.csv"),  # a required option left out
+    ],
+    ids=["no-command", "bad-type", "bad-range", "replay-nothing", "missing-option"],
+)
+def test_every_usage_error_exits_64(
+    stocksync: RunStocksync, database_url: str, args: tuple[str, ...]
+) -> None:
+    result = stocksync(*args, STOCKSYNC_DATABASE_URL=database_url)
+
+    assert result.returncode == 64, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_version_is_the_installed_distributions(stocksync: RunStocksync) -> None:
+    from importlib.metadata import version
+
+    result = stocksync("--version")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"stocksync {version('stocksync')}"
+
+
+@pytest.mark.parametrize("command", ["status", "rejected", "verify", "prune", "migrate"])
+def test_an_unreachable_database_exits_3_cannot_check(
+    stocksync: RunStocksync, command: str
+) -> None:
+    from tests import services
+
+    nowhere = f"postgresql+psycopg://postgres@127.0.0.1:{services.free_port()}/stocksync"
+
+    result = stocksync(command, STOCKSYNC_DATABASE_URL=nowhere)
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "stocksync: database error:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_database_not_migrated_exits_3_saying_so(
+    stocksync: RunStocksync, empty_database_url: str
+) -> None:
+    result = stocksync("status", STOCKSYNC_DATABASE_URL=empty_database_url)
+
+    assert result.returncode == 3, result.stderr
+    assert "run `stocksync migrate`" in result.stderr
 
 
 def test_sandbox_gets_every_argument_after_its_name(stocksync: RunStocksync) -> None:
@@ -194,6 +247,91 @@ def test_status_table_is_aligned(
     assert "rejected changes without a valid campaign: 1" in lines
 
 
+def _parked_and_stale(engine: Engine) -> None:
+    """1001 with a change pending for 10 minutes, 7 parked with a long reason."""
+    _insert_known_state(engine)
+    reason = "HTTP 403: the key lacks access to this campaign, ask for offers-and-cards-management"
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO campaign (campaign_id, parked_reason) VALUES (7, :reason)"),
+            {"reason": reason},
+        )
+
+
+def test_status_table_fits_a_narrow_terminal(
+    stocksync: RunStocksync, database_url: str, engine: Engine
+) -> None:
+    from stocksync.commands.status import COLUMNS
+
+    _parked_and_stale(engine)
+
+    wide = stocksync("status", STOCKSYNC_DATABASE_URL=database_url)  # a pipe: every column
+    narrow = stocksync("status", STOCKSYNC_DATABASE_URL=database_url, COLUMNS="60")
+
+    assert (wide.returncode, narrow.returncode) == (2, 2)
+    assert all(column.header in wide.stdout.splitlines()[0] for column in COLUMNS), wide.stdout
+    assert max(len(line) for line in wide.stdout.splitlines()) > 60
+    lines = narrow.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 60, narrow.stdout
+    header = lines[0]
+    assert header.split("  ")[:3] == ["campaign", "pending", "oldest pending"]
+    assert header.rstrip().endswith("state")
+    assert "sent by" not in header  # the least important columns went first
+    assert "parked: HTTP 403: the key" in narrow.stdout  # the state wraps, whole
+    assert "offers-and-cards-manage" in narrow.stdout
+    assert "\x1b[" not in wide.stdout + narrow.stdout  # no terminal: no colour
+
+
+def _status_on_a_terminal(database_url: str, **variables: str) -> str:
+    """`stocksync status` with its stdout on a pseudo-terminal, as a person runs it."""
+    import os
+    import pty
+    import subprocess
+
+    from tests.acceptance.conftest import STOCKSYNC
+
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [str(STOCKSYNC), "status"],
+        stdout=secondary,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        env=clean_env(STOCKSYNC_DATABASE_URL=database_url, COLUMNS="100", **variables),
+    )
+    os.close(secondary)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(primary)
+    assert process.wait(60) == 2
+    return output.decode()
+
+
+def test_status_colours_parked_and_stale_only_on_a_terminal(
+    database_url: str, engine: Engine
+) -> None:
+    import re
+
+    _parked_and_stale(engine)
+
+    coloured = _status_on_a_terminal(database_url)
+    plain = _status_on_a_terminal(database_url, NO_COLOR="1")
+
+    red = re.escape("\x1b[1;31m")
+    assert re.search(red + r"parked: HTTP 403", coloured), coloured
+    assert re.search(red + r"10m\d\ds", coloured), coloured  # older than --max-age: stale
+    assert "\x1b[" not in plain
+    assert "parked: HTTP 403" in plain
+    visible = re.sub(r"\x1b\[[0-9;]*m", "", coloured)
+    assert max(len(line) for line in visible.splitlines()) <= 100
+
+
 def test_status_of_an_empty_outbox_exits_0(stocksync: RunStocksync, database_url: str) -> None:
     result = stocksync("status", "--json", STOCKSYNC_DATABASE_URL=database_url)
 
@@ -211,12 +349,12 @@ def test_status_of_an_empty_outbox_exits_0(stocksync: RunStocksync, database_url
     ],
 )
 @pytest.mark.parametrize("command", ["migrate", "status", "run"])
-def test_bad_setting_exits_2_naming_the_variable(
+def test_bad_setting_exits_64_naming_the_variable(
     stocksync: RunStocksync, command: str, variable: str, value: str
 ) -> None:
     result = stocksync(command, **{variable: value})
 
-    assert result.returncode == 2
+    assert result.returncode == 64
     assert variable in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -143,7 +143,7 @@ def test_demo_that_times_out_fails_and_still_stops_everything(home: Path) -> Non
         check=False,
     )
 
-    assert result.returncode == 1, (result.stdout + result.stderr)[-6000:]
+    assert result.returncode == 2, (result.stdout + result.stderr)[-6000:]
     assert "FAIL" in result.stdout.splitlines()
     assert "timed out" in result.stdout
     _assert_nothing_left(home)

@@ -6,8 +6,8 @@ Each test runs the real console script in a subprocess against a fresh migrated 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -160,7 +160,7 @@ def test_import_with_an_explicit_format_reads_a_file_of_any_name(
         STOCKSYNC_DATABASE_URL=database_url,
     )
 
-    assert refused.returncode == 2
+    assert refused.returncode == 64
     assert "--format" in refused.stderr
     assert read.returncode == 0, read.stderr
     assert _values(engine, 1001) == CSV_VALUES
@@ -174,7 +174,7 @@ def test_a_bad_line_is_reported_and_kept_and_the_other_lines_apply(
 
     result = stocksync("import", str(snapshot), "--campaign", "1001", **env)
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "4 lines, 2 applied, 0 already applied, 2 rejected" in result.stdout
     assert "line 3: count: must be between 0 and 2,000,000,000" in result.stdout
     assert "line 4: count: must be a whole number" in result.stdout
@@ -196,9 +196,9 @@ def test_a_bad_line_is_reported_and_kept_and_the_other_lines_apply(
         (4, "count"),
     ]
 
-    # Again: still exit 1 with the same report, nothing applied or kept twice.
+    # Again: still exit 2 with the same report, nothing applied or kept twice.
     again = stocksync("import", str(snapshot), "--campaign", "1001", **env)
-    assert again.returncode == 1
+    assert again.returncode == 2
     assert "4 lines, 0 applied, 2 already applied, 2 rejected" in again.stdout
     assert _count(engine, "SELECT count(*) FROM rejected") == 2
     assert _logged(engine) == 2
@@ -264,7 +264,7 @@ def test_import_without_at_uses_its_start_time(
         (CSV, ("--at", "tomorrow"), "UTC offset"),
     ],
 )
-def test_an_unusable_file_or_option_exits_2_and_imports_nothing(
+def test_an_unusable_file_or_option_exits_64_and_imports_nothing(
     stocksync: RunStocksync,
     database_url: str,
     engine: Engine,
@@ -279,19 +279,19 @@ def test_an_unusable_file_or_option_exits_2_and_imports_nothing(
         "import", str(snapshot), "--campaign", "1001", *args, STOCKSYNC_DATABASE_URL=database_url
     )
 
-    assert result.returncode == 2
+    assert result.returncode == 64
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert _logged(engine) == 0
     assert _count(engine, "SELECT count(*) FROM rejected") == 0
 
 
-def test_a_missing_file_exits_2(stocksync: RunStocksync, database_url: str) -> None:
+def test_a_missing_file_exits_64(stocksync: RunStocksync, database_url: str) -> None:
     result = stocksync(
         "import", "nowhere.csv", "--campaign", "1001", STOCKSYNC_DATABASE_URL=database_url
     )
 
-    assert result.returncode == 2
+    assert result.returncode == 64
     assert "nowhere.csv: not a readable file" in result.stderr
 
 
@@ -304,26 +304,41 @@ class Measured:
     seconds: float
 
 
+# The command runs as the grandchild of a small launcher, which reports its peak RSS. A child's
+# ru_maxrss counts the RSS of the process it was forked from (Linux keeps the pre-exec high
+# water mark), so measured straight from pytest (hundreds of MB after a long run) it says nothing
+# about the command.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as report:
+    report.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _run_measured(tmp_path: Path, *args: str, **variables: str) -> Measured:
-    """Runs `stocksync ARGS…` and reads the child's own peak RSS from wait4."""
-    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    """Runs `stocksync ARGS…` and reads its own peak RSS (through the launcher above)."""
+    out, err, peak = tmp_path / "out.txt", tmp_path / "err.txt", tmp_path / "peak_rss_kb"
     started = time.monotonic()
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen(
-            [str(STOCKSYNC), *args],
+        process = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(peak), str(STOCKSYNC), *args],
             cwd=tmp_path,
             env=clean_env(**variables),
             stdout=stdout,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
+            check=False,
         )
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
     return Measured(
         process.returncode,
         out.read_text(),
         err.read_text(),
-        usage.ru_maxrss / 1024,  # kilobytes on Linux
+        int(peak.read_text()) / 1024,  # kilobytes on Linux
         time.monotonic() - started,
     )
 
@@ -438,7 +453,7 @@ def test_resync_of_listed_skus_bumps_those_and_reports_unknown_ones(
         STOCKSYNC_DATABASE_URL=database_url,
     )
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stdout.strip() == "campaign 1001: 2 keys will be sent again"
     assert "no key for SKU 'NOPE'" in result.stderr
     versions = _versions(engine)
@@ -448,14 +463,14 @@ def test_resync_of_listed_skus_bumps_those_and_reports_unknown_ones(
     assert versions[(2001, "A-1")] == (1, False, False)
 
 
-def test_resync_of_a_campaign_without_keys_exits_1(
+def test_resync_of_a_campaign_without_keys_exits_2(
     stocksync: RunStocksync, database_url: str, engine: Engine
 ) -> None:
     _insert_outbox(engine)
 
     result = stocksync("resync", "--campaign", "1002", STOCKSYNC_DATABASE_URL=database_url)
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "campaign 1002 has no keys" in result.stderr
     assert result.stdout == ""
     assert all(not fresh for _, fresh, _ in _versions(engine).values())
@@ -580,5 +595,83 @@ def test_rejected_of_an_empty_database_and_a_bad_since(
 
     assert empty.returncode == 0, empty.stderr
     assert empty.stdout.strip() == "nothing rejected, unreadable or parked"
-    assert bad.returncode == 2
+    assert bad.returncode == 64
     assert "'yesterday' is neither a duration nor an ISO 8601 date-time" in bad.stderr
+
+
+# --- --json of every command that reports ---------------------------------------------------
+
+
+def test_import_json_reports_what_was_applied_and_rejected(
+    stocksync: RunStocksync, database_url: str, tmp_path: Path
+) -> None:
+    snapshot = _write(tmp_path, "stock.csv", "sku,count\nA-1,10\nA-2,lots\n")
+
+    result = stocksync(
+        "import", str(snapshot), "--campaign", "1001", "--json", STOCKSYNC_DATABASE_URL=database_url
+    )
+
+    assert result.returncode == 2, result.stderr  # a line rejected: needs attention
+    report = json.loads(result.stdout)
+    assert report["import_id"].startswith("import:")
+    assert {k: report[k] for k in ("file", "campaign", "lines", "applied", "rejected")} == {
+        "file": str(snapshot),
+        "campaign": 1001,
+        "lines": 2,
+        "applied": 1,
+        "rejected": 1,
+    }
+    assert report["duplicates"] == 0
+    (rejection,) = report["first_rejections"]
+    assert rejection["line"] == 3
+    assert rejection["reason"].startswith("count: must be a whole number")
+
+
+def test_resync_json_reports_the_keys_and_unknown_skus(
+    stocksync: RunStocksync, database_url: str, engine: Engine
+) -> None:
+    _insert_outbox(engine)
+    env = {"STOCKSYNC_DATABASE_URL": database_url, "STOCKSYNC_WAREHOUSE_GROUPS": GROUPS}
+
+    result = stocksync("resync", *("--campaign", "1002", "--sku", "A-1", "NOPE"), "--json", **env)
+
+    assert result.returncode == 2, result.stderr  # an unknown SKU: needs attention
+    assert json.loads(result.stdout) == {
+        "campaign": 1002,
+        "group_id": 1001,
+        "resynced": 1,
+        "unknown_skus": ["NOPE"],
+    }
+
+
+def test_replay_json_reports_what_was_skipped_and_why(
+    stocksync: RunStocksync, database_url: str, engine: Engine
+) -> None:
+    from worker.ingest import store_unreadable
+
+    store_unreadable(engine, "refused:abc", "garbage", "content type: pickle")
+
+    # Neither message is a stocks.submit call: nothing reaches the broker (none is configured)
+    result = stocksync(
+        "replay", "refused:abc", "no-such-id", "--json", STOCKSYNC_DATABASE_URL=database_url
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert json.loads(result.stdout) == {
+        "replayed": [],
+        "skipped": [
+            {"task_id": "refused:abc", "reason": "not replayable (not a stocks.submit call)"},
+            {"task_id": "no-such-id", "reason": "no unreadable message with this id"},
+        ],
+    }
+
+
+def test_prune_and_migrate_json(stocksync: RunStocksync, database_url: str) -> None:
+    pruned = stocksync("prune", "--days", "7", "--json", STOCKSYNC_DATABASE_URL=database_url)
+    migrated = stocksync("migrate", "--json", STOCKSYNC_DATABASE_URL=database_url)
+
+    assert (pruned.returncode, migrated.returncode) == (0, 0), pruned.stderr + migrated.stderr
+    assert json.loads(pruned.stdout) == {"days": 7.0, "changes": 0, "rejected": 0}
+    migration = json.loads(migrated.stdout)
+    assert migration["head"] is True
+    assert migration["revision"].isdigit()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,7 @@ def test_ingest_is_not_delayed_while_every_push_sleeps_for_the_limiter(
                     kwargs={"changes": [{"campaign_id": 5001, "sku": sku, "count": 1}]},
                     queue="stocks.changes",
                 )
-                wait_for(f"{sku} committed", lambda sku=sku: _stored(engine, sku), 30, 0.02)
+                wait_for(f"{sku} committed", partial(_stored, engine, sku), 30, 0.02)
                 took.append(time.monotonic() - started)
             # (the pushes went on sleeping and retrying meanwhile, not finished)
             wait_for(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -84,3 +84,27 @@ def running_worker(
         **(extra_env or {}),
     ) as worker:
         yield worker
+
+
+def campaign_flag(engine: Engine, campaign: int, column: str) -> bool:
+    """Whether the campaign's row has `column` (`parked_reason`, `degraded_reason`) set."""
+    assert column in {"parked_reason", "degraded_reason"}
+    with engine.connect() as conn:
+        found = conn.execute(
+            text(f"SELECT {column} FROM campaign WHERE campaign_id = :c"),
+            {"c": campaign},
+        ).scalar()
+    return found is not None
+
+
+def assert_no_request_before_until(requests: list[dict[str, Any]], wait: float = 1.0) -> None:
+    """No request to a campaign between a 420 and its -Until: `wait` seconds after the answer,
+    in whole seconds (RFC 822), as the sandbox sets it (`injected_420_wait_seconds`)."""
+    blocked: dict[int, datetime] = {}
+    for r in sorted(requests, key=lambda r: r["started_at"]):
+        started = datetime.fromisoformat(r["started_at"])
+        until = blocked.get(r["campaign"])
+        assert until is None or started >= until, r
+        if r["status"] == 420:
+            ended = datetime.fromisoformat(r["ended_at"]) + timedelta(seconds=wait)
+            blocked[r["campaign"]] = ended.replace(microsecond=0)

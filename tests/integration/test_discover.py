@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from sandbox import MarketSandbox
 from stocksync.cli import main
 from stocksync.processes import free_port
 from tests.integration.drain_support import running_worker
-from tests.services import wait_for
+from tests.services import shift_database_clock, wait_for
 from worker.metrics import StockFigures
 from worker.routing_check import check_routing, last_check, reader_for
 from worker.settings import Settings, load_settings
@@ -319,3 +319,27 @@ def test_the_service_reports_a_mismatch_in_status_metrics_and_log(
     # And routing was not changed: the campaign is still standalone in the settings in force
     assert load_settings().group_of(2003) == 2003
     assert KEY not in log
+
+
+def test_a_check_is_dated_by_the_database_clock_so_every_host_judges_its_age_alike(
+    market: MarketSandbox, engine: Engine, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a database whose clock reads two hours later than this host's (as another host's
+    # might: what one host stores, every host compares with its own "now")
+    market.set_accounts(WITH_GROUPS)
+    monkeypatch.setenv("STOCKSYNC_DATABASE_URL", database_url)
+    settings = load_settings()
+    shift_database_clock(engine, database_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE clockshift.shift SET by = '2 hours'"))
+    engine.dispose()  # the new search_path is for connections made from now on
+    # When a check runs
+    assert check_routing(engine, settings, reader_for(settings)) is not None
+    # Then it is dated by the database's clock, not this host's
+    stored = last_check(engine)
+    assert stored is not None
+    with engine.connect() as conn:
+        database_now = conn.scalar(text("SELECT clock_timestamp()"))
+    assert abs((database_now - stored.checked_at).total_seconds()) < 60
+    # and a start right after it (on any host) finds it fresh
+    assert check_routing(engine, settings, reader_for(settings), at_start=True) is None

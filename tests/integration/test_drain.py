@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -14,6 +12,8 @@ from sqlalchemy import Engine, text
 from sandbox.server import MarketSandbox
 from tests.integration.drain_support import (
     SECRET_KEY,
+    assert_no_request_before_until,
+    campaign_flag,
     counts_at,
     pending_keys,
     put_changes,
@@ -22,12 +22,6 @@ from tests.integration.drain_support import (
 from tests.services import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def sandbox() -> Iterator[MarketSandbox]:
-    with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
-        yield box
 
 
 def test_changes_reach_the_sandbox_with_the_contracts_values(
@@ -138,18 +132,6 @@ def test_420_is_waited_out_and_nothing_is_lost(
     assert_no_request_before_until(sandbox.requests())
 
 
-def assert_no_request_before_until(requests: list[dict[str, Any]]) -> None:
-    blocked: dict[int, datetime] = {}
-    for r in sorted(requests, key=lambda r: r["started_at"]):
-        started = datetime.fromisoformat(r["started_at"])
-        until = blocked.get(r["campaign"])
-        assert until is None or started >= until, r
-        if r["status"] == 420:
-            # The sandbox's -Until: one second after its answer, in whole seconds (RFC 822).
-            ended = datetime.fromisoformat(r["ended_at"]) + timedelta(seconds=1)
-            blocked[r["campaign"]] = ended.replace(microsecond=0)
-
-
 def test_a_5xx_and_dropped_connection_storm_converges(
     engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
 ) -> None:
@@ -187,17 +169,7 @@ def test_401_parks_the_campaign_and_a_fixed_key_resumes_it(
     with running_worker(
         database_url, rabbit_url, sandbox, tmp_path / "w.log", probe_interval_seconds="1"
     ):
-
-        def parked() -> bool:
-            with engine.connect() as conn:
-                return (
-                    conn.execute(
-                        text("SELECT parked_reason FROM campaign WHERE campaign_id = 5")
-                    ).scalar()
-                    is not None
-                )
-
-        wait_for("the campaign to be parked", parked, 30)
+        wait_for("the campaign to be parked", lambda: campaign_flag(engine, 5, "parked_reason"), 30)
         assert pending_keys(engine) == 50
         sandbox.force_status(5, None)
         wait_for("the campaign to resume", lambda: pending_keys(engine) == 0, 30)

@@ -6,33 +6,24 @@ Real worker processes with embedded beat, RabbitMQ, PostgreSQL and the sandbox o
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, make_url, text
+from sqlalchemy import Engine, text
 
 from sandbox.server import MarketSandbox
 from tests.integration.drain_support import (
-    SECRET_KEY,
     counts_at,
     pending_keys,
     put_changes,
     running_worker,
 )
-from tests.services import wait_for
+from tests.services import faketime_env, shift_database_clock, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def sandbox() -> Iterator[MarketSandbox]:
-    with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
-        yield box
 
 
 def _scalar(engine: Engine, sql: str, **params: Any) -> Any:
@@ -85,24 +76,6 @@ def test_a_request_held_past_its_lease_never_overwrites_a_newer_count(
     assert pending_keys(engine) == 0
 
 
-def _faketime_env(offset: str) -> dict[str, str]:
-    """libfaketime on one worker: its host clock (realtime and monotonic) moved by `offset`."""
-    library = next(
-        (
-            p
-            for p in (
-                Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
-                Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"),
-            )
-            if p.exists()
-        ),
-        None,
-    )
-    if library is None or shutil.which("faketime") is None:
-        pytest.fail("libfaketime is missing: apt-get install -y faketime (.ci/run installs it)")
-    return {"LD_PRELOAD": str(library), "FAKETIME": offset, "FAKETIME_NO_CACHE": "1"}
-
-
 @pytest.mark.parametrize("offset", ["+30s", "-30s"])
 def test_a_worker_with_a_wrong_clock_sends_accepted_updated_at_that_never_go_back(
     offset: str,
@@ -121,7 +94,7 @@ def test_a_worker_with_a_wrong_clock_sends_accepted_updated_at_that_never_go_bac
             rabbit_url,
             sandbox,
             tmp_path / "skewed.log",
-            extra_env=_faketime_env(offset),
+            extra_env=faketime_env(offset),
         ) as skewed,
         running_worker(database_url, rabbit_url, sandbox, tmp_path / "right.log") as right,
     ):
@@ -155,33 +128,12 @@ def test_a_worker_with_a_wrong_clock_sends_accepted_updated_at_that_never_go_bac
         )
 
 
-def _shift_database_clock(engine: Engine, database_url: str) -> None:
-    """Makes `clock_timestamp()` steppable in this test database: a function of that name in a
-    schema searched before pg_catalog, adding `clockshift.shift.by` (0 until a test sets it).
-    It affects connections made afterwards (the workers'), as a stepped host clock would."""
-    name = make_url(database_url).database
-    with engine.begin() as conn:
-        conn.execute(text("CREATE SCHEMA clockshift"))
-        conn.execute(text("CREATE TABLE clockshift.shift (by interval NOT NULL)"))
-        conn.execute(text("INSERT INTO clockshift.shift VALUES ('0 s')"))
-        conn.execute(
-            text("""
-                CREATE FUNCTION clockshift.clock_timestamp() RETURNS timestamptz
-                LANGUAGE sql VOLATILE
-                AS $$ SELECT pg_catalog.clock_timestamp() + (SELECT by FROM clockshift.shift) $$
-            """)
-        )
-        conn.execute(
-            text(f'ALTER DATABASE "{name}" SET search_path = clockshift, pg_catalog, public')
-        )
-
-
 def test_updated_at_never_goes_back_for_a_key_when_the_database_clock_steps_back(
     engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
 ) -> None:
     # Given a key sent and acknowledged (its producer's clock runs ahead, so the sending time is
     # what counts)
-    _shift_database_clock(engine, database_url)
+    shift_database_clock(engine, database_url)
     with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log"):
         ahead = datetime.now(UTC) + timedelta(minutes=1)
         put_changes(engine, [{"campaign_id": 7, "sku": "A", "count": 1, "occurred_at": ahead}])

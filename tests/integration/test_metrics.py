@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from sandbox.server import MarketSandbox
-from tests.integration.drain_support import SECRET_KEY, pending_keys, put_changes, running_worker
+from tests.integration.drain_support import pending_keys, put_changes, running_worker
 from tests.integration.metrics_support import counted_work, exposition, samples
 from tests.services import wait_for
 from worker.claims import Claims
@@ -222,12 +221,6 @@ def test_tallies_follow_keys_carried_over_to_new_warehouse_groups(engine: Engine
     apply_routes(engine, [[1001]])  # 2001 leaves: its keys are copied back, pending
 
     assert _tallied(engine) == _truth(engine) == {1001: (2, 0), 2001: (2, 0)}
-
-
-@pytest.fixture
-def sandbox() -> Iterator[MarketSandbox]:
-    with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
-        yield box
 
 
 @pytest.mark.slow

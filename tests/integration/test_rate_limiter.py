@@ -8,8 +8,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, text
 
+from domain.market_rules import SKUS_PER_REQUEST_MAX
+from tests.integration.drain_support import put_changes
 from worker.market_client import MarketAnswer
-from worker.rate_limiter import UNTIL_MARGIN, Permit, RateLimiter, Wait
+from worker.rate_limiter import READ, UNTIL_MARGIN, Permit, RateLimiter, Wait, sending_needs
 
 CAMPAIGN = 41
 
@@ -160,3 +162,106 @@ def test_campaigns_have_separate_limits(engine: Engine) -> None:
     limiter.finish(_permit(limiter, 100), MarketAnswer(420))
     assert isinstance(limiter.acquire(CAMPAIGN, 1), Wait)
     assert isinstance(limiter.acquire(other, 100), Permit)
+
+
+def test_a_planner_skips_a_campaign_whose_row_a_frozen_transaction_changed(engine: Engine) -> None:
+    # A planner that locked the campaign's row and moved its turn (`drained_at`), then stopped
+    # inside its transaction (a worker frozen or cut off there): the next planner must skip the
+    # campaign at once. Waiting on it (for the lock timeout, 10 s) stalls every other campaign
+    # that planner would have served.
+    limiter = RateLimiter(engine, skus_per_minute=1000, max_parallel=4)
+    with engine.begin() as conn:
+        assert limiter.try_usage(conn, CAMPAIGN) is not None  # the row exists, as after a drain
+    with engine.connect() as frozen:
+        frozen.begin()
+        assert limiter.try_usage(frozen, CAMPAIGN) is not None
+        frozen.execute(
+            text("UPDATE campaign SET drained_at = clock_timestamp() WHERE campaign_id = :c"),
+            {"c": CAMPAIGN},
+        )
+        started = time.monotonic()
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '3s'"))
+            assert limiter.try_usage(conn, CAMPAIGN) is None
+        assert time.monotonic() - started < 1.0
+        frozen.rollback()
+
+
+def _claim(engine: Engine, claim_id: str, skus: int) -> None:
+    """A live claim of the campaign, as the drain writes it (a push queued or under way)."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO push_claim (claim_id, campaign_id, skus, lease_until) "
+                "VALUES (:id, :c, :skus, clock_timestamp() + interval '1 minute')"
+            ),
+            {"id": claim_id, "c": CAMPAIGN, "skus": skus},
+        )
+
+
+def _pending(engine: Engine, n: int, prefix: str) -> None:
+    put_changes(
+        engine, [{"campaign_id": CAMPAIGN, "sku": f"{prefix}{i:05d}", "count": i} for i in range(n)]
+    )
+
+
+def test_a_read_takes_the_slot_a_steady_stream_leaves_free(engine: Engine) -> None:
+    # Given one push in flight (its claim live) and a few keys pending behind it, two slots
+    limiter = RateLimiter(engine, skus_per_minute=100_000, max_parallel=2)
+    _claim(engine, "c1", 5)
+    push = _permit(limiter, 5)
+    _pending(engine, 5, "S")
+    # Then a read takes the other slot: those keys go with the push's next claim
+    read = limiter.acquire(CAMPAIGN, 500, READ)
+    assert isinstance(read, Permit), read
+    # And with both slots taken nothing more goes, of either kind
+    assert isinstance(limiter.acquire(CAMPAIGN, 1), Wait)
+    assert isinstance(limiter.acquire(CAMPAIGN, 500, READ), Wait)
+    limiter.finish(push, MarketAnswer(200))
+    limiter.finish(read, MarketAnswer(200))
+
+
+def test_a_backlog_takes_every_slot_before_any_read(engine: Engine) -> None:
+    # Given more full batches pending than slots (a backlog) and nothing in flight yet
+    limiter = RateLimiter(engine, skus_per_minute=100_000, max_parallel=3)
+    _pending(engine, 4 * SKUS_PER_REQUEST_MAX, "B")
+    # Then a read waits for sending, though every slot is free
+    waiting = limiter.acquire(CAMPAIGN, 500, READ)
+    assert isinstance(waiting, Wait)
+    assert waiting.reason == "sending first"
+    # And pushes still get their slots
+    assert isinstance(limiter.acquire(CAMPAIGN, SKUS_PER_REQUEST_MAX), Permit)
+    # A part batch with no claim needs one slot; claimed, it needs its claim's slot only
+    assert sending_needs(claims=0, pending=1) == 1
+    assert sending_needs(claims=1, pending=1) == 1
+    assert sending_needs(claims=1, pending=2 * SKUS_PER_REQUEST_MAX + 1) == 3
+
+
+def test_reads_in_flight_and_sendings_needs_together_fit_the_slots(engine: Engine) -> None:
+    # Given two slots, a read in flight and a part batch pending with no claim
+    limiter = RateLimiter(engine, skus_per_minute=100_000, max_parallel=2)
+    first = limiter.acquire(CAMPAIGN, 500, READ)
+    assert isinstance(first, Permit)
+    _pending(engine, 3, "P")
+    # Then a second read would leave the pending keys no slot: it waits
+    second = limiter.acquire(CAMPAIGN, 500, READ)
+    assert isinstance(second, Wait)
+    assert second.reason == "sending first"
+    # And the push takes the slot
+    assert isinstance(limiter.acquire(CAMPAIGN, 3), Permit)
+    limiter.finish(first, MarketAnswer(200))
+
+
+def test_a_v3_read_counts_one_request_against_its_business_read_limit(engine: Engine) -> None:
+    # Given a business (route key minus its id) allowed two v3 reads a minute
+    business = -901
+    limiter = RateLimiter(engine, 100_000, 3, 100_000, 50, v3_read_requests_per_minute=2)
+    for _ in range(2):  # 500 offers each, one request each
+        permit = limiter.acquire(business, 500, READ, groups=[4001])
+        assert isinstance(permit, Permit), permit
+        limiter.finish(permit, MarketAnswer(200))
+    # Then the third waits for the window, and a v2 campaign's reads are not touched
+    third = limiter.acquire(business, 1, READ, groups=[4001])
+    assert isinstance(third, Wait)
+    assert third.reason == "window"
+    assert isinstance(limiter.acquire(CAMPAIGN, 500, READ), Permit)

@@ -3,7 +3,6 @@ producer, RabbitMQ, worker processes, PostgreSQL and the Market sandbox over HTT
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,24 +11,11 @@ from celery import Celery
 from sqlalchemy import Engine, text
 
 from sandbox.server import MarketSandbox
-from tests.integration.drain_support import SECRET_KEY, counts_at, pending_keys, running_worker
+from tests.integration.drain_support import counts_at, pending_keys, running_worker
 from tests.services import wait_for
 from worker.routes import apply_routes
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def sandbox() -> Iterator[MarketSandbox]:
-    with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
-        yield box
-
-
-@pytest.fixture
-def producer(rabbit_url: str) -> Iterator[Celery]:
-    app = Celery(broker=rabbit_url)
-    yield app
-    app.close()
 
 
 def _submit(producer: Celery, change: dict[str, object]) -> None:

@@ -19,9 +19,9 @@ import pytest
 import requests
 
 from sandbox import MarketSandbox
+from tests.integration.sandbox_support import AUTH, call, error_messages, now_iso
 
 ROOT = Path(__file__).resolve().parents[2]
-AUTH = {"Api-Key": "test-key"}
 RATE_HEADERS = (
     "X-RateLimit-Resource-Limit",
     "X-RateLimit-Resource-Remaining",
@@ -33,10 +33,6 @@ RATE_HEADERS = (
 def sandbox() -> Iterator[MarketSandbox]:
     with MarketSandbox() as sb:
         yield sb
-
-
-def now_iso(shift: timedelta = timedelta()) -> str:
-    return (datetime.now(UTC) + shift).isoformat()
 
 
 def sku(name: str, count: int = 1, **item: Any) -> dict[str, Any]:
@@ -58,20 +54,14 @@ def put(
     headers: dict[str, str] | None = None,
 ) -> requests.Response:
     """One PUT to the stocks method; `skus` goes into the page's body unless body/raw is given."""
-    if raw is None:
-        raw = json.dumps({"skus": skus} if body is None else body).encode()
-    return requests.put(
-        f"{sandbox.url}/v2/campaigns/{campaign}/offers/stocks",
-        data=raw,
-        headers={"Content-Type": "application/json", **(AUTH if headers is None else headers)},
-        timeout=10,
+    return call(
+        sandbox,
+        "PUT",
+        f"/v2/campaigns/{campaign}/offers/stocks",
+        {"skus": skus} if body is None else body,
+        raw=raw,
+        headers=headers,
     )
-
-
-def messages(response: requests.Response) -> list[str]:
-    body = response.json()
-    assert body["status"] == "ERROR"
-    return [e["message"] for e in body["errors"]]
 
 
 # --- the page's rules -------------------------------------------------------------------------
@@ -112,14 +102,14 @@ def test_updated_at_with_a_non_utc_offset_is_accepted(sandbox: MarketSandbox) ->
 def test_number_of_skus_outside_1_to_2000_is_refused(sandbox: MarketSandbox, size: int) -> None:
     response = put(sandbox, batch(size))
     assert response.status_code == 400
-    assert "1 … 2000" in messages(response)[0]
+    assert "1 … 2000" in error_messages(response)[0]
     assert sandbox.state() == {}
 
 
 def test_duplicate_sku_in_one_request_is_refused(sandbox: MarketSandbox) -> None:
     response = put(sandbox, [sku("A", 1), sku("B", 2), sku(" A", 3)])
     assert response.status_code == 400
-    assert messages(response) == ["Duplicate shop-sku 'A' for warehouse '1001'"]
+    assert error_messages(response) == ["Duplicate shop-sku 'A' for warehouse '1001'"]
     assert sandbox.state() == {}
 
 
@@ -138,14 +128,14 @@ def test_longest_sku_and_inner_tab_are_within_the_pattern(sandbox: MarketSandbox
 def test_sku_must_carry_exactly_one_item(sandbox: MarketSandbox, items: list[Any]) -> None:
     response = put(sandbox, [{"sku": "A", "items": items}])
     assert response.status_code == 400
-    assert messages(response) == ["Stock for 'A' must have exactly one item in 'items'"]
+    assert error_messages(response) == ["Stock for 'A' must have exactly one item in 'items'"]
 
 
 @pytest.mark.parametrize("count", [-1, 2_000_000_001, 2.5, "7", True, None])
 def test_count_must_be_an_integer_from_0_to_2_billion(sandbox: MarketSandbox, count: Any) -> None:
     response = put(sandbox, [sku("A", count)])
     assert response.status_code == 400
-    assert messages(response)[0].startswith("Stock for 'A' has invalid count")
+    assert error_messages(response)[0].startswith("Stock for 'A' has invalid count")
 
 
 def test_count_bounds_0_and_2_billion_are_accepted(sandbox: MarketSandbox) -> None:
@@ -156,13 +146,13 @@ def test_count_bounds_0_and_2_billion_are_accepted(sandbox: MarketSandbox) -> No
 def test_updated_at_in_the_future_is_refused(sandbox: MarketSandbox) -> None:
     response = put(sandbox, [sku("A", updatedAt=now_iso(timedelta(minutes=1)))])
     assert response.status_code == 400
-    assert messages(response) == ["Stock for 'A' should not be in the future"]
+    assert error_messages(response) == ["Stock for 'A' should not be in the future"]
 
 
 def test_updated_at_older_than_a_day_is_refused(sandbox: MarketSandbox) -> None:
     response = put(sandbox, [sku("A", updatedAt=now_iso(-timedelta(days=1, minutes=1)))])
     assert response.status_code == 400
-    assert messages(response) == ["Stock for 'A' should not be older than a day"]
+    assert error_messages(response) == ["Stock for 'A' should not be older than a day"]
 
 
 def test_updated_at_23_hours_old_is_accepted(sandbox: MarketSandbox) -> None:
@@ -175,7 +165,7 @@ def test_updated_at_without_offset_or_not_a_date_time_is_refused(
 ) -> None:
     response = put(sandbox, [sku("A", updatedAt=at)])
     assert response.status_code == 400
-    assert "invalid updatedAt" in messages(response)[0]
+    assert "invalid updatedAt" in error_messages(response)[0]
 
 
 @pytest.mark.parametrize(
@@ -191,7 +181,7 @@ def test_unknown_fields_such_as_warehouse_id_or_type_are_refused(
 ) -> None:
     response = put(sandbox, body=body)
     assert response.status_code == 400
-    assert f"Unknown field '{field}'" in messages(response)[0]
+    assert f"Unknown field '{field}'" in error_messages(response)[0]
     assert sandbox.state() == {}
 
 
@@ -202,7 +192,7 @@ def test_body_over_512_kb_is_refused_and_512_kb_exactly_is_accepted(
     assert put(sandbox, raw=raw.ljust(512 * 1024)).status_code == 200
     response = put(sandbox, raw=raw.ljust(512 * 1024 + 1))
     assert response.status_code == 400
-    assert "exceeds the limit of 524288" in messages(response)[0]
+    assert "exceeds the limit of 524288" in error_messages(response)[0]
 
 
 def test_body_that_is_not_json_or_lacks_skus_is_refused(sandbox: MarketSandbox) -> None:
@@ -228,7 +218,7 @@ def test_campaign_id_must_be_an_integer_of_at_least_1(
 ) -> None:
     response = put(sandbox, [sku("A")], campaign=campaign)
     assert response.status_code == 400
-    assert "campaignId" in messages(response)[0]
+    assert "campaignId" in error_messages(response)[0]
 
 
 def test_other_methods_and_unversioned_paths_are_not_the_method(sandbox: MarketSandbox) -> None:
@@ -303,7 +293,7 @@ def test_partial_400_applies_valid_skus_and_names_each_bad_one(sandbox: MarketSa
     future = now_iso(timedelta(hours=1))
     response = put(sandbox, [sku("A"), sku("B", -1), sku("C"), sku("D", updatedAt=future)])
     assert response.status_code == 400
-    errors = messages(response)
+    errors = error_messages(response)
     assert len(errors) == 2
     assert "'B'" in errors[0]
     assert errors[1] == "Stock for 'D' should not be in the future"
@@ -317,7 +307,7 @@ def test_refused_sku_is_isolated_in_a_2000_sku_batch(sandbox: MarketSandbox, par
     skus.insert(1000, sku("BAD-1", 5))
     response = put(sandbox, skus)
     assert response.status_code == 400
-    assert messages(response) == ["Stock for 'BAD-1' is refused by the sandbox"]
+    assert error_messages(response) == ["Stock for 'BAD-1' is refused by the sandbox"]
     assert len(sandbox.state(1001)) == (1999 if partial else 0)
     assert "BAD-1" not in sandbox.state(1001)
 
@@ -337,7 +327,7 @@ def test_request_past_the_rolling_window_limit_gets_420(sandbox: MarketSandbox) 
     assert first.headers["X-RateLimit-Resource-Remaining"] == "1000"
     second = put(sandbox, batch(2000, "B"))
     assert second.status_code == 420
-    message = messages(second)[0]
+    message = error_messages(second)[0]
     assert message.startswith("Hit rate limit of '3000'")
     assert "for resource 'req.skus'" in message
     assert second.headers["X-RateLimit-Resource-Remaining"] == "1000"
@@ -414,7 +404,7 @@ def test_fifth_parallel_request_of_a_campaign_gets_420(sandbox: MarketSandbox) -
     assert statuses == [200, 200, 200, 200, 420]
     assert results["OTHER"].status_code == 200  # the limit is per campaign
     limited = next(r for r in results.values() if r.status_code == 420)
-    assert messages(limited) == ["Hit rate limit of 4 parallel requests for campaignId 7"]
+    assert error_messages(limited) == ["Hit rate limit of 4 parallel requests for campaignId 7"]
     assert sandbox.stats()["campaigns"]["7"]["max_parallel_seen"] == 5
     assert sum(e["parallel_limited"] for e in sandbox.requests(7)) == 1
 

@@ -18,9 +18,9 @@ import pytest
 import requests
 
 from sandbox import MarketSandbox
+from tests.integration.sandbox_support import AUTH, call, error_messages
 
 ROOT = Path(__file__).resolve().parents[2]
-AUTH = {"Api-Key": "test-key"}
 MIXED = {
     "businesses": [
         {
@@ -74,23 +74,15 @@ def sandbox() -> Iterator[MarketSandbox]:
 
 
 def campaigns(sandbox: MarketSandbox, **params: Any) -> requests.Response:
-    return requests.get(f"{sandbox.url}/v2/campaigns", params=params, headers=AUTH, timeout=10)
+    return call(sandbox, "GET", "/v2/campaigns", params=params)
 
 
 def warehouses(
     sandbox: MarketSandbox, business: int, version: str = "v2", body: Any = None, **params: Any
 ) -> requests.Response:
-    return requests.post(
-        f"{sandbox.url}/{version}/businesses/{business}/warehouses",
-        params=params,
-        json=body,
-        headers=AUTH,
-        timeout=10,
+    return call(
+        sandbox, "POST", f"/{version}/businesses/{business}/warehouses", body, params=params
     )
-
-
-def messages(response: requests.Response) -> list[str]:
-    return [e["message"] for e in response.json()["errors"]]
 
 
 # --- GET /v2/campaigns ------------------------------------------------------------------------
@@ -173,20 +165,22 @@ def body_token_for(sandbox: MarketSandbox, page_index: int) -> str:
 def test_campaigns_limit_outside_1_to_100_is_400(sandbox: MarketSandbox, limit: str) -> None:
     response = campaigns(sandbox, limit=limit)
     assert response.status_code == 400
-    assert messages(response)[0].startswith("limit must be an integer 1 … 100")
+    assert error_messages(response)[0].startswith("limit must be an integer 1 … 100")
 
 
 def test_a_page_token_the_sandbox_did_not_make_is_400(sandbox: MarketSandbox) -> None:
     response = campaigns(sandbox, pageToken="not-a-token")
     assert response.status_code == 400
-    assert messages(response) == ["pageToken 'not-a-token' is not valid"]
+    assert error_messages(response) == ["pageToken 'not-a-token' is not valid"]
 
 
 def test_read_methods_share_v2_fault_injection(sandbox: MarketSandbox) -> None:
     sandbox.configure(error_500_rate=1.0)
     response = warehouses(sandbox, 901)
     assert response.status_code == 500
-    assert messages(response) == ["Internal error 500 for businessId 901 (injected by the sandbox)"]
+    assert error_messages(response) == [
+        "Internal error 500 for businessId 901 (injected by the sandbox)"
+    ]
     sandbox.configure(error_500_rate=0.0, drop_before_rate=1.0)
     with pytest.raises(requests.ConnectionError):
         campaigns(sandbox)
@@ -239,7 +233,7 @@ def test_campaign_ids_outside_the_rules_are_400(
 ) -> None:
     response = warehouses(sandbox, 901, body={"campaignIds": campaign_ids})
     assert response.status_code == 400
-    assert "campaignIds" in messages(response)[0]
+    assert "campaignIds" in error_messages(response)[0]
 
 
 def test_warehouse_pages_hold_at_most_30_and_walk_all() -> None:
@@ -262,7 +256,7 @@ def test_warehouse_pages_hold_at_most_30_and_walk_all() -> None:
         assert len(seen) == len(set(seen)) == 70
         too_big = warehouses(sb, 900, limit=31)
         assert too_big.status_code == 400
-        assert messages(too_big) == ["limit must be an integer 1 … 30, got 31"]
+        assert error_messages(too_big) == ["limit must be an integer 1 … 30, got 31"]
 
 
 def test_unknown_business_has_no_warehouses(sandbox: MarketSandbox) -> None:
@@ -294,7 +288,7 @@ def test_v3_warehouses_leave_out_groups_and_campaign_ids(sandbox: MarketSandbox)
     assert warehouses(sandbox, 902, "v3").json()["result"]["warehouses"] == []
     refused = warehouses(sandbox, 901, "v3", body={"campaignIds": [1003]})
     assert refused.status_code == 400
-    assert messages(refused) == ["Unknown field 'campaignIds' in request"]
+    assert error_messages(refused) == ["Unknown field 'campaignIds' in request"]
 
 
 # --- hourly limits ----------------------------------------------------------------------------
@@ -308,7 +302,7 @@ def test_campaigns_past_their_hourly_limit_are_420_with_headers(sandbox: MarketS
     assert [campaigns(sandbox).status_code for _ in range(2)] == [200, 200]
     refused = campaigns(sandbox)
     assert refused.status_code == 420
-    assert messages(refused) == [
+    assert error_messages(refused) == [
         "Hit rate limit of '3' requests per '1.5 seconds' for resource 'getCampaigns'"
     ]
     assert refused.headers["X-RateLimit-Resource-Remaining"] == "0"
@@ -325,7 +319,7 @@ def test_warehouse_limits_are_per_business_and_per_method(sandbox: MarketSandbox
     assert warehouses(sandbox, 901).status_code == 200
     refused = warehouses(sandbox, 901)
     assert refused.status_code == 420
-    assert messages(refused) == [
+    assert error_messages(refused) == [
         "Hit rate limit of '2' requests per '1 hour' for resource 'getPagedWarehouses' "
         "of businessId 901"
     ]
@@ -383,7 +377,7 @@ def test_control_api_replaces_and_adds_accounts(sandbox: MarketSandbox) -> None:
         timeout=10,
     )
     assert v3.status_code == 400
-    assert messages(v3) == ["Warehouse '31' is not a warehouse of businessId 904"]
+    assert error_messages(v3) == ["Warehouse '31' is not a warehouse of businessId 904"]
 
 
 @pytest.mark.parametrize(
@@ -415,7 +409,7 @@ def test_bad_accounts_are_400_naming_the_field_and_change_nothing(
 ) -> None:
     response = requests.post(f"{sandbox.url}/_sandbox/accounts", json=accounts, timeout=10)
     assert response.status_code == 400
-    assert named in messages(response)[0]
+    assert named in error_messages(response)[0]
     assert len(campaigns(sandbox).json()["campaigns"]) == 4
 
 
@@ -427,7 +421,7 @@ def test_read_limits_are_configurable_over_http(sandbox: MarketSandbox) -> None:
     assert campaigns(sandbox).headers["X-RateLimit-Resource-Limit"] == "5"
     bad = requests.post(f"{sandbox.url}/_sandbox/accounts/limits", json={"calls": 5}, timeout=10)
     assert bad.status_code == 400
-    assert "calls" in messages(bad)[0]
+    assert "calls" in error_messages(bad)[0]
 
 
 def test_command_line_reads_accounts_from_a_file(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from sandbox import MarketSandbox
+from tests.integration.sandbox_support import AUTH, call, error_messages, now_iso
 
-AUTH = {"Api-Key": "test-key"}
 CAMPAIGN = 1001
 
 
@@ -26,13 +26,10 @@ def sandbox() -> Iterator[MarketSandbox]:
 
 def put(sandbox: MarketSandbox, counts: dict[str, int], campaign: int = CAMPAIGN) -> int:
     """PUTs the counts (updatedAt now); returns the status."""
-    at = datetime.now(UTC).isoformat()
+    at = now_iso()
     skus = [{"sku": s, "items": [{"count": c, "updatedAt": at}]} for s, c in counts.items()]
-    return requests.put(
-        f"{sandbox.url}/v2/campaigns/{campaign}/offers/stocks",
-        json={"skus": skus},
-        headers=AUTH,
-        timeout=10,
+    return call(
+        sandbox, "PUT", f"/v2/campaigns/{campaign}/offers/stocks", {"skus": skus}
     ).status_code
 
 
@@ -44,25 +41,13 @@ def read(
     params: dict[str, Any] | None = None,
 ) -> requests.Response:
     """One getStocks call (POST /v2/campaigns/{id}/offers/stocks)."""
-    return requests.post(
-        f"{sandbox.url}/v2/campaigns/{campaign}/offers/stocks",
-        json=body,
-        params=params,
-        headers=AUTH,
-        timeout=10,
-    )
+    return call(sandbox, "POST", f"/v2/campaigns/{campaign}/offers/stocks", body, params=params)
 
 
 def read_v3(
     sandbox: MarketSandbox, body: Any, *, business: int = 77, params: dict[str, Any] | None = None
 ) -> requests.Response:
-    return requests.post(
-        f"{sandbox.url}/v3/businesses/{business}/offers/stocks",
-        json=body,
-        params=params,
-        headers=AUTH,
-        timeout=10,
-    )
+    return call(sandbox, "POST", f"/v3/businesses/{business}/offers/stocks", body, params=params)
 
 
 def control(sandbox: MarketSandbox, name: str, body: dict[str, Any]) -> requests.Response:
@@ -84,12 +69,6 @@ def counts_by_warehouse(response: requests.Response) -> dict[int, dict[str, dict
         }
         for w in response.json()["result"]["warehouses"]
     }
-
-
-def error_messages(response: requests.Response) -> list[str]:
-    body = response.json()
-    assert body["status"] == "ERROR"
-    return [e["message"] for e in body["errors"]]
 
 
 # --- v2 getStocks -----------------------------------------------------------------------------

@@ -14,8 +14,8 @@ import pytest
 import requests
 
 from sandbox import MarketSandbox
+from tests.integration.sandbox_support import AUTH, call, error_messages, now_iso
 
-AUTH = {"Api-Key": "test-key"}
 BUSINESS = 901
 ACCOUNTS = {
     "businesses": [
@@ -36,10 +36,6 @@ def sandbox() -> Iterator[MarketSandbox]:
         yield sb
 
 
-def now_iso(shift: timedelta = timedelta()) -> str:
-    return (datetime.now(UTC) + shift).isoformat()
-
-
 def item(sku: str, warehouse: int = 7001, count: int = 1, **extra: Any) -> dict[str, Any]:
     return {"sku": sku, "partnerWarehouseId": warehouse, "count": count, **extra}
 
@@ -53,20 +49,14 @@ def post(
     raw: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> requests.Response:
-    if raw is None:
-        raw = json.dumps({"skuItems": items} if body is None else body).encode()
-    return requests.post(
-        f"{sandbox.url}/v3/businesses/{business}/offers/stocks/update",
-        data=raw,
-        headers={"Content-Type": "application/json", **(AUTH if headers is None else headers)},
-        timeout=10,
+    return call(
+        sandbox,
+        "POST",
+        f"/v3/businesses/{business}/offers/stocks/update",
+        {"skuItems": items} if body is None else body,
+        raw=raw,
+        headers=headers,
     )
-
-
-def messages(response: requests.Response) -> list[str]:
-    body = response.json()
-    assert body["status"] == "ERROR"
-    return [e["message"] for e in body["errors"]]
 
 
 def held(sandbox: MarketSandbox, warehouse: int = 7001, business: int = BUSINESS) -> dict[str, int]:
@@ -96,14 +86,14 @@ def test_2000_items_over_three_warehouses_are_stored_per_warehouse(sandbox: Mark
 def test_item_count_outside_1_to_2000_is_refused(sandbox: MarketSandbox, size: int) -> None:
     response = post(sandbox, [item(f"S{i}") for i in range(size)])
     assert response.status_code == 400
-    assert messages(response) == [f"Field 'skuItems' must contain 1 … 2000 items, got {size}"]
+    assert error_messages(response) == [f"Field 'skuItems' must contain 1 … 2000 items, got {size}"]
     assert sandbox.v3_state() == {"businesses": {}}
 
 
 def test_duplicate_pair_is_refused_naming_sku_and_warehouse(sandbox: MarketSandbox) -> None:
     response = post(sandbox, [item("A", 7001), item("A", 7002), item("A", 7001, 5)])
     assert response.status_code == 400
-    assert messages(response) == ["Duplicate shop-sku 'A' for warehouse '7001'"]
+    assert error_messages(response) == ["Duplicate shop-sku 'A' for warehouse '7001'"]
     assert held(sandbox, 7002) == {}  # a 400 refuses the whole request by default
 
 
@@ -119,7 +109,7 @@ def test_count_outside_the_integers_0_to_2e9_is_refused(
 ) -> None:
     response = post(sandbox, [item("A", count=count)])  # type: ignore[arg-type]
     assert response.status_code == 400
-    assert messages(response) == [
+    assert error_messages(response) == [
         f"Stock for 'A' has invalid count {json.dumps(count)}: an integer 0 … 2000000000 expected"
     ]
 
@@ -132,25 +122,25 @@ def test_count_bounds_are_accepted(sandbox: MarketSandbox) -> None:
 def test_missing_count_is_refused(sandbox: MarketSandbox) -> None:
     response = post(sandbox, [{"sku": "A", "partnerWarehouseId": 7001}])
     assert response.status_code == 400
-    assert messages(response) == ["Stock for 'A' has no count"]
+    assert error_messages(response) == ["Stock for 'A' has no count"]
 
 
 def test_updated_at_in_the_future_is_refused_with_the_v2_text(sandbox: MarketSandbox) -> None:
     response = post(sandbox, [item("A", updatedAt=now_iso(timedelta(minutes=5)))])
     assert response.status_code == 400
-    assert messages(response) == ["Stock for 'A' should not be in the future"]
+    assert error_messages(response) == ["Stock for 'A' should not be in the future"]
 
 
 def test_updated_at_older_than_a_day_is_refused_with_the_v2_text(sandbox: MarketSandbox) -> None:
     response = post(sandbox, [item("A", updatedAt=now_iso(-timedelta(days=1, minutes=1)))])
     assert response.status_code == 400
-    assert messages(response) == ["Stock for 'A' should not be older than a day"]
+    assert error_messages(response) == ["Stock for 'A' should not be older than a day"]
 
 
 def test_updated_at_without_offset_is_refused(sandbox: MarketSandbox) -> None:
     response = post(sandbox, [item("A", updatedAt="2026-01-01T00:00:00")])
     assert response.status_code == 400
-    assert "has invalid updatedAt" in messages(response)[0]
+    assert "has invalid updatedAt" in error_messages(response)[0]
 
 
 def test_missing_updated_at_is_the_time_of_receipt(sandbox: MarketSandbox) -> None:
@@ -167,7 +157,7 @@ def test_body_over_512_kb_is_refused(sandbox: MarketSandbox) -> None:
     assert len(raw) > 512 * 1024
     response = post(sandbox, raw=raw)
     assert response.status_code == 400
-    assert messages(response) == [
+    assert error_messages(response) == [
         f"Request body of {len(raw)} bytes exceeds the limit of {512 * 1024}"
     ]
 
@@ -175,7 +165,7 @@ def test_body_over_512_kb_is_refused(sandbox: MarketSandbox) -> None:
 def test_unknown_warehouse_is_refused_naming_it(sandbox: MarketSandbox) -> None:
     response = post(sandbox, [item("A", 7001), item("B", 7101), item("C", 7101)])
     assert response.status_code == 400
-    assert messages(response) == ["Warehouse '7101' is not a warehouse of businessId 901"]
+    assert error_messages(response) == ["Warehouse '7101' is not a warehouse of businessId 901"]
     assert held(sandbox) == {}
 
 
@@ -190,7 +180,7 @@ def test_partner_warehouse_id_must_be_a_positive_integer(
 ) -> None:
     response = post(sandbox, [item("A", bad)])  # type: ignore[arg-type]
     assert response.status_code == 400
-    assert messages(response) == [
+    assert error_messages(response) == [
         f"Stock for 'A' has invalid partnerWarehouseId {json.dumps(bad)}: an integer ≥ 1 expected"
     ]
 
@@ -198,7 +188,7 @@ def test_partner_warehouse_id_must_be_a_positive_integer(
 def test_sku_follows_the_v2_pattern(sandbox: MarketSandbox) -> None:
     response = post(sandbox, [item("bad\nsku"), item(" "), item("x" * 256)])
     assert response.status_code == 400
-    assert messages(response) == [
+    assert error_messages(response) == [
         "Invalid shop-sku 'bad\nsku'",
         "Invalid shop-sku ' '",
         f"Invalid shop-sku '{'x' * 256}'",
@@ -207,16 +197,16 @@ def test_sku_follows_the_v2_pattern(sandbox: MarketSandbox) -> None:
 
 def test_sku_is_compared_after_trimming_like_v2(sandbox: MarketSandbox) -> None:
     response = post(sandbox, [item(" A"), item("A ")])
-    assert messages(response) == ["Duplicate shop-sku 'A' for warehouse '7001'"]
+    assert error_messages(response) == ["Duplicate shop-sku 'A' for warehouse '7001'"]
 
 
 def test_unknown_fields_are_refused(sandbox: MarketSandbox) -> None:
     top = post(sandbox, body={"skuItems": [item("A")], "skus": []})
-    assert messages(top) == ["Unknown field 'skus' in request"]
+    assert error_messages(top) == ["Unknown field 'skus' in request"]
     inner = post(sandbox, [item("A", type="FIT")])
-    assert messages(inner) == ["Unknown field 'type' in stock for 'A'"]
+    assert error_messages(inner) == ["Unknown field 'type' in stock for 'A'"]
     missing = post(sandbox, body={})
-    assert messages(missing) == ["Field 'skuItems' is required"]
+    assert error_messages(missing) == ["Field 'skuItems' is required"]
 
 
 def test_partial_400_applies_the_valid_items(sandbox: MarketSandbox) -> None:
@@ -256,7 +246,7 @@ def test_51st_request_in_a_minute_is_420_with_headers(sandbox: MarketSandbox) ->
         assert response.headers["X-RateLimit-Resource-Remaining"] == str(49 - i)
     refused = post(sandbox, [item("late")])
     assert refused.status_code == 420
-    assert messages(refused) == [
+    assert error_messages(refused) == [
         "Hit rate limit of '50' requests per '1 minute' for resource 'resp' of businessId 901"
     ]
     assert refused.headers["X-RateLimit-Resource-Remaining"] == "0"
@@ -310,7 +300,9 @@ def test_fifth_parallel_request_of_a_business_is_420(sandbox: MarketSandbox) -> 
     assert statuses == [200, 200, 200, 200, 420, 420]
     refused = [r for r in results if r.status_code == 420]
     for response in refused:
-        assert messages(response) == ["Hit rate limit of 4 parallel requests for businessId 901"]
+        assert error_messages(response) == [
+            "Hit rate limit of 4 parallel requests for businessId 901"
+        ]
         assert response.headers["X-RateLimit-Resource-Limit"] == "50"
         assert until_of(response) > datetime.now(UTC) - timedelta(seconds=1)
     assert sum(e["parallel_limited"] for e in sandbox.v3_requests()) == 2
@@ -325,7 +317,9 @@ def test_injected_500_stores_nothing(sandbox: MarketSandbox) -> None:
     sandbox.configure(error_500_rate=1.0)
     response = post(sandbox, [item("A")])
     assert response.status_code == 500
-    assert messages(response) == ["Internal error 500 for businessId 901 (injected by the sandbox)"]
+    assert error_messages(response) == [
+        "Internal error 500 for businessId 901 (injected by the sandbox)"
+    ]
     assert held(sandbox) == {}
     assert sandbox.v3_requests()[0]["injected"] == "500"
 
@@ -334,7 +328,9 @@ def test_injected_420_carries_a_short_until(sandbox: MarketSandbox) -> None:
     sandbox.configure(error_420_rate=1.0, injected_420_wait_seconds=2.0)
     response = post(sandbox, [item("A")])
     assert response.status_code == 420
-    assert messages(response) == ["Hit rate limit for businessId 901 (injected by the sandbox)"]
+    assert error_messages(response) == [
+        "Hit rate limit for businessId 901 (injected by the sandbox)"
+    ]
     assert 0 < (until_of(response) - datetime.now(UTC)).total_seconds() <= 3
     assert held(sandbox) == {}
 
@@ -380,7 +376,7 @@ def test_inspection_endpoints_over_http(sandbox: MarketSandbox) -> None:
     assert configured.json()["requests_per_minute"] == 7
     bad = requests.post(f"{sandbox.url}/_sandbox/v3/config", json={"per_minute": 7}, timeout=10)
     assert bad.status_code == 400
-    assert "per_minute" in messages(bad)[0]
+    assert "per_minute" in error_messages(bad)[0]
     assert requests.post(f"{sandbox.url}/_sandbox/reset", timeout=10).status_code == 200
     assert sandbox.v3_state() == {"businesses": {}}
     assert sandbox.v3_requests() == []

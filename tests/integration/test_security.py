@@ -231,6 +231,7 @@ def test_verification_is_always_on_and_has_no_setting() -> None:
         "verify_hours",
         "verify_stock_type",
         "verify_read_limit_per_minute",
+        "verify_v3_read_limit_per_minute",
         "verify_read_share",
         "verify_interval_seconds",
     }

@@ -23,14 +23,6 @@ QUEUE = "stocks.changes"
 
 
 @pytest.fixture
-def producer(rabbit_url: str) -> Iterator[Celery]:
-    """Another service of the company: Celery with a broker URL, nothing of this project."""
-    app = Celery(broker=rabbit_url)
-    yield app
-    app.close()
-
-
-@pytest.fixture
 def start_worker(
     database_url: str, rabbit_url: str, tmp_path: Path
 ) -> Iterator[Callable[[], services.WorkerProcess]]:

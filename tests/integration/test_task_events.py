@@ -34,7 +34,7 @@ def captured_events(app: Celery) -> Iterator[list[dict[str, Any]]]:
             for _ in receiver.consume(limit=None, timeout=None, wakeup=False):
                 ready.set()
 
-        receiver.on_consume_ready = lambda *_, **__: ready.set()  # type: ignore[method-assign]
+        receiver.on_consume_ready = lambda *_, **__: ready.set()
         thread = threading.Thread(target=capture, daemon=True)
         thread.start()
         assert ready.wait(10), "the event receiver did not start"

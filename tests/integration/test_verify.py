@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,6 @@ pytestmark = pytest.mark.slow
 CAMPAIGN = 7
 # Short timings: a round reads every key within 90 % of 18 s; beat starts a pass every 0.5 s.
 FAST = {"verify_hours": "0.005", "verify_interval_seconds": "0.5"}
-
-
-@pytest.fixture
-def sandbox() -> Iterator[MarketSandbox]:
-    with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
-        yield box
 
 
 def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:

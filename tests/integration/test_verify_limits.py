@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -35,12 +34,6 @@ from tests.integration.test_verify import (
 from tests.services import ROOT, service_env, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def sandbox() -> Iterator[MarketSandbox]:
-    with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as box:
-        yield box
 
 
 CAMPAIGN = 7
@@ -109,10 +102,12 @@ def test_pending_and_in_flight_keys_are_never_reported_as_drift(
     sandbox.configure(latency_ms=150, latency_jitter_ms=150)  # pushes stay in flight a while
     with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log", None, **FAST):
         wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 60)
-        # A stream of changes for 15 s while the sweep runs: the Market lags behind every one.
-        # (One a second: a change every 0.2 s leaves the sweep no moment at all, as sending goes
-        # first while any key is pending; see the report.)
-        for n in range(15):
+        # A stream of changes, one every 0.2 s for 15 s, while the sweep runs: the Market lags
+        # behind every one, and the sweep still reads in the slots sending leaves free.
+        checked_before = one(
+            engine, "SELECT keys_checked_total FROM campaign WHERE campaign_id = :c", c=CAMPAIGN
+        )
+        for n in range(75):
             put_changes(
                 engine,
                 [
@@ -120,12 +115,16 @@ def test_pending_and_in_flight_keys_are_never_reported_as_drift(
                     for j in range(5)
                 ],
             )
-            time.sleep(1.0)
+            time.sleep(0.2)
+        checked_while_sending = one(
+            engine, "SELECT keys_checked_total FROM campaign WHERE campaign_id = :c", c=CAMPAIGN
+        )
         wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 60)
         checked = one(
             engine, "SELECT keys_checked_total FROM campaign WHERE campaign_id = :c", c=CAMPAIGN
         )
-    assert checked > 0  # the sweep did read meanwhile
+    assert checked_while_sending > checked_before, "the sweep never read while changes came"
+    assert checked > 0
     assert drifts(engine) == []
 
 
@@ -162,7 +161,21 @@ def test_sending_goes_first_and_both_limits_hold_while_a_backlog_is_sent(
             [{"campaign_id": CAMPAIGN, "sku": f"B{i:05d}", "count": i} for i in range(12_000)],
         )
         wait_for("the backlog to be sent", lambda: pending_keys(engine) == 0, 90)
-        time.sleep(3)
+        sent_at = datetime.now(UTC)
+        # The sweep goes on once the backlog is sent (after its own window, 1,500 a minute,
+        # has room again: up to a minute when it was used up before the backlog).
+        wait_for(
+            "a read after the backlog",
+            lambda: any(
+                datetime.fromisoformat(r["started_at"]) > sent_at
+                for r in requests.get(
+                    f"{sandbox.url}/_sandbox/read-requests",
+                    params={"campaign": CAMPAIGN},
+                    timeout=10,
+                ).json()["requests"]
+            ),
+            70,
+        )
     reads = requests.get(
         f"{sandbox.url}/_sandbox/read-requests", params={"campaign": CAMPAIGN}, timeout=10
     ).json()["requests"]

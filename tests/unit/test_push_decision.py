@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.push_decision import PushDecision, PushOutcome, decide, halves
+from domain.push_decision import (
+    SHORT_WAIT_SECONDS,
+    PushDecision,
+    PushOutcome,
+    decide,
+    halves,
+    wait_for_leave,
+)
 
 BATCH = ["a", "b", "c", "d", "e"]
 REASON = "HTTP 400: BAD_REQUEST: no details"
@@ -65,12 +72,50 @@ def test_a_400_to_a_lone_unnamed_sku_holds_it_with_the_answers_reason() -> None:
     assert decision.resend == ()
 
 
-def test_a_420_sends_the_same_batch_again() -> None:
-    decision = decide(420, [], BATCH, attempt=0, max_retries=3, reason="HTTP 420: no details")
+def test_a_420_with_a_short_block_is_a_retry_when_the_block_ends() -> None:
+    decision = decide(
+        420, [], BATCH, attempt=0, max_retries=3, reason="HTTP 420", blocked_seconds=2.5
+    )
 
-    assert decision.kind is PushOutcome.WAIT
-    assert decision.resend == (tuple(BATCH),)
-    assert decision.hold == ()
+    assert decision == PushDecision(PushOutcome.RETRY, countdown=2.5, reason="HTTP 420")
+
+
+@pytest.mark.parametrize("blocked", [0.0, 0.01, -1.0])
+def test_a_420_whose_block_is_over_still_retries_after_a_pause_never_at_once(
+    blocked: float,
+) -> None:
+    decision = decide(420, [], BATCH, attempt=0, max_retries=3, reason="", blocked_seconds=blocked)
+
+    assert decision.kind is PushOutcome.RETRY
+    assert 0.25 <= decision.countdown <= 0.5  # a first backoff step
+
+
+def test_a_420_with_a_long_block_releases_the_claim() -> None:
+    decision = decide(
+        420,
+        [],
+        BATCH,
+        attempt=0,
+        max_retries=3,
+        reason="HTTP 420",
+        blocked_seconds=SHORT_WAIT_SECONDS + 0.1,
+    )
+
+    assert decision == PushDecision(
+        PushOutcome.RELEASE, countdown=SHORT_WAIT_SECONDS + 0.1, reason="HTTP 420"
+    )
+
+
+def test_a_420_after_the_last_retry_gives_up_without_degrading() -> None:
+    decision = decide(420, [], BATCH, attempt=3, max_retries=3, reason="HTTP 420")
+
+    assert decision == PushDecision(PushOutcome.GIVE_UP, reason="HTTP 420", degrade=False)
+
+
+def test_a_limiter_wait_follows_the_420_rule() -> None:
+    assert wait_for_leave(1.0, attempt=0, max_retries=3, reason="r").kind is PushOutcome.RETRY
+    assert wait_for_leave(30.0, attempt=0, max_retries=3, reason="r").kind is PushOutcome.RELEASE
+    assert wait_for_leave(1.0, attempt=3, max_retries=3, reason="r").kind is PushOutcome.GIVE_UP
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])
@@ -106,7 +151,9 @@ def test_the_retry_countdown_follows_the_given_random_source() -> None:
 def test_a_5xx_after_the_last_retry_gives_up(status: int) -> None:
     decision = decide(status, [], BATCH, attempt=3, max_retries=3, reason="HTTP 502: no details")
 
-    assert decision == PushDecision(PushOutcome.GIVE_UP, reason="HTTP 502: no details")
+    assert decision == PushDecision(
+        PushOutcome.GIVE_UP, reason="HTTP 502: no details", degrade=True
+    )
 
 
 @pytest.mark.parametrize("status", [300, 301, 302, 307, 308, 399])
@@ -124,7 +171,7 @@ def test_a_redirect_is_retried_like_a_5xx_and_never_acknowledged(status: int) ->
 def test_a_redirect_after_the_last_retry_gives_up(status: int) -> None:
     decision = decide(status, [], BATCH, attempt=3, max_retries=3, reason="HTTP 307")
 
-    assert decision == PushDecision(PushOutcome.GIVE_UP, reason="HTTP 307")
+    assert decision == PushDecision(PushOutcome.GIVE_UP, reason="HTTP 307", degrade=True)
 
 
 @pytest.mark.parametrize("status", [409, 429, 100, 418])

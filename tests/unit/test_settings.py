@@ -281,3 +281,28 @@ def test_pool_sizes_default_to_two_ingest_and_four_push_processes() -> None:
     settings = load_settings()
 
     assert (settings.ingest_concurrency, settings.push_concurrency) == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("600/m", "600/m"),
+        ("10 / s", "10/s"),
+        ("0.5/s", "0.5/s"),
+        ("36000/h", "36000/h"),
+        ("20", "20"),
+        ("off", None),
+        ("", None),
+    ],
+)
+def test_the_push_rate_limit_is_a_celery_rate_or_off(given: str, kept: str | None) -> None:
+    assert Settings(push_rate_limit=given).push_rate_limit == kept
+
+
+@pytest.mark.parametrize("bad", ["fast", "0/s", "10/d", "-5/m", "10/s/m"])
+def test_a_push_rate_limit_that_celery_cannot_read_is_refused_naming_the_variable(
+    bad: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STOCKSYNC_PUSH_RATE_LIMIT", bad)
+    with pytest.raises(SettingsError, match="STOCKSYNC_PUSH_RATE_LIMIT: must be a Celery rate"):
+        load_settings()

@@ -5,11 +5,13 @@ from datetime import UTC, datetime
 import pytest
 
 from domain.stock_read import (
+    AnswerError,
     DriftKind,
     MarketStock,
     UnknownWarehouse,
     check_keys,
     own_warehouse,
+    parse_v3_offers,
     parse_warehouses,
     sweep_allowance,
 )
@@ -37,6 +39,17 @@ def test_the_count_is_the_configured_types_in_each_warehouse() -> None:
     }
     parsed = parse_warehouses(body, "AVAILABLE")
     assert parsed == {1: {"A": MarketStock(2, datetime(2026, 12, 1, 10, tzinfo=UTC))}}
+
+
+def test_the_v3_answer_is_the_offers_of_the_partner_warehouse_asked_for() -> None:
+    offer = {"offerId": "A", "stocks": [{"type": "AVAILABLE", "count": 4}]}
+    body = {"result": {"partnerWarehouseId": 7001, "offers": [offer]}}
+    assert parse_v3_offers(body, 7001, "AVAILABLE") == {"A": MarketStock(4, None)}
+    assert parse_v3_offers(body, 7001, "FIT") == {"A": MarketStock(None, None)}
+    with pytest.raises(AnswerError, match="partnerWarehouseId"):
+        parse_v3_offers(body, 7002, "AVAILABLE")
+    with pytest.raises(AnswerError, match="offerId"):
+        parse_v3_offers({"result": {"partnerWarehouseId": 1, "offers": [{}]}}, 1, "FIT")
 
 
 def test_several_warehouses_and_none_known_cannot_be_told() -> None:
