@@ -25,6 +25,7 @@ import requests
 from sqlalchemy import Engine, text
 
 from bench import RESULTS, ROOT
+from domain.market_rules import SKUS_PER_REQUEST_MAX
 from tests import services
 from tests.integration.drain_support import load_pending
 from tests.services import free_port, port_open, wait_for
@@ -134,6 +135,78 @@ def machinery(keys: int, log_dir: Path) -> dict[str, Any]:
         "seconds": round(elapsed, 2),
         "skus_per_second": round(keys / elapsed),
         "requests": stats["requests"],
+    }
+
+
+def sql_alone(keys: int, workers: int = 2) -> dict[str, Any]:
+    """The drain's SQL without Celery and HTTP: `workers` threads run a push's statements
+    (`tasks/push.py` in order: renew, read, limiter permit and finish, acknowledge, release, the
+    follow-up claim) on 200 OK answers made up here, as fast as PostgreSQL allows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.claims import Claim, Claims
+    from worker.market_client import MarketAnswer
+    from worker.rate_limiter import Permit, RateLimiter
+
+    with fresh_services() as (_db, _broker, engine):
+        limiter = RateLimiter(engine, 1_000_000_000, 4)
+        box = Claims(engine, limiter, 60.0, 20 * 3600.0)
+        load_pending(engine, 5, keys)
+        ok = MarketAnswer(200)
+
+        def push(claim: Claim) -> list[Claim]:
+            box.renew(claim.claim_id)
+            batch = box.read(5, claim.claim_id)
+            permit = limiter.acquire(5, len(batch))
+            assert isinstance(permit, Permit), permit
+            sent_at = box.renew_for_sending(claim.claim_id, 35.0)
+            limiter.finish(permit, ok)
+            box.renew(claim.claim_id)
+            box.acknowledge(5, claim.claim_id, batch, sent_at)
+            box.release(5, claim.claim_id)
+            return box.claim(5, 60.0)
+
+        start = time.monotonic()
+        queue = box.claim(5, 60.0)
+        with ThreadPoolExecutor(workers) as pool:
+            while queue or pending(engine) > 0:
+                if not queue:
+                    queue = box.claim(5, 60.0)
+                    continue
+                queue = [c for more in pool.map(push, queue) for c in more]
+        elapsed = time.monotonic() - start
+    return {"keys": keys, "seconds": round(elapsed, 2), "skus_per_second": round(keys / elapsed)}
+
+
+def sandbox_alone(requests_count: int, workers: int = 2) -> dict[str, Any]:
+    """The unlimited sandbox's own rate: `workers` threads PUT full 2,000-SKU bodies through the
+    production Market client, nothing else running in this process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pydantic import SecretStr
+
+    from domain.market_payload import PendingStock, stocks_body
+    from worker.market_client import MarketClient
+
+    now = datetime.now(UTC)
+    with sandbox_process("--unlimited") as market:
+
+        def put(number: int) -> int:
+            batch = [PendingStock(f"S{number}-{i}", i, 1, now) for i in range(SKUS_PER_REQUEST_MAX)]
+            client = MarketClient(market, SecretStr("bench"), None, 30.0)
+            answer = client.put_stocks(5, stocks_body(batch, now))
+            assert answer.status == 200, answer.status
+            return len(batch)
+
+        start = time.monotonic()
+        with ThreadPoolExecutor(workers) as pool:
+            skus = sum(pool.map(put, range(requests_count)))
+        elapsed = time.monotonic() - start
+    return {
+        "requests": requests_count,
+        "seconds": round(elapsed, 2),
+        "requests_per_second": round(requests_count / elapsed, 1),
+        "skus_per_second": round(skus / elapsed),
     }
 
 

@@ -46,6 +46,7 @@ import celery
 import psutil
 from celery import Celery
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 from bench import RESULTS, ROOT
 from stocksync.processes import stop_process_group, wait_for
@@ -54,6 +55,7 @@ from worker.database import make_engine
 
 QUEUE = "stocks.changes"
 BATCH_SIZE = 500
+DEADLOCKS: list[int] = []  # deadlocks that `store_in_process` met and retried
 SKUS = 5_000
 
 
@@ -346,14 +348,71 @@ def _top(stats: pstats.Stats, order: str, top: int) -> str:
 # --- in-process statement timings -----------------------------------------------------------
 
 
+def store_in_process(engine: Engine, messages: list[dict[str, Any]]) -> tuple[float, float]:
+    """`store_message` of each (parsed) message in this process, no Celery, no broker: the wall
+    and CPU seconds of the stores (parsing done before the clock starts)."""
+    from domain.changes import parse_message
+    from worker.ingest import store_message
+
+    parsed = [parse_message((), m, datetime.now(UTC)) for m in messages]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for message in parsed:
+        while True:
+            try:
+                store_message(
+                    engine, str(uuid.uuid4()), message.accepted, message.rejected, lambda c: c
+                )
+                break
+            except OperationalError as exc:
+                # Two stores creating overlapping new keys can deadlock (BENCHMARKS.md, "Goals");
+                # the worker requeues the message then, so this stores it again.
+                if getattr(exc.orig, "sqlstate", None) != "40P01":
+                    raise
+                DEADLOCKS.append(1)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _store_share(url: str, messages: list[dict[str, Any]]) -> int:
+    """One ceiling process: its own engine, its share stored; the deadlocks it retried."""
+    engine = make_engine(url)
+    try:
+        store_in_process(engine, messages)
+    finally:
+        engine.dispose()
+    return len(DEADLOCKS)
+
+
+def ceiling(template: str, single: int, batches: int, workers: int) -> dict[str, float]:
+    """The ingest's SQL alone: the same messages stored by `workers` processes (as many as the
+    worker's pool), each with its own connection, no Celery and no broker, on a fresh database."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    database = services.create_database_from(template)
+    url = services.url_for_database(database)
+    run = f"c-{uuid.uuid4().hex[:6]}"
+    out: dict[str, float] = {}
+    try:
+        for name, messages in (
+            ("single", payloads(run + "s", single, 1)),
+            ("batch", payloads(run + "b", batches, BATCH_SIZE)),
+        ):
+            shares = [messages[i::workers] for i in range(workers)]
+            started = time.perf_counter()
+            with ProcessPoolExecutor(workers) as pool:
+                deadlocks = sum(pool.map(_store_share, [url] * workers, shares))
+            seconds = time.perf_counter() - started
+            out[f"{name}_deadlocks_retried"] = deadlocks
+            out[f"{name}_changes_per_s"] = round(sum(len(m["changes"]) for m in messages) / seconds)
+    finally:
+        services.drop_database(database)
+    return out
+
+
 def statements(template: str, batches: int, single: int) -> str:
     """`parse_message` + `store_message` in this process (no Celery, no broker) on a fresh
     database: changes/s, client CPU per message and wall time per SQL statement, per 40 messages
     of 500 changes (the cost grows as `stock` collects dead tuples) and for one-change messages."""
     from sqlalchemy import event
-
-    from domain.changes import parse_message
-    from worker.ingest import store_message
 
     database = services.create_database_from(template)
     engine = make_engine(services.url_for_database(database))
@@ -370,14 +429,8 @@ def statements(template: str, batches: int, single: int) -> str:
         spent[name] = spent.get(name, 0.0) + time.perf_counter() - conn.info["started"]
 
     def measure(label: str, messages: list[dict[str, Any]]) -> str:
-        parsed = [parse_message((), m, datetime.now(UTC)) for m in messages]
         spent.clear()
-        wall, cpu = time.perf_counter(), time.process_time()
-        for message in parsed:
-            store_message(
-                engine, str(uuid.uuid4()), message.accepted, message.rejected, lambda c: c
-            )
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        wall, cpu = store_in_process(engine, messages)
         n, changes = len(messages), sum(len(m["changes"]) for m in messages)
         per_statement = ", ".join(f"{k} {1000 * v / n:.2f}" for k, v in spent.items())
         return (

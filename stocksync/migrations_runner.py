@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from alembic import command
@@ -10,20 +11,27 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 import migrations
-from worker.settings import Settings
+from worker.settings import Settings, get_settings
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 ALEMBIC_INI = MIGRATIONS_DIR.parent / "alembic.ini"
 
 
 def resolve_database_url(settings: Settings) -> str:
-    """The configured URL, else the embedded server's, stopped at exit unless another holds it."""
+    """The configured URL, else the embedded server's, stopped at exit unless another holds it.
+
+    The embedded server's URL goes into this process's environment as STOCKSYNC_DATABASE_URL:
+    the Celery app (its broker), forked pools and child processes all read it from there, so none
+    of them looks for a server of its own (`worker.database.database_url` refuses to)."""
     if settings.database_url:
         return settings.database_url
-    # Imported here: pgserver is needed only when nothing is configured.
+    # Imported here: pgserver (the `embedded` extra) is needed only when nothing is configured.
     from worker.embedded_postgres import embedded_database_url
 
-    return embedded_database_url(settings.data_dir, stop_on_exit=True)
+    url = embedded_database_url(settings.data_dir, stop_on_exit=True)
+    os.environ["STOCKSYNC_DATABASE_URL"] = url
+    get_settings.cache_clear()
+    return url
 
 
 def alembic_config(url: str) -> Config:

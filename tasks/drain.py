@@ -9,7 +9,7 @@ from worker.drain_pass import run_pass
 from worker.settings import get_settings
 
 
-@app.task(name="stocks.drain")
+@app.task(name="stocks.drain", send_events=False)  # housekeeping: out of Flower
 def drain() -> dict[str, int]:
     """One pass, bounded by the drain interval; overlapping passes are harmless."""
     settings = get_settings()

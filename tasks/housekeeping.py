@@ -8,14 +8,14 @@ from worker.housekeeping import housekeeping
 from worker.settings import get_settings
 
 
-@app.task(name="stocks.housekeeping")
+@app.task(name="stocks.housekeeping", send_events=False)  # housekeeping: out of Flower
 def housekeep() -> dict[str, int]:
     """Expired claims, the old request ledger, and history past the retention period."""
     pruned = housekeeping(runtime.engine(), get_settings().retention_days)
     return {"changes": pruned.changes, "rejected": pruned.rejected}
 
 
-@app.task(name="stocks.prune")
+@app.task(name="stocks.prune", send_events=False)  # housekeeping: out of Flower
 def prune() -> dict[str, int]:
     """The task's former name: a message a beat of an earlier version queued still runs."""
     return housekeep()

@@ -9,7 +9,7 @@ from worker.routing_check import check_routing, reader_for
 from worker.settings import get_settings
 
 
-@app.task(name="stocks.check_routing")
+@app.task(name="stocks.check_routing", send_events=False)  # housekeeping: out of Flower
 def check(at_start: bool = False) -> dict[str, object] | None:
     """One check; at start it is skipped when a fresh one under the same settings is stored."""
     settings = get_settings()

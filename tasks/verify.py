@@ -15,7 +15,7 @@ PASS_SECONDS = 20.0
 SHORT_WAIT_SECONDS = 3.0
 
 
-@app.task(name="stocks.verify")
+@app.task(name="stocks.verify", send_events=False)  # housekeeping: out of Flower
 def verify() -> dict[str, Any]:
     """Reads back what each campaign's pace allows now; repairs what drifted."""
     if get_settings().verify_hours <= 0:

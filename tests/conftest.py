@@ -21,6 +21,10 @@ def _clean_stocksync_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[No
         if name.startswith("STOCKSYNC_") and not name.startswith("STOCKSYNC_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(Path(__file__).parent)  # no .env file is read from the repository root
+    # pytest-xdist's worker processes carry COLUMNS=80 and LINES=24: a child command would take
+    # its pipe for an 80-column terminal (a test that wants a width sets COLUMNS itself).
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()

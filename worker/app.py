@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import Celery
 from celery.signals import (
@@ -20,7 +22,9 @@ from worker import logs
 from worker.database import database_url
 from worker.embedded_broker import ALIAS as BROKER_ALIAS
 from worker.embedded_broker import embedded_url
-from worker.settings import Settings, get_settings
+from worker.settings import Settings, SettingsError, get_settings
+
+T = TypeVar("T")
 
 CHANGES_QUEUE = "stocks.changes"
 PUSH_QUEUE = "stocks.push"
@@ -54,16 +58,20 @@ HOUSEKEEPING_INTERVAL_SECONDS = 300.0
 def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
     """Per task: the hard limit (the pool process is replaced) and a soft one 30 s before it for
     the tasks that may simply stop (a push's keys wait for their lease, a drain is repeated).
-    `stocks.submit` gets no soft limit: it must never fail after taking its message."""
+    `stocks.submit` gets no soft limit: it must never fail after taking its message. The settings
+    refuse a limit whose soft part does not outlast a Market request's deadline."""
     hard = settings.task_time_limit_seconds
     soft = {"soft_time_limit": max(1.0, hard - 30), "time_limit": hard}
+    # Passes over every campaign (deletions, the read-back sweep) may take longer.
+    long = {"soft_time_limit": hard * 6 - 30, "time_limit": hard * 6}
     return {
         "stocks.submit": {"time_limit": hard},
         "stocks.push": soft,
         "stocks.drain": soft,
         "stocks.check_routing": soft,
-        "stocks.housekeeping": {"soft_time_limit": hard * 6 - 30, "time_limit": hard * 6},
-        "stocks.prune": {"soft_time_limit": hard * 6 - 30, "time_limit": hard * 6},
+        "stocks.housekeeping": long,
+        "stocks.prune": long,
+        "stocks.verify": long,
     }
 
 
@@ -116,6 +124,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A task past its hard time limit (its pool process replaced) hands its message back.
         "task_acks_on_timeout": False,
         "task_annotations": task_annotations(settings),
+        # A lost broker connection cancels the tasks under way (their unacknowledged messages
+        # are redelivered anyway) instead of letting them finish and fail to acknowledge.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
         # With late acks every prefetched message is one more a crash hands back: keep it to one.
         "worker_prefetch_multiplier": 1,
         # Celery's consumer, storing every message it drops (worker/unreadable_messages.py).
@@ -184,7 +195,18 @@ app = Celery(
         "tasks.verify",
     ],
 )
-app.add_defaults(lambda: celery_config(get_settings()))
+
+
+def or_exit(build: Callable[[], T]) -> T:
+    """`build()`, or exit with one line when the settings are wrong or missing: `celery -A worker
+    …` with nothing configured says what to set instead of a traceback (or a server of its own)."""
+    try:
+        return build()
+    except SettingsError as exc:
+        raise SystemExit(f"stocksync: configuration error: {exc}") from None
+
+
+app.add_defaults(lambda: or_exit(lambda: celery_config(get_settings())))
 
 
 @after_setup_logger.connect
@@ -219,11 +241,22 @@ def _route_campaigns(**_: Any) -> None:
     from worker.routes import route_at_start
 
     settings = get_settings()
-    engine = make_engine(database_url(settings))
+    # SystemExit passes through Celery's signal dispatch: a worker without a database stops now.
+    engine = make_engine(or_exit(lambda: database_url(settings)))
     try:
         route_at_start(engine, settings)
     finally:
         engine.dispose()
+
+
+@beat_init.connect
+def _beat_sends_no_sent_events(sender: Any, **_: Any) -> None:
+    """Beat sends only housekeeping (drain every 2 s, verify, routing check, housekeeping):
+    without a `task-sent` event each, it stays out of Flower's task list, as the tasks' own
+    events do (`send_events=False` on them). In beat's own process only: an embedded beat is a
+    forked child, a threaded one would switch the worker's sent events off too."""
+    if threading.current_thread() is threading.main_thread():
+        sender.app.conf.task_send_sent_event = False
 
 
 @beat_init.connect

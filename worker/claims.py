@@ -29,6 +29,7 @@ from domain.market_payload import PendingStock, updated_at_to_send
 from domain.market_rules import SKUS_PER_REQUEST_MAX
 from domain.route import Method, Route, Routing
 from worker import campaign_health, counters
+from worker.database import iso_instants
 from worker.rate_limiter import RateLimiter
 
 # The campaigns with work, least recently drained first: every campaign with a pending key (a skip
@@ -565,7 +566,7 @@ class Claims:
                     "skus": [s.sku for s in sent],
                     "versions": [s.version for s in sent],
                     "vals": [s.value for s in sent],
-                    "updated_ats": updated_ats,
+                    "updated_ats": iso_instants(updated_ats),
                 },
             )
             campaign_health.works_again(conn, campaign_id)

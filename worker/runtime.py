@@ -111,10 +111,9 @@ def routing() -> Routing:
 
 
 def request_deadline(settings: Settings) -> float:
-    """How long the limiter counts a Market request without an answer as in flight: the
-    client's total deadline, as long again and a margin (a request given up on may still be
-    served by the Market, and holds its slot until then)."""
-    return 2 * settings.market_timeout_seconds + 5
+    """How long the limiter counts a Market request without an answer as in flight
+    (`Settings.request_deadline_seconds`)."""
+    return settings.request_deadline_seconds
 
 
 def read_budget(settings: Settings) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -21,7 +22,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_MARKET_BASE_URL = "https://api.partner.market.yandex.ru"
 
@@ -37,6 +39,44 @@ class V3Target(BaseModel):
 
     business_id: StrictInt = Field(ge=1)
     warehouse_id: StrictInt = Field(ge=1)
+
+
+# The settings that may come from a file named by `STOCKSYNC_<NAME>_FILE` (Docker secrets, a
+# mounted Kubernetes secret): the credentials and the URLs, which carry passwords.
+FILE_SETTINGS = ("database_url", "broker_url", "market_api_key", "market_oauth_token")
+
+
+def _file_variable(field: str) -> str:
+    return f"STOCKSYNC_{field.upper()}_FILE"
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """`STOCKSYNC_<NAME>_FILE=/run/secrets/name`: the setting is the file's content, without its
+    trailing newline (an empty file sets nothing). Setting both the variable and its `_FILE` is
+    refused; an unreadable file is named with the reason, never its content."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads every file itself
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for field in FILE_SETTINGS:
+            variable = _file_variable(field)
+            path = os.environ.get(variable)
+            if not path:
+                continue
+            if os.environ.get(f"STOCKSYNC_{field.upper()}"):
+                raise SettingsError(
+                    f"{variable}: STOCKSYNC_{field.upper()} is set too; set one of them"
+                )
+            try:
+                content = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise SettingsError(f"{variable}: cannot read {path}: {reason}") from None
+            if content:  # an empty file (a Docker secret left blank) sets nothing
+                found[field] = content
+        return found
 
 
 class Settings(BaseSettings):
@@ -85,6 +125,10 @@ class Settings(BaseSettings):
     # Hard limit of one task run (a push, a drain, a message's ingest; housekeeping gets 6x):
     # its pool process is replaced and the message goes back to the broker.
     task_time_limit_seconds: float = Field(default=300.0, ge=10)
+    # `stocksync run`'s two Celery workers: processes of the ingest pool (stocks.changes) and of
+    # the push pool (stocks.push, stocks.drain, stocks.verify); compose sets the same numbers.
+    ingest_concurrency: int = Field(default=2, ge=1, le=64)
+    push_concurrency: int = Field(default=4, ge=1, le=64)
     # The verify sweep (worker/verify.py): every acknowledged key is read back at least this often
     # (0: never); the stock type whose count is compared; the read limit and the share of it the
     # sweep may use; how often beat starts a sweep pass.
@@ -162,6 +206,44 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _time_limit_outlasts_a_request(self) -> Settings:
+        # A push's soft limit (30 s before the hard one) must leave its Market request the whole
+        # time the limiter counts it in flight (worker/runtime.request_deadline).
+        request = self.request_deadline_seconds
+        if self.task_time_limit_seconds - 30 <= request:
+            raise ValueError(
+                f"STOCKSYNC_TASK_TIME_LIMIT_SECONDS: must exceed {request + 30:g} (30 s of soft "
+                f"limit beyond a Market request's {request:g} s deadline, from "
+                "STOCKSYNC_MARKET_TIMEOUT_SECONDS)"
+            )
+        return self
+
+    @property
+    def request_deadline_seconds(self) -> float:
+        """How long the limiter counts a Market request without an answer as in flight: the
+        client's total deadline, as long again and a margin (a request given up on may still be
+        served by the Market, and holds its slot until then)."""
+        return 2 * self.market_timeout_seconds + 5
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment first, then `STOCKSYNC_<NAME>_FILE` files, then `.env`."""
+        return (
+            init_settings,
+            env_settings,
+            SecretFiles(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
     def model_post_init(self, context: Any, /) -> None:
         """Indexes the warehouse groups once: every campaign to its group's first campaign."""
         self._group_index = {c: group[0] for group in self.warehouse_groups for c in group}
@@ -198,6 +280,8 @@ def load_settings() -> Settings:
     """Settings from the environment, or `SettingsError` naming each bad variable."""
     try:
         return Settings()
+    except SettingsError:
+        raise
     except ValidationError as exc:
         raise SettingsError(_explain(exc)) from None
     except ValueError as exc:  # pydantic-settings: a JSON variable that is not JSON

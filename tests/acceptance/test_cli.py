@@ -321,7 +321,7 @@ def test_status_table_fits_a_narrow_terminal(
     narrow = stocksync("status", STOCKSYNC_DATABASE_URL=database_url, COLUMNS="60")
 
     assert (wide.returncode, narrow.returncode) == (2, 2)
-    assert all(column.header in wide.stdout.splitlines()[0] for column in COLUMNS)
+    assert all(column.header in wide.stdout.splitlines()[0] for column in COLUMNS), wide.stdout
     assert max(len(line) for line in wide.stdout.splitlines()) > 60
     lines = narrow.stdout.splitlines()
     assert max(len(line) for line in lines) <= 60, narrow.stdout

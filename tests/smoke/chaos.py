@@ -79,6 +79,9 @@ class ChaosConfig:
     drain_timeout: float
     seed: int
     kill_every: tuple[float, float] = (2.0, 6.0)
+    # The chaos goes on past `seconds` until the worker was killed this often (a loaded machine
+    # restarts the worker slowly), within the run's hard stop.
+    min_kills: int = 3
     campaigns: list[int] = field(default_factory=lambda: [1001, 1002, 2001, 3001])
     groups: list[list[int]] = field(default_factory=lambda: [[1001, 1002]])
     lease_seconds: float = 5.0
@@ -173,7 +176,10 @@ def _chaos(
     hard_stop = begun + config.seconds * 2 + 60
     self_deaths = 0
     while time.monotonic() < hard_stop and (
-        time.monotonic() < begun + config.seconds or producer_thread.is_alive() or events
+        time.monotonic() < begun + config.seconds
+        or producer_thread.is_alive()
+        or events
+        or worker.kills < config.min_kills
     ):
         now = time.monotonic()
         if events and now >= events[0][0]:

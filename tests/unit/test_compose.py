@@ -33,14 +33,16 @@ SERVICES = {
     "postgres",
     "rabbitmq",
     "migrate",
-    "worker",
+    "worker-ingest",
+    "worker-push",
     "beat",
     "flower",
     "metrics",
     "prometheus",
     "grafana",
 }
-OUR_SERVICES = {"migrate", "worker", "beat", "flower", "metrics"}
+WORKERS = {"worker-ingest", "worker-push"}
+OUR_SERVICES = {"migrate", *WORKERS, "beat", "flower", "metrics"}
 MONITORING = {"prometheus", "grafana"}
 DEPLOY = ROOT / "deploy"
 # Configured by the stack itself (URLs) or by the image (data directory).
@@ -74,12 +76,17 @@ def _healthcheck_argv(service: dict[str, Any]) -> list[str]:
     return rest
 
 
+def _interpolated(argv: list[str]) -> list[str]:
+    """`${NAME:-default}` replaced by its default, as compose does with NAME unset."""
+    return [re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", part) for part in argv]
+
+
 def _commands_run(services: dict[str, dict[str, Any]]) -> list[tuple[str, list[str]]]:
     """Every command our image runs: the services' commands and their health checks."""
     found = []
     for name in sorted(OUR_SERVICES):
         service = services[name]
-        found.append((name, _argv(service["command"])))
+        found.append((name, _interpolated(_argv(service["command"]))))
         if "healthcheck" in service:
             found.append((f"{name} healthcheck", _healthcheck_argv(service)))
     return found
@@ -122,13 +129,10 @@ def test_every_long_running_service_restarts_and_migrate_runs_once(
 def test_health_checks_use_each_servers_own_probe(services: dict[str, dict[str, Any]]) -> None:
     assert _healthcheck_argv(services["postgres"])[0] == "pg_isready"
     assert _healthcheck_argv(services["rabbitmq"]) == ["rabbitmq-diagnostics", "-q", "ping"]
-    assert _healthcheck_argv(services["worker"])[:5] == [
-        "celery",
-        "-A",
-        "worker",
-        "inspect",
-        "ping",
-    ]
+    for name, node in (("worker-ingest", "ingest"), ("worker-push", "push")):
+        argv = _healthcheck_argv(services[name])
+        assert argv[:5] == ["celery", "-A", "worker", "inspect", "ping"], name
+        assert argv[argv.index("--destination") + 1] == f"{node}@$HOSTNAME", name
     assert "/healthcheck" in " ".join(_healthcheck_argv(services["flower"]))
 
 
@@ -139,11 +143,12 @@ def test_services_wait_for_healthy_dependencies_and_a_finished_migration(
         return {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
 
     assert conditions("migrate") == {"postgres": "service_healthy"}
-    assert conditions("worker") == {
-        "migrate": "service_completed_successfully",
-        "postgres": "service_healthy",
-        "rabbitmq": "service_healthy",
-    }
+    for name in WORKERS:
+        assert conditions(name) == {
+            "migrate": "service_completed_successfully",
+            "postgres": "service_healthy",
+            "rabbitmq": "service_healthy",
+        }
     assert conditions("beat")["migrate"] == "service_completed_successfully"
     assert conditions("flower")["rabbitmq"] == "service_healthy"
 
@@ -159,17 +164,76 @@ def test_stack_points_every_service_at_postgres_and_rabbitmq(
         assert "@rabbitmq:5672/" in environment["STOCKSYNC_BROKER_URL"]
 
 
-def test_market_credentials_come_only_from_the_environment(
-    services: dict[str, dict[str, Any]],
+def test_market_credentials_come_only_from_the_environment_or_the_docker_secret(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
+    assert compose["secrets"]["market_api_key"]["file"] == (
+        "${STOCKSYNC_MARKET_API_KEY_SECRET:-./secrets/market_api_key}"
+    )
     for name in OUR_SERVICES:
         environment = services[name]["environment"]
         assert environment["STOCKSYNC_MARKET_API_KEY"] is None, name
         assert environment["STOCKSYNC_MARKET_OAUTH_TOKEN"] is None, name
+        assert environment["STOCKSYNC_MARKET_API_KEY_FILE"] == "/run/secrets/market_api_key"
+        assert services[name]["secrets"] == ["market_api_key"], name
+
+
+def _worker_options(service: dict[str, Any]) -> dict[str, Any]:
+    return _parse_celery(_interpolated(_argv(service["command"]))).params
+
+
+def test_ingest_and_push_have_workers_of_their_own_covering_every_queue(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    from worker.app import CHANGES_QUEUE, celery_config
+
+    queues = {
+        q.name for q in celery_config(Settings(database_url="postgresql://x/y"))["task_queues"]
+    }
+    ingest = _worker_options(services["worker-ingest"])
+    push = _worker_options(services["worker-push"])
+    defaults = Settings()
+
+    assert ingest["queues"] == [CHANGES_QUEUE]
+    assert set(push["queues"]) == queues - {CHANGES_QUEUE}
+    assert (ingest["concurrency"], push["concurrency"]) == (
+        defaults.ingest_concurrency,
+        defaults.push_concurrency,
+    )
+    assert "${STOCKSYNC_INGEST_CONCURRENCY:-" in " ".join(services["worker-ingest"]["command"])
+    assert "${STOCKSYNC_PUSH_CONCURRENCY:-" in " ".join(services["worker-push"]["command"])
+    assert ingest["hostname"].startswith("ingest@") and push["hostname"].startswith("push@")
+
+
+def test_logs_rotate_and_our_services_have_resource_limits(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in services.items():
+        logging = service["logging"]
+        assert logging["driver"] == "json-file", name
+        assert {"max-size", "max-file"} <= set(logging["options"]), name
+    for name in OUR_SERVICES:
+        limits = services[name]["deploy"]["resources"]["limits"]
+        assert float(limits["cpus"]) > 0 and limits["memory"], name
+
+
+def test_rabbitmq_management_ui_is_published_on_loopback_only(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    assert services["rabbitmq"]["image"].endswith("-management")
+    assert services["rabbitmq"]["ports"] == ["127.0.0.1:${RABBITMQ_MANAGEMENT_PORT:-15672}:15672"]
+
+
+def test_the_image_installs_no_embedded_postgresql() -> None:
+    lines = DOCKERFILE.read_text("utf-8").splitlines()
+    installs = [line for line in lines if "pip install" in line]
+
+    assert installs and all("embedded" not in line and "[" not in line for line in installs)
 
 
 def test_every_setting_can_be_passed_to_the_stack(services: dict[str, dict[str, Any]]) -> None:
     settings = {f"STOCKSYNC_{field.upper()}" for field in Settings.model_fields}
+    settings |= {"STOCKSYNC_MARKET_API_KEY_FILE"}
     for name in OUR_SERVICES:
         missing = settings - SET_BY_THE_STACK - set(services[name]["environment"])
         assert missing == set(), f"{name}: add to x-stocksync-environment in docker-compose.yml"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from celery import Celery
 
 from worker.app import celery_config, rate_limits, time_limits
@@ -33,7 +34,12 @@ def test_submit_has_only_a_hard_time_limit() -> None:
     assert limits["stocks.push"] == {"soft_time_limit": 70, "time_limit": 100}
 
 
-def test_the_push_rate_limit_reaches_the_task_through_celerys_annotations() -> None:
+def test_the_push_rate_limit_reaches_the_task_through_celerys_annotations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The project's app resolves its configuration here too: it needs a database URL (without
+    # one, `celery -A worker` exits; it no longer starts an embedded PostgreSQL).
+    monkeypatch.setenv("STOCKSYNC_DATABASE_URL", DB)
     import tasks.drain
     import tasks.push  # the project's tasks, shared: every app finalized gets its own copy
 

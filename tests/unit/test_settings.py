@@ -218,6 +218,71 @@ def test_bad_v3_requests_per_minute_is_refused(monkeypatch: pytest.MonkeyPatch, 
     assert message.startswith("STOCKSYNC_V3_REQUESTS_PER_MINUTE")
 
 
+SECRET = "sk-file-7c41e2a0-never-shown"
+
+
+def test_secrets_are_read_from_the_files_their_file_variables_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    key = tmp_path / "market_api_key"
+    key.write_text(SECRET + "\n", encoding="utf-8")  # as `echo` writes it
+    url = tmp_path / "database_url"
+    url.write_text("postgresql+psycopg://u:pw@db:5432/s", encoding="utf-8")
+    monkeypatch.setenv("STOCKSYNC_MARKET_API_KEY_FILE", str(key))
+    monkeypatch.setenv("STOCKSYNC_DATABASE_URL_FILE", str(url))
+
+    settings = load_settings()
+
+    assert settings.market_api_key is not None
+    assert settings.market_api_key.get_secret_value() == SECRET
+    assert settings.database_url == "postgresql+psycopg://u:pw@db:5432/s"
+    assert SECRET not in repr(settings) and SECRET not in str(settings.model_dump())
+
+
+def test_an_empty_secret_file_sets_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("", encoding="utf-8")
+    monkeypatch.setenv("STOCKSYNC_MARKET_API_KEY_FILE", str(tmp_path / "key"))
+
+    assert load_settings().market_api_key is None
+
+
+def test_a_secret_set_both_ways_is_refused_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "key").write_text(SECRET, encoding="utf-8")
+    monkeypatch.setenv("STOCKSYNC_MARKET_API_KEY", SECRET)
+    message = _refusal(monkeypatch, "STOCKSYNC_MARKET_API_KEY_FILE", str(tmp_path / "key"))
+
+    assert message.startswith("STOCKSYNC_MARKET_API_KEY_FILE: STOCKSYNC_MARKET_API_KEY is set too")
+    assert SECRET not in message
+
+
+def test_an_unreadable_secret_file_is_named_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "absent"
+    message = _refusal(monkeypatch, "STOCKSYNC_MARKET_API_KEY_FILE", str(missing))
+
+    assert message == (
+        f"STOCKSYNC_MARKET_API_KEY_FILE: cannot read {missing}: No such file or directory"
+    )
+
+
+def test_a_task_time_limit_shorter_than_a_market_request_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STOCKSYNC_MARKET_TIMEOUT_SECONDS", "30")  # a request: 65 s in flight
+    message = _refusal(monkeypatch, "STOCKSYNC_TASK_TIME_LIMIT_SECONDS", "90")
+
+    assert message.startswith("STOCKSYNC_TASK_TIME_LIMIT_SECONDS: must exceed 95 ")
+
+
+def test_pool_sizes_default_to_two_ingest_and_four_push_processes() -> None:
+    settings = load_settings()
+
+    assert (settings.ingest_concurrency, settings.push_concurrency) == (2, 4)
+
+
 @pytest.mark.parametrize(
     ("given", "kept"),
     [
