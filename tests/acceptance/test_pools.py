@@ -1,7 +1,10 @@
 """`stocksync run`'s pools per kind of work (issue 10 item 2): a change is committed at once while
-every push process sleeps for the limiter. Real processes: `stocksync run` (its ingest worker,
-push worker and beat), PostgreSQL, RabbitMQ, and the sandbox over HTTP answering every PUT with a
-420 whose `-Until` the pushes sleep for."""
+every push process is busy with a slow Market. Real processes: `stocksync run` (its ingest worker,
+push worker and beat), PostgreSQL, RabbitMQ, and the sandbox over HTTP answering every PUT after
+3 s with a 420: each push holds its process for the request, then retries.
+
+It can fail: with the ingest worker consuming every queue (one pool for all work) the changes
+that met a push in the pool took 3.1 s (`[0.29, 0.03, 0.03, 3.16, 3.08]`)."""
 
 from __future__ import annotations
 
@@ -36,12 +39,12 @@ def _stored(engine: Engine, sku: str) -> bool:
 
 
 @pytest.mark.timeout(180)
-def test_ingest_is_not_delayed_while_every_push_sleeps_for_the_limiter(
+def test_ingest_is_not_delayed_while_every_push_process_waits_on_a_slow_market(
     engine: Engine, database_url: str, rabbit_url: str, tmp_path: Path
 ) -> None:
     with MarketSandbox(port=0, api_keys=[SECRET_KEY], seed=1) as sandbox:
-        # Given a Market that answers every PUT with a 420 for 2.5 s (slept in the push) ...
-        sandbox.configure(error_420_rate=1.0, injected_420_wait_seconds=2.5, latency_ms=500)
+        # Given a slow Market that answers every PUT after 3 s with a 420 (retried) ...
+        sandbox.configure(error_420_rate=1.0, injected_420_wait_seconds=2.5, latency_ms=3000)
         # ... and keys pending in several campaigns, more pushes than the one push process
         put_changes(engine, [{"campaign_id": c, "sku": "P-1", "count": 1} for c in CAMPAIGNS])
         env = clean_env(
@@ -69,7 +72,7 @@ def test_ingest_is_not_delayed_while_every_push_sleeps_for_the_limiter(
         try:
             wait_for_log_line(run, log, 0, 90, marker=b"ingest@")
             wait_for_log_line(run, log, 0, 90, marker=b"push@")
-            # When the push pool is busy sleeping for 420s
+            # When the push pool is busy with slow requests answered 420
             wait_for(
                 "pushes answered 420",
                 lambda: sandbox.stats()["requests_by_status"].get("420", 0) >= 2,
@@ -87,7 +90,7 @@ def test_ingest_is_not_delayed_while_every_push_sleeps_for_the_limiter(
                 )
                 wait_for(f"{sku} committed", partial(_stored, engine, sku), 30, 0.02)
                 took.append(time.monotonic() - started)
-            # (the pushes went on sleeping and retrying meanwhile, not finished)
+            # (the pushes went on waiting and retrying meanwhile, not finished)
             wait_for(
                 "another 420",
                 lambda: sandbox.stats()["requests_by_status"].get("420", 0) > before,
@@ -100,6 +103,6 @@ def test_ingest_is_not_delayed_while_every_push_sleeps_for_the_limiter(
             if run.poll() is None:
                 kill_process_group(run)
 
-    # Then every change was committed at once, the pushes still sleeping meanwhile
+    # Then every change was committed at once, the pushes still busy meanwhile
     assert max(took) < INGEST_BOUND_SECONDS, [round(t, 2) for t in took]
     assert code == 0, log.read_text(errors="replace")[-3000:]
