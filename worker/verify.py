@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -62,6 +62,7 @@ WAREHOUSE_RETRY_SECONDS = 3600.0
 # Passes of one campaign take turns on this advisory lock (second key: the campaign id).
 _LOCK_SPACE = 0x5EF1
 
+_BEAT_PASS = 0  # the beat's whole pass (campaign ids are positive, v3 route keys negative)
 _TRY_LOCK = text("SELECT pg_try_advisory_lock(:space, CAST(:c % 2147483647 AS integer))")
 _UNLOCK = text("SELECT pg_advisory_unlock(:space, CAST(:c % 2147483647 AS integer))")
 
@@ -366,6 +367,11 @@ class Verifier:
                 if held:
                     conn.execute(_UNLOCK, params)
                     conn.commit()
+
+    def beat_turn(self) -> AbstractContextManager[bool]:
+        """True while this process holds the beat's sweep lock: one beat pass at a time across
+        every worker, so the sweep never holds more than one pool process (key 0: no campaign)."""
+        return self._turn(_BEAT_PASS)
 
     def paced_pass(self, campaign_id: int, max_seconds: float, short_wait: float) -> SweepResult:
         """The beat's pass: what the round's pace allows now, within `max_seconds`."""

@@ -4,6 +4,7 @@ sandbox over HTTP; the Market's stock changed behind the service's back through 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -274,3 +275,38 @@ def test_a_420_on_reading_delays_the_sweep_and_nothing_else(
         assert reads_after == reads_then  # no read before the Market's -Until
     assert all(r["status"] == 200 for r in sandbox.requests(CAMPAIGN))
     assert drifts(engine) == []
+
+
+def verify_tasks(log: Path) -> list[str]:
+    """How long each sweep pass of the worker's log took, and what it read."""
+    return re.findall(r"stocks\.verify\[[^]]*\] succeeded in ([0-9.]+)s", log.read_text())
+
+
+def test_sweep_passes_over_many_campaigns_leave_the_pool_to_sending(
+    engine: Engine, database_url: str, rabbit_url: str, sandbox: MarketSandbox, tmp_path: Path
+) -> None:
+    # Given 6 campaigns of 6,000 acknowledged keys each, a slow Market (1 s an answer: each
+    # campaign's pass reads for 12 s) and a sweep due at once (a round per 7 s, a pass a second)
+    campaigns = range(31, 37)
+    for campaign in campaigns:
+        acked(engine, 6000, campaign)
+    fast = {"verify_hours": "0.002", "verify_interval_seconds": "1"}
+    with running_worker(database_url, rabbit_url, sandbox, tmp_path / "w.log", None, **fast):
+        wait_for("the outbox to drain", lambda: pending_keys(engine) == 0, 60)
+        sandbox.configure(latency_ms=1000)
+
+        def reads() -> int:
+            stats = sandbox.read_stats()["campaigns"]
+            return sum(stats.get(str(c), {}).get("requests", 0) for c in campaigns)
+
+        before = reads()
+        time.sleep(6)  # the sweep's passes under way (beat sends one a second)
+        # When a change comes while the sweep reads
+        put_changes(engine, [{"campaign_id": 31, "sku": "NEW", "count": 9}])
+        started = time.monotonic()
+        # Then it reaches the Market within a drain and a (slow) push: the sweep's passes, one at
+        # a time and bounded as a whole, never take every pool process
+        wait_for("the new change sent", lambda: counts_at(sandbox, 31).get("NEW") == 9, 30)
+        took = time.monotonic() - started
+        assert reads() > before  # and the sweep did read meanwhile
+    assert took < 8, (took, verify_tasks(tmp_path / "w.log"))
