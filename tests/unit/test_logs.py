@@ -149,7 +149,10 @@ def test_every_line_in_a_context_carries_it(
         assert lines[1].endswith(" event=push campaign=5 status=200")
 
 
-def test_a_task_binds_its_id_name_campaign_and_claim() -> None:
+def test_a_task_binds_its_id_name_campaign_and_claim(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Importing a task configures the app, which refuses to start without a database URL
+    # (nothing connects to it here).
+    monkeypatch.setenv("STOCKSYNC_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
     from tasks.push import push
 
     bind_task("t-2", push, (1001, "claim-7", 40), {})
