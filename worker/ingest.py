@@ -1,8 +1,10 @@
 """Ingest into PostgreSQL: accepted changes into the change log and the outbox, rejected aside.
 
-One message is one transaction. Keys are locked in a fixed order before the change log is
+One message is one transaction. Keys are locked in key order before the change log is
 written, so concurrent messages for a key apply one after the other and each sees the other's
-committed deltas (the value formula needs them when a new absolute count arrives).
+committed deltas (the value formula needs them when a new absolute count arrives). Every lock a
+store takes or waits for, a key it inserts included, comes in that one order, so two stores
+cannot deadlock on their keys.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ from worker.database import iso_instants
 
 Key = tuple[int, str]
 
-_ENSURE_KEYS = text("""
-    INSERT INTO stock (group_id, sku)
+# One pass in key order: each key is inserted, or its row locked (`DO UPDATE ... WHERE false`
+# locks the conflicting row without updating it, PostgreSQL's INSERT page), waiting where another
+# transaction holds it or has inserted it uncommitted. Two passes (insert the missing keys, then
+# lock them) would wait out of order, and so could deadlock.
+_ENSURE_AND_LOCK_KEYS = text("""
+    INSERT INTO stock AS st (group_id, sku)
     SELECT g, s FROM unnest(CAST(:groups AS bigint[]), CAST(:skus AS text[])) AS k(g, s)
     ORDER BY g, s
-    ON CONFLICT DO NOTHING
+    ON CONFLICT (group_id, sku) DO UPDATE SET sku = st.sku WHERE false
 """)
 
 _LOCK_KEYS = text("""
@@ -243,15 +249,26 @@ def store_unreadable(engine: Engine, task_id: str, raw: Any, reason: str) -> Non
         _store_rejections(conn, task_id, [Rejection(UNREADABLE_POSITION, raw, reason)])
 
 
-def _lock_keys(conn: Connection, keys: Sequence[Key]) -> dict[Key, KeyState]:
-    """Locks the keys' outbox rows in key order and reads their states; missing rows are created
-    (in key order too) and locked after. Keys that exist, the common case, cost one statement."""
+def _lock_keys(conn: Connection, keys: Sequence[Key]) -> dict[Key, KeyState] | None:
+    """Locks the keys' outbox rows in key order and reads their states: one statement when they
+    all exist, the common case. Missing keys above every key locked so far are created and
+    locked next, in key order still. None when a missing key lies below a key already locked:
+    the transaction must then end (rolled back) before `_create_and_lock_keys`."""
     states = _lock(conn, keys)
-    missing = [k for k in keys if k not in states]
-    if missing:
-        conn.execute(_ENSURE_KEYS, _key_params(missing))
-        states.update(_lock(conn, missing))
+    missing = [k for k in keys if k not in states]  # in key order, as `keys`
+    if not missing:
+        return states
+    if any(key > missing[0] for key in states):
+        return None
+    states.update(_create_and_lock_keys(conn, missing))
     return states
+
+
+def _create_and_lock_keys(conn: Connection, keys: Sequence[Key]) -> dict[Key, KeyState]:
+    """Creates the missing keys and locks all, in one pass in key order, then reads their states
+    (a statement of its own, so that it sees what the transactions waited for committed)."""
+    conn.execute(_ENSURE_AND_LOCK_KEYS, _key_params(keys))
+    return _lock(conn, keys)
 
 
 def _key_params(keys: Sequence[Key]) -> dict[str, list[Any]]:
@@ -337,13 +354,19 @@ def store_message(
 ) -> StoreResult:
     """Commits one message: its new changes applied exactly once, its rejected changes kept."""
     logged: list[Any] = []
-    with engine.begin() as conn:
+    with engine.connect() as conn:  # begins on first use; closed uncommitted, rolled back
         if accepted:
             groups = [group_of(c.campaign_id) for _, c in accepted]
             skus = [c.sku for _, c in accepted]
+            keys = sorted(set(zip(groups, skus, strict=True)))
             # Lock before logging: a concurrent message for the same key waits here, then sees
             # that message's committed rows in the statements below.
-            states = _lock_keys(conn, sorted(set(zip(groups, skus, strict=True))))
+            states = _lock_keys(conn, keys)
+            if states is None:
+                # A new key below a key just locked: the locks are dropped (nothing else was
+                # done yet), then all keys are taken again in key order.
+                conn.rollback()
+                states = _create_and_lock_keys(conn, keys)
             logged = list(
                 conn.execute(
                     _LOG_CHANGES,
@@ -363,6 +386,7 @@ def store_message(
                 _apply(conn, states, logged)
         # Last: the counter rows are locked for as short a time as the transaction allows.
         _store_rejections(conn, task_id, rejected, group_of)
+        conn.commit()
     return StoreResult(
         applied=len(logged), duplicates=len(accepted) - len(logged), rejected=len(rejected)
     )

@@ -445,3 +445,40 @@ def test_concurrent_messages_on_the_same_keys_end_with_the_formulas_value(
         s: value_of(c) for s, c in expected.items()
     }
     assert scalar(engine, "SELECT count(*) FROM change_log") == 6 * 40 * 12
+
+
+def test_a_store_creating_a_key_waits_in_key_order_and_does_not_deadlock(engine: Engine) -> None:
+    # Given key B stored, key A (below it) not yet, and another transaction that takes the keys in
+    # key order, as any store does: it has inserted A (uncommitted) and will lock B next
+    store(engine, [delta("B", 1)])
+    other = engine.connect()
+    other.execute(text("INSERT INTO stock (group_id, sku) VALUES (1001, 'A')"))
+    outcome: list[BaseException | StoreResult] = []
+
+    def store_both() -> None:
+        try:
+            outcome.append(store(engine, [delta("A", 2), delta("B", 3)]))
+        except BaseException as exc:  # reported in the main thread
+            outcome.append(exc)
+
+    # When a message for A and B is stored meanwhile, and waits for the other transaction's A
+    thread = threading.Thread(target=store_both)
+    thread.start()
+    for _ in range(1000):
+        waiting = scalar(
+            engine,
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        if waiting or outcome:
+            break
+        threading.Event().wait(0.01)
+    assert waiting == 1 and not outcome
+    # Then the other transaction locks B without a deadlock, and once it commits the store ends
+    other.execute(text("SET LOCAL deadlock_timeout = '5s'"))  # the store would be the one to see it
+    other.execute(text("SELECT 1 FROM stock WHERE group_id = 1001 AND sku = 'B' FOR UPDATE"))
+    other.commit()
+    other.close()
+    thread.join(timeout=30)
+    assert outcome == [StoreResult(applied=2, duplicates=0, rejected=0)]
+    assert {s: v for (_, s), (v, _) in stock_rows(engine).items()} == {"A": 2, "B": 4}
