@@ -348,9 +348,10 @@ class RateLimiter:
         with self.engine.begin() as conn:
             conn.execute(_CANCEL, {"id": permit.request_id})
 
-    def finish(self, permit: Permit, answer: MarketAnswer) -> None:
+    def finish(self, permit: Permit, answer: MarketAnswer, waited_seconds: float = 0.0) -> None:
         """Records the answer: 5xx SKUs given back, the Market's own count believed, 420 obeyed;
-        the request counted by status and duration in the same transaction."""
+        the request counted by status, duration and `waited_seconds` (how long the push waited
+        for this leave) in the same transaction."""
         with self.engine.begin() as conn:
             seconds = conn.execute(
                 _FINISH,
@@ -401,5 +402,6 @@ class RateLimiter:
                         ((counters.MARKET_REQUESTS, c, str(answer.status)), 1),
                         ((counters.MARKET_RATE_LIMITED, c, ""), int(answer.status == 420)),
                         *counters.duration_increments(c, float(seconds)),
+                        *counters.limiter_wait_increments(c, waited_seconds),
                     ],
                 )
