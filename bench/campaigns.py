@@ -245,38 +245,65 @@ def _role(process: psutil.Process) -> str:
 
 
 class PeakRss:
-    """Samples the RSS of every process of `stocksync run`'s tree every 0.5 s, in a thread:
-    the peak per process, named by role (a pool child as `<worker> pool`)."""
+    """Samples every process of `stocksync run`'s tree every 0.5 s, in a thread: the peak RSS
+    and the CPU seconds used during the phase per process, named by role (a pool child as
+    `<worker> pool`), and the machine's busy CPU seconds over the phase (all processes:
+    PostgreSQL, RabbitMQ, the sandbox, the benchmark and other sessions' work too)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak: dict[int, tuple[str, float]] = {}
+        self.cpu: dict[int, tuple[float, float]] = {}  # pid: (at the first sample, at the last)
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.machine_busy = 0.0
+
+    def _sample(self) -> None:
+        for p in _tree(self.pid):
+            with contextlib.suppress(psutil.Error):
+                role = _role(p)
+                if role == "other":
+                    role = f"{_role(p.parent())} pool"
+                rss = p.memory_info().rss / 2**20
+                self.peak[p.pid] = (role, max(self.peak.get(p.pid, (role, 0.0))[1], rss))
+                times = p.cpu_times()
+                used = times.user + times.system
+                self.cpu[p.pid] = (self.cpu.get(p.pid, (used, used))[0], used)
 
     def _run(self) -> None:
         while not self.done.wait(0.5):
-            for p in _tree(self.pid):
-                with contextlib.suppress(psutil.Error):
-                    role = _role(p)
-                    if role == "other":
-                        role = f"{_role(p.parent())} pool"
-                    rss = p.memory_info().rss / 2**20
-                    self.peak[p.pid] = (role, max(self.peak.get(p.pid, (role, 0.0))[1], rss))
+            self._sample()
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
     def __enter__(self) -> PeakRss:
+        self._sample()
+        self.started_busy = self._busy()
         self.thread.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.done.set()
         self.thread.join()
+        self._sample()
+        self.machine_busy = self._busy() - self.started_busy
 
     def by_role(self) -> dict[str, list[int]]:
         roles: dict[str, list[int]] = defaultdict(list)
         for role, mb in self.peak.values():
             roles[role].append(round(mb))
         return {role: sorted(mbs) for role, mbs in sorted(roles.items())}
+
+    def cpu_by_role(self) -> dict[str, float]:
+        roles: dict[str, float] = defaultdict(float)
+        for pid, (first, last) in self.cpu.items():
+            roles[self.peak[pid][0]] += last - first
+        return {role: round(s, 1) for role, s in sorted(roles.items())} | {
+            "machine_busy": round(self.machine_busy, 1)
+        }
 
 
 _DRAIN_DONE = re.compile(
@@ -370,6 +397,7 @@ def burst(engine: Engine, log: Path, pid: int, timeout: float = 600.0) -> dict[s
         "first_request_s": _quantiles(firsts),
         **from_log(log, offset),
         "peak_rss_mb": rss.by_role(),
+        "cpu_s": rss.cpu_by_role(),
     }
 
 
@@ -459,6 +487,7 @@ def stream(
         ),
         **from_log(log, offset),
         "peak_rss_mb": rss.by_role(),
+        "cpu_s": rss.cpu_by_role(),
     }
 
 
