@@ -68,7 +68,9 @@ def _send(
     """One request through the limiter: the answer and the moment its body was built at; the
     limiter's wait when it is a 420's block or long (the task retries or releases); or None when
     the claim's lease ran out: its keys may be another push's by now, and the values read before
-    could overwrite a newer value at the Market."""
+    could overwrite a newer value at the Market. The wait for the leave (from the first ask) is
+    logged (`limiter_wait_ms`) and counted (stocksync_limiter_wait_seconds)."""
+    asked = time.monotonic()
     while True:
         decision = runtime.limiter().acquire(campaign_id, len(batch))
         if isinstance(decision, Permit):
@@ -78,6 +80,7 @@ def _send(
         time.sleep(decision.seconds)
         if not box.renew(claim_id):  # the keys stay this push's while it waits for room
             return None
+    waited = time.monotonic() - asked
     # The lease must outlast the request (its total deadline, STOCKSYNC_MARKET_TIMEOUT_SECONDS):
     # no other push may take these keys while this request can still arrive.
     # updatedAt comes from the database's clock, read in this same round trip: a worker whose own
@@ -98,7 +101,7 @@ def _send(
         answer = client.update_v3_stocks(route.target, body)
     else:
         answer = client.put_stocks(campaign_id, stocks_body(batch, sent_at))
-    runtime.limiter().finish(decision, answer)
+    runtime.limiter().finish(decision, answer, waited)
     log_event(
         log,
         logging.INFO,
@@ -108,6 +111,7 @@ def _send(
         status=answer.status,
         duration_ms=round((time.monotonic() - started) * 1000),
         attempt=attempt,
+        limiter_wait_ms=round(waited * 1000),
         method=route.method.value,  # last: the v2 line reads as before
     )
     if not box.renew(claim_id):

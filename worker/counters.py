@@ -31,6 +31,11 @@ DRIFT_REPAIRED = "drift_repaired"
 DURATION_BUCKET = "market_request_duration_seconds_bucket"
 DURATION_SUM = "market_request_duration_seconds_sum"
 DURATION_BOUNDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# The limiter-wait histogram, kept the same way: seconds from a push's first ask for leave to its
+# leave, one observation per request sent (a wait the push hands back ends the run instead).
+LIMITER_WAIT_BUCKET = "limiter_wait_seconds_bucket"
+LIMITER_WAIT_SUM = "limiter_wait_seconds_sum"
+LIMITER_WAIT_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0)
 INF = "+Inf"
 
 NO_CAMPAIGN = 0
@@ -80,13 +85,24 @@ def add(conn: Connection, increments: Iterable[tuple[CounterKey, float]]) -> Non
     )
 
 
+def _observation(
+    names: tuple[str, str], bounds: tuple[float, ...], campaign_id: int, seconds: float
+) -> list[tuple[CounterKey, float]]:
+    """The rows one observation of a histogram adds to: its bucket (`names[0]`) and the sum."""
+    bucket = next((f"{b:g}" for b in bounds if seconds <= b), INF)
+    return [((names[0], campaign_id, bucket), 1.0), ((names[1], campaign_id, ""), seconds)]
+
+
 def duration_increments(campaign_id: int, seconds: float) -> list[tuple[CounterKey, float]]:
     """The histogram rows one request of `seconds` adds to: its bucket and the sum."""
-    bucket = next((f"{b:g}" for b in DURATION_BOUNDS if seconds <= b), INF)
-    return [
-        ((DURATION_BUCKET, campaign_id, bucket), 1.0),
-        ((DURATION_SUM, campaign_id, ""), seconds),
-    ]
+    return _observation((DURATION_BUCKET, DURATION_SUM), DURATION_BOUNDS, campaign_id, seconds)
+
+
+def limiter_wait_increments(campaign_id: int, seconds: float) -> list[tuple[CounterKey, float]]:
+    """The limiter-wait histogram rows of one request that waited `seconds` for its leave."""
+    return _observation(
+        (LIMITER_WAIT_BUCKET, LIMITER_WAIT_SUM), LIMITER_WAIT_BOUNDS, campaign_id, seconds
+    )
 
 
 def read_all(conn: Connection) -> list[CounterRow]:

@@ -114,30 +114,26 @@ class StockFigures(Collector):
         unreadable.add_metric([], sum(r.value for r in by_name[counters.UNREADABLE_MESSAGES]))
         yield unreadable
         yield self._durations(by_name)
+        yield _histogram(
+            by_name,
+            f"{PREFIX}limiter_wait_seconds",
+            "Time a push waited for the limiter's leave (window, parallel slots, the campaign's "
+            "row), from its first ask to the leave, per request sent",
+            (counters.LIMITER_WAIT_BUCKET, counters.LIMITER_WAIT_SUM),
+            counters.LIMITER_WAIT_BOUNDS,
+        )
         yield from self._gauges(scrape.campaigns)
         yield from _routing_families(last_check(self.engine))
 
     def _durations(self, by_name: dict[str, list[counters.CounterRow]]) -> Metric:
-        """The request-duration histogram: the per-bucket rows summed into cumulative buckets."""
-        family = HistogramMetricFamily(
+        """The request-duration histogram."""
+        return _histogram(
+            by_name,
             f"{PREFIX}market_request_duration_seconds",
             "Time from a request's leave to send until the Market's answer",
-            labels=["campaign"],
+            (counters.DURATION_BUCKET, counters.DURATION_SUM),
+            counters.DURATION_BOUNDS,
         )
-        buckets: dict[int, dict[str, float]] = defaultdict(dict)
-        for row in by_name[counters.DURATION_BUCKET]:
-            buckets[row.campaign_id][row.label] = row.value
-        sums = {row.campaign_id: row.value for row in by_name[counters.DURATION_SUM]}
-        bounds = [f"{b:g}" for b in counters.DURATION_BOUNDS] + [counters.INF]
-        for campaign_id in sorted(buckets):
-            cumulative, total = [], 0.0
-            for bound in bounds:
-                total += buckets[campaign_id].get(bound, 0.0)
-                cumulative.append((bound, total))
-            family.add_metric(
-                [_campaign(campaign_id)], cumulative, sum_value=sums.get(campaign_id, 0.0)
-            )
-        return family
 
     def _gauges(self, campaigns: list[CampaignGauges]) -> Iterator[Metric]:
         per_campaign = (
@@ -186,6 +182,32 @@ class StockFigures(Collector):
         )
         v3_limit.add_metric([], float(self.settings.v3_requests_per_minute))
         yield v3_limit
+
+
+def _histogram(
+    by_name: dict[str, list[counters.CounterRow]],
+    name: str,
+    doc: str,
+    rows: tuple[str, str],
+    bounds: tuple[float, ...],
+) -> Metric:
+    """A per-campaign histogram: its per-bucket rows (`rows[0]`) summed into cumulative buckets,
+    its sum (`rows[1]`)."""
+    family = HistogramMetricFamily(name, doc, labels=["campaign"])
+    buckets: dict[int, dict[str, float]] = defaultdict(dict)
+    for row in by_name[rows[0]]:
+        buckets[row.campaign_id][row.label] = row.value
+    sums = {row.campaign_id: row.value for row in by_name[rows[1]]}
+    labels = [f"{b:g}" for b in bounds] + [counters.INF]
+    for campaign_id in sorted(buckets):
+        cumulative, total = [], 0.0
+        for bound in labels:
+            total += buckets[campaign_id].get(bound, 0.0)
+            cumulative.append((bound, total))
+        family.add_metric(
+            [_campaign(campaign_id)], cumulative, sum_value=sums.get(campaign_id, 0.0)
+        )
+    return family
 
 
 def _routing_families(check: RoutingCheck | None) -> Iterator[Metric]:
