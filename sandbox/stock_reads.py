@@ -17,7 +17,8 @@ GetStocksOnPartnerWarehousesResponse):
   [...]}` (`partnerWarehouseId` required; paging as v2). Answer `result.partnerWarehouseId`,
   `result.offers[...]`, `result.paging`. Limit: requests per business per window.
 Both count in the parallel limit (v2 per campaign with the PUTs, v3 per business) and get the
-same fault injection and X-RateLimit-Resource-* headers as the PUT.
+same fault injection and X-RateLimit-Resource-* headers as the PUT, and a forced status (v2: the
+campaign's `forced_status`; v3: the business's v3 `forced_status`) as the writes do.
 
 The v3 read answers from the one v3 store, `SandboxState.v3` (sandbox.v3.V3Store), which the v3
 update writes, and takes its `begin`/`end`: v3 reads and updates share one per-business parallel
@@ -170,7 +171,7 @@ def serve_v2_read(h: SandboxHandler, raw_campaign: str, query: Mapping[str, list
 
 def serve_v3_read(h: SandboxHandler, raw_business: str, query: Mapping[str, list[str]]) -> None:
     """`POST /v3/businesses/{businessId}/offers/stocks` (getStocksOnPartnerWarehouses)."""
-    from sandbox.handler import _Answer, _Drop, parallel_refusal, window_refusal
+    from sandbox.handler import _Answer, _Drop, _forced, parallel_refusal, window_refusal
 
     state = h.state
     business = parse_campaign_id(raw_business)
@@ -182,6 +183,12 @@ def serve_v3_read(h: SandboxHandler, raw_business: str, query: Mapping[str, list
             raise _Answer(
                 400, "BAD_REQUEST", f"businessId must be an integer ≥ 1: {raw_business!r}"
             )
+        # A business refused (the v3 `forced_status`) is refused on every method, as v2's
+        # getStocks answers a campaign's forced status.
+        forced = state.v3.settings.forced_status.get(business)
+        if forced is not None:
+            entry["injected"] = "forced"
+            raise _forced(forced, business, state.config.injected_420_wait_seconds)
         admitted = state.v3.begin(business)
         try:
             config = state.config

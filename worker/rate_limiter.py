@@ -22,7 +22,8 @@ drain gives those the rest of the slots); a part batch pending with no claim nee
 claim it goes with that push's next claim. A read may start when a slot is free and the slots
 sending needs, the reads in flight and itself fit in `max_parallel`. So a steady stream of
 changes (one push at a time) leaves a slot to the sweep, and a backlog (full batches waiting)
-takes every slot until it is sent. A 420 on a read holds back only reads.
+takes every slot until it is sent. A 420 on a read holds back only reads. A parked route is not
+read at all (it gets only probes, which are pushes).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ _BUSY_LOCK_TIMEOUT = text("SELECT set_config('lock_timeout', :ms, true)")
 
 # A read waiting for sending to finish asks again after this long.
 SENDING_FIRST_WAIT_SECONDS = 0.5
+# A read of a parked route: the reason, and how long it is told to wait (a probe decides when
+# the route works again; the sweep stops at once).
+PARKED = "parked"
+PARKED_READ_WAIT_SECONDS = 60.0
 
 PUSH = "push"
 READ = "read"
@@ -173,7 +178,7 @@ class Permit:
 @dataclass(frozen=True, slots=True)
 class Wait:
     """No leave yet: ask again after `seconds`, for `reason` (`420`, `window`, `parallel`,
-    `busy`, `sending first`)."""
+    `busy`, `sending first`; a read also `parked`)."""
 
     seconds: float
     reason: str
@@ -312,7 +317,10 @@ class RateLimiter:
     def _read_wait(
         self, conn: Connection, campaign_id: int, use: Usage, offers: int, groups: list[int]
     ) -> Wait | None:
-        """Why a read must wait (sending first, its own 420, slots, its window), or None."""
+        """Why a read must wait (the route parked, its own 420, slots, sending first, its
+        window), or None. A parked route (401/403/404) gets only probes, and a read is none."""
+        if use.parked_reason is not None:
+            return Wait(PARKED_READ_WAIT_SECONDS, PARKED)
         blocked = use.reads_blocked_until
         if blocked is not None and blocked > use.now:
             return Wait((blocked - use.now).total_seconds(), "420")

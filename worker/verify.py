@@ -17,6 +17,9 @@ Reading is behind `StockReader`, chosen per campaign by `readers(campaign_id)`: 
 with `POST /v3/businesses/{id}/offers/stocks` of its partner warehouse; both return the same
 `ReadOutcome` (offers by SKU), so drift and repair are one. The limiter is asked on the key's
 route (`domain.route`): the campaign for v2, the business for v3 (its reads count requests).
+A parked route (401/403/404 on a push, recorded on the route's row) is not read: the pass and
+`sweep_now` stop with "campaign parked". A read answered 401/403/404 stops the pass (the reason
+logged as `verify_read_failed`) without parking: parking is the pushes' and their probes'.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from worker import campaign_health, counters
 from worker.claims import NOT_CLAIMED
 from worker.logs import log_event
 from worker.market_client import MarketAnswer, MarketClient, MarketReader, MarketReadError
-from worker.rate_limiter import READ, Permit, RateLimiter
+from worker.rate_limiter import PARKED, READ, Permit, RateLimiter
 
 log = logging.getLogger("stocksync.verify")
 
@@ -59,6 +62,8 @@ log = logging.getLogger("stocksync.verify")
 SENDING_PATIENCE_SECONDS = 120.0
 # A campaign's warehouse not found by discovery is looked for again after this long.
 WAREHOUSE_RETRY_SECONDS = 3600.0
+# Why a pass or `stocksync verify` did not read a campaign whose route is parked (401/403/404).
+STOPPED_PARKED = "campaign parked"
 # Passes of one campaign take turns on this advisory lock (second key: the campaign id).
 _LOCK_SPACE = 0x5EF1
 
@@ -144,10 +149,14 @@ _COUNT = text("""
 """)
 
 _ROUND = text("""
-    SELECT round_started_at, round_keys, round_checked, parked_reason,
+    SELECT round_started_at, round_keys, round_checked,
            EXTRACT(EPOCH FROM clock_timestamp() - round_started_at) AS elapsed
     FROM campaign WHERE campaign_id = :c
 """)
+
+# A route's parking (401/403/404) is on its own row: the campaign's for v2, the business's route
+# key for v3 (`domain.route`), not the v3 campaign's.
+_PARKED = text("SELECT parked_reason FROM campaign WHERE campaign_id = :r")
 
 _BEGIN_ROUND = text("""
     UPDATE campaign SET round_started_at = clock_timestamp(), round_checked = 0,
@@ -375,14 +384,15 @@ class Verifier:
 
     def paced_pass(self, campaign_id: int, max_seconds: float, short_wait: float) -> SweepResult:
         """The beat's pass: what the round's pace allows now, within `max_seconds`."""
+        route_key, _ = self._read_route(campaign_id)
         with self._turn(campaign_id) as held:
             if not held:
                 return SweepResult(stopped="another pass is running")
             with self.engine.begin() as conn:
                 campaign_health.lock(conn, campaign_id)  # the row exists from here on
+                if conn.execute(_PARKED, {"r": route_key}).scalar() is not None:
+                    return SweepResult(stopped=STOPPED_PARKED)
                 row = conn.execute(_ROUND, {"c": campaign_id}).one()
-                if row.parked_reason is not None:
-                    return SweepResult(stopped="campaign parked")
                 if row.round_started_at is None or not row.round_keys:  # no keys: count again
                     conn.execute(_BEGIN_ROUND, {"c": campaign_id})
                     row = conn.execute(_ROUND, {"c": campaign_id}).one()
@@ -530,6 +540,9 @@ class Verifier:
             decision = self.limiter.acquire(key, offers, READ, groups=groups)
             if isinstance(decision, Permit):
                 return decision
+            if decision.reason == PARKED:  # the route gets only probes until it works again
+                out.stopped = STOPPED_PARKED
+                return None
             left = deadline - time.monotonic()
             sending = decision.reason == "sending first"
             if sending and (paced or time.monotonic() - asked > SENDING_PATIENCE_SECONDS):

@@ -229,6 +229,18 @@ def test_reads_need_credentials_and_honour_forced_statuses(sandbox: MarketSandbo
     assert read(sandbox, {"offerIds": ["A"]}, campaign="x").status_code == 400
 
 
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_v3_reads_honour_the_business_forced_status(sandbox: MarketSandbox, status: int) -> None:
+    # A business the Market refuses refuses every method of it, reads as well as updates.
+    body = {"partnerWarehouseId": 5, "offerIds": ["A"]}
+    sandbox.configure_v3(forced_status={77: status})
+    refused = read_v3(sandbox, body)
+    assert refused.status_code == status, refused.text
+    assert read_v3(sandbox, body, business=78).status_code == 200  # other businesses answer
+    sandbox.configure_v3(forced_status={})
+    assert read_v3(sandbox, body).status_code == 200
+
+
 # --- controls ---------------------------------------------------------------------------------
 
 

@@ -59,13 +59,15 @@ def drifts(engine: Engine, campaign: int = CAMPAIGN) -> list[Any]:
 
 
 def run_verify(
-    database_url: str, sandbox: MarketSandbox, *args: str
+    database_url: str, sandbox: MarketSandbox, *args: str, **settings: str
 ) -> subprocess.CompletedProcess[str]:
+    """`stocksync verify *args`; `settings` are STOCKSYNC_* by suffix (`v3_campaigns=…`)."""
     env = service_env(
         database_url,
         "memory://",
         STOCKSYNC_MARKET_BASE_URL=sandbox.url,
         STOCKSYNC_MARKET_API_KEY=SECRET_KEY,
+        **{f"STOCKSYNC_{k.upper()}": v for k, v in settings.items()},
     )
     return subprocess.run(
         [sys.executable, "-m", "stocksync", "verify", *args],
