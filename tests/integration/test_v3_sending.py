@@ -9,6 +9,7 @@ name: the suite's fixture clears every other STOCKSYNC_ variable before a test r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -31,6 +32,8 @@ from tests.integration.drain_support import (
     running_worker,
 )
 from tests.services import wait_for
+from worker.claims import Claims
+from worker.rate_limiter import RateLimiter
 from worker.routes import apply_routes
 
 pytestmark = pytest.mark.slow
@@ -229,6 +232,51 @@ def test_moving_back_to_v2_sends_the_current_value_there(engine: Engine) -> None
     assert pending_keys(engine) == 1  # pending again: the v2 PUT gets the current value
     apply_routes(engine, [], {})
     assert pending_keys(engine) == 1  # an unchanged routing changes nothing
+
+
+def _versions(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {str(s): int(v) for s, v in conn.execute(text("SELECT sku, version FROM stock"))}
+
+
+def test_a_move_bumps_only_the_keys_the_old_route_holds_or_has_claimed(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given keys of campaign 4001 sent by v2: one acknowledged, one held after a 400, one claimed
+    # by a v2 push (not yet answered), and one pending that no push has claimed
+    put_changes(
+        engine,
+        [
+            {"campaign_id": 4001, "sku": "ACKED", "count": 1},
+            {"campaign_id": 4001, "sku": "HELD", "count": 2},
+            {"campaign_id": 4001, "sku": "CLAIMED", "count": 3},
+        ],
+    )
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE stock SET acked_version = version WHERE sku = 'ACKED'"))
+        conn.execute(text("UPDATE stock SET parked_version = version WHERE sku = 'HELD'"))
+    box = Claims(engine, RateLimiter(engine, 100_000, max_parallel=4), 60.0, 20 * 3600.0)
+    [claim] = box.claim(4001, probe_interval=60.0)
+    in_flight = box.read(4001, claim.claim_id)
+    assert [s.sku for s in in_flight] == ["CLAIMED"]
+    put_changes(engine, [{"campaign_id": 4001, "sku": "PENDING", "count": 4}])
+    before = _versions(engine)
+    # When the campaign moves to v3
+    with caplog.at_level(logging.INFO, logger="stocksync.routes"):
+        apply_routes(engine, [], {4001: (BUSINESS, 7001)})
+    after = _versions(engine)
+    # Then the keys whose value the old route holds or may still be acknowledging get a new
+    # version (a late v2 200 cannot acknowledge them; v3 sends them), the pending one keeps its
+    bumped = sorted(sku for sku in after if after[sku] != before[sku])
+    assert bumped == ["ACKED", "CLAIMED", "HELD"], (before, after)
+    assert after["PENDING"] == before["PENDING"]
+    assert "keys_rerouted campaign=4001 keys=3" in caplog.text
+    assert pending_keys(engine) == 4
+    # and the old push's late 200 leaves its key pending for v3
+    box.acknowledge(4001, claim.claim_id, in_flight)
+    assert pending_keys(engine) == 4
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM claimed_key")).scalar_one() == 0
 
 
 def parked_reason(engine: Engine) -> str | None:
