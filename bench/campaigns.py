@@ -1,14 +1,22 @@
 """Many campaigns: what a drain pass costs with 1,000 campaigns, few of them with work.
 
-Run: .venv/bin/python -m bench.campaigns [--quick]
+Run: .venv/bin/python -m bench.campaigns [passes|end-to-end|repro] [--quick] [--no-verify]
+     [--stream-seconds 60] [--per-message 10]
 A fresh database gets 1,000 campaigns with 10 pending keys each plus idle (acknowledged) keys
 spread over them (10 M in the full run, 100,000 with --quick), loaded in bulk and not analyzed
 (the state right after a load). Timed with the Market left out (`worker.drain_pass.run_pass`
 with claims collected, not pushed): the first pass over the 1,000 backlogged campaigns, the
 number of passes until every campaign had its first batch, then, with every key acknowledged, a
 pass over 1,000 idle campaigns and one over 1,000 campaigns of which 10 have pending keys. Each
-pass also counts its database statements. Not measured here: the limiter's p99 wait and the
-freshness p99, which need a worker and the sandbox end to end.
+pass also counts its database statements.
+
+`end-to-end` then runs the production shape on that database: `stocksync run` (its ingest
+worker, push worker and beat as separate processes) and the sandbox at the Market's default
+limits. Two phases: the burst (the 10 keys of each of the 1,000 campaigns turn pending in one
+commit) and a steady stream (the same 10,000 changes sent through RabbitMQ as `stocks.submit`
+messages, evenly over --stream-seconds, the campaigns in turn). Each phase reports the drain
+passes (Celery's `succeeded in` lines), the limiter's wait of each push (`limiter_wait_ms`),
+the freshness, each campaign's first request and the peak RSS of every process.
 """
 
 from __future__ import annotations
@@ -16,19 +24,29 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import re
 import statistics
+import subprocess
+import sys
+import threading
 import time
 import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 import requests
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Connection, Engine, event, text
 
-from bench import RESULTS
+from bench import RESULTS, ROOT
 from bench.drain_throughput import fresh_services, pending, sandbox_process, worker
+from stocksync.processes import stop_process_group, wait_for
+from tests import services
 from worker.claims import Claim, Claims
 from worker.drain_pass import run_pass
 from worker.rate_limiter import RateLimiter
@@ -173,61 +191,328 @@ def pass_costs(engine: Engine, idle_keys: int) -> dict[str, Any]:
     return result
 
 
-def end_to_end(
-    database_url: str, broker: str, engine: Engine, log: Path, **settings: str
-) -> dict[str, Any]:
-    """A worker with beat and the sandbox (both at the Market's default limits) on the loaded
-    database: the 10 keys of each of the 1,000 campaigns turn pending in one commit; until all
-    are acknowledged: each campaign's first request after its keys turned pending (the
-    limiter's leave: `market_request.started_at`), the freshness (acknowledged - turned
-    pending) and each worker process's peak RSS. `settings`: the worker's, e.g. verify_hours."""
-    with sandbox_process() as market, worker(database_url, broker, market, log, **settings) as proc:
-        with engine.begin() as conn:
-            marked = conn.execute(
-                text(
-                    "UPDATE stock SET abs_count = abs_count + 1, version = version + 1, "
-                    "changed_at = clock_timestamp(), last_occurred_at = clock_timestamp() "
-                    "WHERE sku LIKE 'new-%' RETURNING now()"
-                )
-            ).first()
-        assert marked is not None
-        since = marked[0]
-        peak: dict[int, float] = {}
-        started = time.monotonic()
-        while pending(engine) > 0 and time.monotonic() - started < 600:
-            for p in _tree(proc.process.pid):  # type: ignore[union-attr]
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    peak[p.pid] = max(peak.get(p.pid, 0.0), p.memory_info().rss / 2**20)
-            time.sleep(0.5)
-        seconds = time.monotonic() - started
+@contextmanager
+def production(
+    database_url: str, broker: str, market: str, log: Path, **settings: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`stocksync run` as an operator starts it (`stocksync/commands/run.py`: migrations, then
+    the ingest worker, the push worker and beat as separate processes), its output in `log`,
+    on `database_url` and `broker`, sending to `market`; `settings` are STOCKSYNC_* by suffix.
+    Yields once both workers said ` ready.`; stopped as the operator stops it (SIGTERM to
+    `stocksync run`, which stops its children), the group killed after 30 s."""
+    env = services.service_env(
+        database_url,
+        broker,
+        STOCKSYNC_MARKET_BASE_URL=market,
+        STOCKSYNC_MARKET_API_KEY="bench",
+        STOCKSYNC_DATA_DIR=str(log.parent / "data"),
+        **{f"STOCKSYNC_{k.upper()}": v for k, v in settings.items()},
+    )
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stocksync", "run"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"stocksync run exited ({proc.returncode})")
+            return log.read_bytes().count(b" ready.") >= 2
+
+        wait_for("the ingest and push workers", ready, 120, 0.2)
+        yield proc
+    finally:
+        stop_process_group(proc, whole_group=False)
+
+
+def _role(process: psutil.Process) -> str:
+    """Which part of `stocksync run` a process is: run, ingest, push (main or pool) or beat."""
+    argv = " ".join(process.cmdline())
+    for name in ("ingest", "push"):
+        if f"--hostname={name}@" in argv:
+            return name
+    if " beat" in argv:
+        return "beat"
+    if "stocksync run" in argv:
+        return "run"
+    return "other"
+
+
+class PeakRss:
+    """Samples every process of `stocksync run`'s tree every 0.5 s, in a thread: the peak RSS
+    and the CPU seconds used during the phase per process, named by role (a pool child as
+    `<worker> pool`), and the machine's busy CPU seconds over the phase (all processes:
+    PostgreSQL, RabbitMQ, the sandbox, the benchmark and other sessions' work too)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak: dict[int, tuple[str, float]] = {}
+        self.cpu: dict[int, tuple[float, float]] = {}  # pid: (at the first sample, at the last)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.machine_busy = 0.0
+
+    def _sample(self) -> None:
+        for p in _tree(self.pid):
+            with contextlib.suppress(psutil.Error):
+                role = _role(p)
+                if role == "other":
+                    role = f"{_role(p.parent())} pool"
+                rss = p.memory_info().rss / 2**20
+                self.peak[p.pid] = (role, max(self.peak.get(p.pid, (role, 0.0))[1], rss))
+                times = p.cpu_times()
+                used = times.user + times.system
+                self.cpu[p.pid] = (self.cpu.get(p.pid, (used, used))[0], used)
+
+    def _run(self) -> None:
+        while not self.done.wait(0.5):
+            self._sample()
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+    def __enter__(self) -> PeakRss:
+        self._sample()
+        self.started_busy = self._busy()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+        self._sample()
+        self.machine_busy = self._busy() - self.started_busy
+
+    def by_role(self) -> dict[str, list[int]]:
+        roles: dict[str, list[int]] = defaultdict(list)
+        for role, mb in self.peak.values():
+            roles[role].append(round(mb))
+        return {role: sorted(mbs) for role, mbs in sorted(roles.items())}
+
+    def cpu_by_role(self) -> dict[str, float]:
+        roles: dict[str, float] = defaultdict(float)
+        for pid, (first, last) in self.cpu.items():
+            roles[self.peak[pid][0]] += last - first
+        return {role: round(s, 1) for role, s in sorted(roles.items())} | {
+            "machine_busy": round(self.machine_busy, 1)
+        }
+
+
+_DRAIN_DONE = re.compile(
+    rb"Task stocks\.drain\[[0-9a-f-]+\] succeeded in ([0-9.]+)s: "
+    rb"\{'campaigns': (\d+), 'served': (\d+), 'batches': (\d+)\}"
+)
+_LIMITER_WAIT = re.compile(rb"event=push .*?limiter_wait_ms=(\d+)")
+
+
+def from_log(log: Path, offset: int) -> dict[str, Any]:
+    """What the push worker logged after byte `offset`: each drain pass (Celery's `succeeded
+    in` line: seconds, campaigns with work, served) and each push's limiter wait."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        written = f.read()
+    passes = [(float(m[1]), int(m[2]), int(m[3])) for m in _DRAIN_DONE.finditer(written)]
+    waits = [int(m[1]) / 1000 for m in _LIMITER_WAIT.finditer(written)]
+    busy = [p for p in passes if p[1] > 0]
+    return {
+        "drain_passes": len(passes),
+        "drain_pass_s": _quantiles([p[0] for p in passes]),
+        "drain_pass_with_work_s": _quantiles([p[0] for p in busy]),
+        "campaigns_with_work_per_pass": _quantiles([float(p[1]) for p in busy]),
+        "served_per_pass": _quantiles([float(p[2]) for p in busy]),
+        "limiter_wait_s": _quantiles(waits),
+    }
+
+
+def _until_delivered(engine: Engine, since: datetime, keys: int, timeout: float) -> float:
+    """Seconds until `keys` stream keys changed since `since` are acknowledged (or `timeout`)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
         with engine.connect() as conn:
-            fresh = [
-                float(r[0])
-                for r in conn.execute(
+            done = conn.execute(
+                text(
+                    "SELECT count(*) FROM stock WHERE sku LIKE 'new-%' "
+                    "AND changed_at >= :since AND acked_version = version"
+                ),
+                {"since": since},
+            ).scalar_one()
+        if done >= keys and pending(engine) == 0:
+            break
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def _db_now(engine: Engine) -> datetime:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+
+
+def burst(engine: Engine, log: Path, pid: int, timeout: float = 600.0) -> dict[str, Any]:
+    """The 10 keys of each of the 1,000 campaigns turn pending in one commit; until all are
+    acknowledged: each campaign's first request after that commit (the limiter's leave:
+    `market_request.started_at`), the freshness (acknowledged - turned pending), drain passes,
+    limiter waits and each process's peak RSS."""
+    offset = log.stat().st_size
+    with PeakRss(pid) as rss:
+        with engine.begin() as conn:
+            since = (
+                conn.execute(
                     text(
-                        "SELECT extract(epoch FROM acked_at - changed_at) FROM stock "
-                        "WHERE sku LIKE 'new-%' AND acked_version = version"
+                        "UPDATE stock SET abs_count = abs_count + 1, version = version + 1, "
+                        "changed_at = clock_timestamp(), last_occurred_at = clock_timestamp() "
+                        "WHERE sku LIKE 'new-%' RETURNING now()"
                     )
                 )
-            ]
-            firsts = [
-                float(r[0])
-                for r in conn.execute(
-                    text("""
-                        SELECT extract(epoch FROM min(started_at) - :since) FROM market_request
-                        WHERE started_at >= :since GROUP BY campaign_id
-                    """),
-                    {"since": since},
-                )
-            ]
+                .scalars()
+                .first()
+            )
+        assert since is not None
+        seconds = _until_delivered(engine, since, CAMPAIGNS * PENDING_PER_CAMPAIGN, timeout)
+    with engine.connect() as conn:
+        fresh = _column(
+            conn,
+            "SELECT extract(epoch FROM acked_at - changed_at) FROM stock "
+            "WHERE sku LIKE 'new-%' AND acked_version = version AND changed_at >= :since",
+            since=since,
+        )
+        firsts = _column(
+            conn,
+            "SELECT extract(epoch FROM min(started_at) - :since) FROM market_request "
+            "WHERE started_at >= :since AND kind = 'push' GROUP BY campaign_id",
+            since=since,
+        )
     return {
         "keys": len(fresh),
         "left_pending": pending(engine),
         "seconds": round(seconds, 1),
         "freshness_s": _quantiles(fresh),
         "first_request_s": _quantiles(firsts),
-        "peak_rss_mb_per_process": sorted(round(v) for v in peak.values()),
+        **from_log(log, offset),
+        "peak_rss_mb": rss.by_role(),
+        "cpu_s": rss.cpu_by_role(),
     }
+
+
+def stream(
+    engine: Engine,
+    broker: str,
+    log: Path,
+    pid: int,
+    seconds: float,
+    per_message: int = PENDING_PER_CAMPAIGN,
+    timeout: float = 600.0,
+) -> dict[str, Any]:
+    """The 10,000 changes (10 per campaign) sent through RabbitMQ as `stocks.submit` messages of
+    `per_message` changes of one campaign, evenly over `seconds`, the campaigns in turn; until
+    all are acknowledged: freshness from the send (acknowledged - the producer's send, same
+    host's clock) and from the commit (acknowledged - committed), each campaign's first
+    request after its first message, drain passes, limiter waits, peak RSS."""
+    from celery import Celery
+
+    per_campaign = PENDING_PER_CAMPAIGN // per_message
+    messages = [(c, m) for m in range(per_campaign) for c in range(1, CAMPAIGNS + 1)]
+    offset = log.stat().st_size
+    producer = Celery(broker=broker)
+    sent: dict[tuple[int, str], float] = {}
+    first_sent: dict[int, float] = {}
+    since = _db_now(engine)
+    with PeakRss(pid) as rss:
+        start = time.time()
+        for n, (campaign, m) in enumerate(messages):
+            due = start + n * seconds / len(messages)
+            if due > time.time():
+                time.sleep(due - time.time())
+            skus = [f"new-{m * per_message + i + 1}" for i in range(per_message)]
+            now = time.time()
+            producer.send_task(
+                "stocks.submit",
+                kwargs={
+                    "changes": [
+                        {
+                            "campaign_id": campaign,
+                            "sku": sku,
+                            "count": 1000 + n,
+                            "occurred_at": datetime.now(UTC).isoformat(),
+                        }
+                        for sku in skus
+                    ]
+                },
+                queue="stocks.changes",
+            )
+            for sku in skus:
+                sent[(campaign, sku)] = now
+            first_sent.setdefault(campaign, now)
+        sending = time.time() - start
+        producer.close()
+        waited = _until_delivered(engine, since, len(sent), timeout)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT group_id, sku, extract(epoch FROM acked_at), "
+                "extract(epoch FROM acked_at - changed_at) FROM stock "
+                "WHERE sku LIKE 'new-%' AND changed_at >= :since AND acked_version = version"
+            ),
+            {"since": since},
+        ).all()
+        firsts = {
+            int(c): float(t)
+            for c, t in conn.execute(
+                text(
+                    "SELECT campaign_id, extract(epoch FROM min(started_at)) FROM market_request "
+                    "WHERE started_at >= :since AND kind = 'push' GROUP BY campaign_id"
+                ),
+                {"since": since},
+            )
+        }
+    from_send = [float(r[2]) - sent[(int(r[0]), str(r[1]))] for r in rows if (r[0], r[1]) in sent]
+    return {
+        "keys": len(rows),
+        "messages": len(messages),
+        "changes_per_message": per_message,
+        "sending_s": round(sending, 1),
+        "left_pending": pending(engine),
+        "delivered_after_last_send_s": round(waited, 1),
+        "freshness_from_send_s": _quantiles(from_send),
+        "freshness_from_commit_s": _quantiles([float(r[3]) for r in rows]),
+        "first_request_after_first_send_s": _quantiles(
+            [firsts[c] - t for c, t in first_sent.items() if c in firsts]
+        ),
+        **from_log(log, offset),
+        "peak_rss_mb": rss.by_role(),
+        "cpu_s": rss.cpu_by_role(),
+    }
+
+
+def _column(conn: Connection, sql: str, **params: Any) -> list[float]:
+    return [float(r[0]) for r in conn.execute(text(sql), params)]
+
+
+def end_to_end(
+    database_url: str,
+    broker: str,
+    engine: Engine,
+    log: Path,
+    stream_seconds: float = 60.0,
+    per_message: int = PENDING_PER_CAMPAIGN,
+    **settings: str,
+) -> dict[str, Any]:
+    """`stocksync run` (ingest worker, push worker, beat) and the sandbox (both at the Market's
+    default limits) on the loaded database: first the burst, then the steady stream."""
+    with (
+        sandbox_process() as market,
+        production(database_url, broker, market, log, **settings) as proc,
+    ):
+        first = burst(engine, log, proc.pid)
+        steady = stream(engine, broker, log, proc.pid, stream_seconds, per_message)
+    return {"burst": first, "stream": steady}
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -313,6 +598,16 @@ def main() -> None:
     parser.add_argument(
         "--no-verify", action="store_true", help="the worker without the verify sweep"
     )
+    parser.add_argument(
+        "--stream-seconds", type=float, default=60.0, help="the steady stream's length"
+    )
+    parser.add_argument(
+        "--per-message",
+        type=int,
+        default=PENDING_PER_CAMPAIGN,
+        choices=[1, 2, 5, 10],
+        help="changes per stocks.submit message of the stream (one campaign each)",
+    )
     args = parser.parse_args()
     log_dir = args.out or RESULTS / f"campaigns-{uuid.uuid4().hex[:6]}"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -321,19 +616,43 @@ def main() -> None:
     else:
         settings = {"verify_hours": "0"} if args.no_verify else {}
         idle = 10_000_000 if not args.quick else 100_000
-        result = run(idle, args.mode == "end-to-end", log_dir, **settings)
+        load_before = os.getloadavg()
+        result = run(
+            idle,
+            args.mode == "end-to-end",
+            log_dir,
+            stream_seconds=args.stream_seconds,
+            per_message=args.per_message,
+            **settings,
+        )
+        result["load_average_before_after"] = [
+            round(x, 2) for x in (*load_before, *os.getloadavg())
+        ]
     (log_dir / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 
-def run(idle_keys: int, with_worker: bool, log_dir: Path, **settings: str) -> dict[str, Any]:
+def run(
+    idle_keys: int,
+    with_worker: bool,
+    log_dir: Path,
+    stream_seconds: float = 60.0,
+    per_message: int = PENDING_PER_CAMPAIGN,
+    **settings: str,
+) -> dict[str, Any]:
     """`pass_costs` on a fresh database and vhost, then (`with_worker`) `end_to_end` on it."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with fresh_services() as (database_url, broker, engine):
         result = pass_costs(engine, idle_keys)
         if with_worker:
             result["end_to_end"] = end_to_end(
-                database_url, broker, engine, log_dir / "end-to-end.log", **settings
+                database_url,
+                broker,
+                engine,
+                log_dir / "end-to-end.log",
+                stream_seconds,
+                per_message,
+                **settings,
             )
     return result
 

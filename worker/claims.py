@@ -75,6 +75,13 @@ _CAMPAIGNS_WITH_WORK = text("""
     ORDER BY c.drained_at NULLS FIRST, r.route_key
 """)
 
+# Routes with a live claim, and the largest of their live claims (SKUs or items): `push_claim` holds
+# only the claims of pushes queued or under way.
+_HELD = text("""
+    SELECT campaign_id, max(skus) FROM push_claim
+    WHERE lease_until > clock_timestamp() GROUP BY campaign_id
+""")
+
 _DRAINED = text("UPDATE campaign SET drained_at = clock_timestamp() WHERE campaign_id = :c")
 
 _OUTSTANDING = text("""
@@ -313,6 +320,11 @@ class Claims:
             )
             routes = [Route.of_key(row[0]) for row in rows]
         return [r.key for r in routes if self.routing.is_current(r)]
+
+    def held(self) -> dict[int, int]:
+        """Route keys with a live claim (a push queued or under way): the largest such claim."""
+        with self.engine.connect() as conn:
+            return {int(route): int(skus) for route, skus in conn.execute(_HELD)}
 
     def claim(
         self, campaign_id: int, probe_interval: float, max_batches: int | None = None

@@ -6,6 +6,13 @@ begins with the campaigns this one did not reach, because each claim records the
 campaigns with a full batch get the rest of their parallel slots, so one big backlog never
 delays the first batch of the others. A push that finishes claims its campaign's next batch
 itself, so a campaign's pipeline fills between passes too.
+
+So a campaign with a live claim (a push queued or under way) already has its turn: a pass does
+not visit it for a first batch. Its pushes' follow-up claims take what comes next; only a
+backlog (a live claim that is a full batch) is visited, with the rest of its slots, once the
+others were served. A burst measured the difference: after one pass per campaign, the passes
+still visited ~150 campaigns each whose keys were all claimed, for nothing, 8 statements each,
+and the pushes they waited for ran at half speed meanwhile (BENCHMARKS.md, "production shape").
 """
 
 from __future__ import annotations
@@ -38,10 +45,13 @@ def run_pass(
     claimed batch goes to `enqueue` at once."""
     deadline = time.monotonic() + budget_seconds
     campaigns = claims.campaigns_to_drain()
+    held = claims.held() if campaigns else {}
     served = 0
     batches = 0
-    wants_more: list[int] = []
+    wants_more = [c for c in campaigns if held.get(c, 0) >= SKUS_PER_REQUEST_MAX]
     for campaign_id in campaigns:
+        if campaign_id in held:
+            continue
         if served and time.monotonic() >= deadline:
             break
         with log_context(campaign=campaign_id):  # what claiming and enqueueing log names it

@@ -151,12 +151,33 @@ class StockFigures(Collector):
                 "Seconds until a 420's block ends (0: not blocked)",
                 "blocked_seconds",
             ),
+            (
+                "last_full_sweep_timestamp_seconds",
+                "When the verify sweep last read every key of the campaign back (0: never)",
+                "last_full_sweep_timestamp",
+            ),
+            (
+                "keeps_drifting_keys",
+                "Keys that drifted more than 3 times in 24 hours, left alone until a resync",
+                "keeps_drifting",
+            ),
         )
         for name, doc, attribute in per_campaign:
             family = GaugeMetricFamily(f"{PREFIX}{name}", doc, labels=["campaign"])
             for c in campaigns:
                 family.add_metric([_campaign(c.campaign_id)], float(getattr(c, attribute)))
             yield family
+        # A column of `campaign` raised by the sweep in its batch's transaction: keys checked in
+        # 24 h is increase(stocksync_verify_keys_checked_total[24h]).
+        checked = CounterMetricFamily(
+            f"{PREFIX}verify_keys_checked",
+            "Keys the verify sweep read back from the Market",
+            labels=["campaign"],
+        )
+        for c in campaigns:
+            if c.campaign_id > 0:  # a v3 business's route row is never swept itself
+                checked.add_metric([_campaign(c.campaign_id)], float(c.keys_checked_total))
+        yield checked
         limit = GaugeMetricFamily(
             f"{PREFIX}rate_limit_skus",
             "The configured limit of SKUs per campaign in any rolling 60 seconds",

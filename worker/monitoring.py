@@ -282,7 +282,12 @@ _SCRAPE_CAMPAIGNS = text("""
            COALESCE(t.held_skus, 0) AS held_skus,
            h.parked_reason IS NOT NULL AS parked,
            h.degraded_reason IS NOT NULL AS degraded,
-           GREATEST(EXTRACT(EPOCH FROM h.blocked_until - clock_timestamp()), 0) AS blocked_seconds
+           GREATEST(EXTRACT(EPOCH FROM h.blocked_until - clock_timestamp()), 0) AS blocked_seconds,
+           EXTRACT(EPOCH FROM h.last_full_sweep_at) AS last_full_sweep,
+           COALESCE(h.keys_checked_total, 0) AS keys_checked_total,
+           (SELECT count(DISTINCT d.sku) FROM drift d
+            WHERE d.group_id = c.campaign_id AND NOT d.repaired AND d.resolved_at IS NULL
+              AND d.found_at > clock_timestamp() - interval '24 hours') AS keeps_drifting
     FROM campaigns c
     LEFT JOIN tallies t USING (campaign_id)
     LEFT JOIN campaign h USING (campaign_id)
@@ -292,7 +297,9 @@ _SCRAPE_CAMPAIGNS = text("""
 
 @dataclass(frozen=True, slots=True)
 class CampaignGauges:
-    """One campaign's state now: backlog, held SKUs, parked/degraded, seconds blocked by a 420."""
+    """One campaign's state now: backlog, held SKUs, parked/degraded, seconds blocked by a 420;
+    the verify sweep's last full round (Unix time, 0: never), keys read back (monotonic) and keys
+    that keep drifting."""
 
     campaign_id: int
     pending_keys: int
@@ -301,6 +308,9 @@ class CampaignGauges:
     parked: bool
     degraded: bool
     blocked_seconds: float
+    last_full_sweep_timestamp: float = 0.0
+    keys_checked_total: int = 0
+    keeps_drifting: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +342,9 @@ def read_scrape(engine: Engine, settings: Settings, timeout_ms: int = SCRAPE_TIM
                 parked=bool(r.parked),
                 degraded=bool(r.degraded),
                 blocked_seconds=float(r.blocked_seconds or 0.0),
+                last_full_sweep_timestamp=float(r.last_full_sweep or 0.0),
+                keys_checked_total=int(r.keys_checked_total),
+                keeps_drifting=int(r.keeps_drifting),
             )
             for r in rows
         ],

@@ -136,6 +136,48 @@ def test_a_pass_over_idle_campaigns_visits_none_of_them(engine: Engine) -> None:
     assert len(statements) <= 25, len(statements)
 
 
+def test_a_pass_does_not_visit_campaigns_whose_keys_live_claims_hold(engine: Engine) -> None:
+    # Given 50 campaigns whose pending keys one pass claimed, their pushes still queued (a burst:
+    # measured, 7 passes of 2 s each visited ~150 such campaigns for nothing, 8 statements each,
+    # while the pushes they waited for ran at half speed; BENCHMARKS.md, "production shape")
+    put_changes(
+        engine,
+        [{"campaign_id": c, "sku": f"k{n}", "count": n} for c in range(1, 51) for n in range(3)],
+    )
+    box = _claims(engine)
+    enqueued: list[Claim] = []
+    run_pass(box, 60.0, 2.0, enqueued.extend)
+    assert len(enqueued) == 50
+    # and a key that arrives afterwards in one of them
+    put_changes(engine, [{"campaign_id": 7, "sku": "late", "count": 1}])
+    # When the next pass runs while those claims are live
+    with _counted_statements(engine) as statements:
+        result = run_pass(box, 60.0, 2.0, enqueued.extend)
+    # Then it visits none of them: their pushes' follow-up claims take what comes next
+    assert (result.served, len(enqueued)) == (0, 50)
+    assert len(statements) <= 2, len(statements)
+    # and once campaign 7's push is done (acknowledged, its claim released), the late key is
+    # claimed
+    (seven,) = [c for c in enqueued if c.campaign_id == 7]
+    box.acknowledge(7, seven.claim_id, box.read(7, seven.claim_id))
+    box.release(7, seven.claim_id)
+    run_pass(box, 60.0, 2.0, enqueued.extend)
+    assert [(c.campaign_id, c.skus) for c in enqueued[50:]] == [(7, 1)]
+
+
+def test_a_backlog_with_a_live_full_batch_still_gets_its_further_slots(engine: Engine) -> None:
+    # Given a campaign with a backlog, one full batch of it claimed and still live
+    put_changes(engine, [{"campaign_id": 1, "sku": f"big-{n}", "count": n} for n in range(9000)])
+    box = _claims(engine)
+    (first,) = box.claim(1, 60.0, max_batches=1)
+    assert first.skus == 2000
+    enqueued: list[Claim] = []
+    # When a pass runs
+    run_pass(box, 60.0, 2.0, enqueued.extend)
+    # Then it fills the campaign's other slots (max_parallel 2, plus one waiting)
+    assert [c.skus for c in enqueued] == [2000, 2000]
+
+
 def test_a_campaign_due_for_refresh_is_found_among_idle_ones(engine: Engine) -> None:
     # Given 300 idle campaigns, one of whose keys were acknowledged 21 hours ago
     _acknowledged_keys(engine, range(1000, 1300), 20, "1 hour")

@@ -24,6 +24,7 @@ from tests.integration.drain_support import (
     put_changes,
     running_worker,
 )
+from tests.integration.metrics_support import exposition, samples
 from tests.integration.test_verify import (
     FAST,
     acked,
@@ -72,6 +73,37 @@ def test_a_key_rewritten_by_someone_else_keeps_drifting_after_its_fourth_drift_a
         )[0]
         assert figures.drift_repaired_total == 3
         assert figures.drift_found_total == len(found)
+        # status and metrics show the sweep's figures per campaign (the sweep goes on meanwhile:
+        # the key left alone is recorded again each round, so each figure is read between two
+        # reads of the table)
+        status = subprocess.run(
+            [sys.executable, "-m", "stocksync", "status", "--json"],
+            cwd=ROOT,
+            env=service_env(database_url, rabbit_url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        metrics = samples(exposition(engine))
+        found_after = len(drifts(engine))
+        (shown,) = [
+            c for c in json.loads(status.stdout)["campaigns"] if c["campaign_id"] == CAMPAIGN
+        ]
+        assert shown["last_full_sweep_at"] is not None
+        assert shown["keys_checked_last_day"] == 10
+        assert len(found) <= shown["drift_found_total"] <= found_after
+        assert (shown["drift_repaired_total"], shown["keeps_drifting"]) == (3, 1)
+        label = (("campaign", str(CAMPAIGN)),)
+        assert len(found) <= metrics[("stocksync_drift_found_total", label)] <= found_after
+        assert metrics[("stocksync_drift_repaired_total", label)] == 3
+        assert metrics[("stocksync_keeps_drifting_keys", label)] == 1
+        checked = one(
+            engine, "SELECT keys_checked_total FROM campaign WHERE campaign_id = :c", c=CAMPAIGN
+        )
+        assert 10 <= metrics[("stocksync_verify_keys_checked_total", label)] <= checked
+        swept_at = metrics[("stocksync_last_full_sweep_timestamp_seconds", label)]
+        assert time.time() - 60 < swept_at <= time.time()
         # `stocksync resync --drifting` sends ours on demand.
         env = service_env(database_url, rabbit_url)
         resync = subprocess.run(
