@@ -24,7 +24,7 @@ from worker.claims import Claims
 from worker.housekeeping import fold_tallies, housekeeping
 from worker.monitoring import _SCRAPE_CAMPAIGNS, SCRAPE_TIMEOUT_MS, read_scrape
 from worker.rate_limiter import RateLimiter
-from worker.settings import Settings
+from worker.settings import Settings, V3Target
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -286,3 +286,25 @@ def test_the_dashboard_and_alerts_use_only_metrics_the_service_or_flower_exposes
 
     assert used - exposed - flower == set()
     assert len(used & exposed) >= 12
+
+
+def test_each_campaigns_method_and_business_and_the_v3_limit_are_exposed(engine: Engine) -> None:
+    put_changes(
+        engine,
+        [{"campaign_id": 5, "sku": "A", "count": 1}, {"campaign_id": 4001, "sku": "B", "count": 2}],
+    )
+    settings = Settings(
+        v3_campaigns={4001: V3Target(business_id=901, warehouse_id=7001)},
+        v3_requests_per_minute=40,
+    )
+
+    found = samples(exposition(engine, settings))
+
+    methods = {
+        labels: v for (name, labels), v in found.items() if name == "stocksync_campaign_method"
+    }
+    assert methods == {
+        (("business", ""), ("campaign", "5"), ("method", "v2")): 1.0,
+        (("business", "901"), ("campaign", "4001"), ("method", "v3")): 1.0,
+    }
+    assert found[("stocksync_v3_requests_per_minute", ())] == 40
