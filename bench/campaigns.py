@@ -27,14 +27,10 @@ import json
 import os
 import re
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,10 +39,14 @@ import psutil
 import requests
 from sqlalchemy import Connection, Engine, event, text
 
-from bench import RESULTS, ROOT
-from bench.drain_throughput import fresh_services, pending, sandbox_process, worker
-from stocksync.processes import stop_process_group, wait_for
-from tests import services
+from bench import RESULTS
+from bench.drain_throughput import (
+    fresh_services,
+    pending,
+    sandbox_process,
+    stocksync_run,
+    worker,
+)
 from worker.claims import Claim, Claims
 from worker.drain_pass import run_pass
 from worker.rate_limiter import RateLimiter
@@ -189,46 +189,6 @@ def pass_costs(engine: Engine, idle_keys: int) -> dict[str, Any]:
         assert result[name]["idx_tup_fetch"] < 10 * CAMPAIGNS, (name, result[name])
     acknowledge_all(engine)
     return result
-
-
-@contextmanager
-def production(
-    database_url: str, broker: str, market: str, log: Path, **settings: str
-) -> Iterator[subprocess.Popen[bytes]]:
-    """`stocksync run` as an operator starts it (`stocksync/commands/run.py`: migrations, then
-    the ingest worker, the push worker and beat as separate processes), its output in `log`,
-    on `database_url` and `broker`, sending to `market`; `settings` are STOCKSYNC_* by suffix.
-    Yields once both workers said ` ready.`; stopped as the operator stops it (SIGTERM to
-    `stocksync run`, which stops its children), the group killed after 30 s."""
-    env = services.service_env(
-        database_url,
-        broker,
-        STOCKSYNC_MARKET_BASE_URL=market,
-        STOCKSYNC_MARKET_API_KEY="bench",
-        STOCKSYNC_DATA_DIR=str(log.parent / "data"),
-        **{f"STOCKSYNC_{k.upper()}": v for k, v in settings.items()},
-    )
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stocksync", "run"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"stocksync run exited ({proc.returncode})")
-            return log.read_bytes().count(b" ready.") >= 2
-
-        wait_for("the ingest and push workers", ready, 120, 0.2)
-        yield proc
-    finally:
-        stop_process_group(proc, whole_group=False)
 
 
 def _role(process: psutil.Process) -> str:
@@ -508,7 +468,9 @@ def end_to_end(
     default limits) on the loaded database: first the burst, then the steady stream."""
     with (
         sandbox_process() as market,
-        production(database_url, broker, market, log, **settings) as proc,
+        stocksync_run(
+            database_url, broker, market, log, data_dir=log.parent / "data", settings=settings
+        ) as proc,
     ):
         first = burst(engine, log, proc.pid)
         steady = stream(engine, broker, log, proc.pid, stream_seconds, per_message)

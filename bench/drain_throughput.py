@@ -26,6 +26,7 @@ from sqlalchemy import Engine, text
 
 from bench import RESULTS, ROOT
 from domain.market_rules import SKUS_PER_REQUEST_MAX
+from stocksync.processes import stop_process_group
 from tests import services
 from tests.integration.drain_support import load_pending
 from tests.services import free_port, port_open, wait_for
@@ -90,6 +91,57 @@ def worker(
         yield proc
     finally:
         proc.stop()
+
+
+@contextmanager
+def stocksync_run(
+    database_url: str,
+    broker: str,
+    market: str,
+    log: Path,
+    *,
+    data_dir: Path,
+    wait_ready: bool = True,
+    extra_args: tuple[str, ...] = (),
+    settings: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`stocksync run` as an operator starts it (`stocksync/commands/run.py`: migrations, then
+    the ingest worker, the push worker and beat as separate processes at their default
+    concurrency), its output appended to `log`, on `database_url` and `broker`, sending to
+    `market`; `settings` are STOCKSYNC_* by suffix. With `wait_ready`, yields once both workers
+    said ` ready.` (a benchmark that times the start passes False). Stopped as the operator stops
+    it: SIGTERM to the supervisor alone, which stops its children in order; the group killed
+    after 60 s."""
+    env = services.service_env(
+        database_url,
+        broker,
+        STOCKSYNC_MARKET_BASE_URL=market,
+        STOCKSYNC_MARKET_API_KEY="bench",
+        STOCKSYNC_DATA_DIR=str(data_dir),
+        **{f"STOCKSYNC_{k.upper()}": v for k, v in (settings or {}).items()},
+    )
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stocksync", "run", *extra_args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        if wait_ready:
+
+            def ready() -> bool:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"stocksync run exited ({proc.returncode})")
+                return log.read_bytes().count(b" ready.") >= 2
+
+            wait_for("the ingest and push workers", ready, 120, 0.2)
+        yield proc
+    finally:
+        stop_process_group(proc, 60, whole_group=False)
 
 
 def rss_mb(pid: int) -> float:

@@ -21,21 +21,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
-from pathlib import Path
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import text
 
-from bench import RESULTS, ROOT
-from bench.drain_throughput import fresh_services, pending, worker
+from bench import RESULTS
+from bench.drain_throughput import fresh_services, pending, stocksync_run, worker
 from sandbox.server import MarketSandbox
-from stocksync.processes import stop_process_group
-from tests import services
 from tests.integration.drain_support import load_pending
 from worker.routes import apply_routes
 
@@ -44,37 +38,6 @@ CAMPAIGNS = {5001 + i: 8001 + i for i in range(5)}
 
 
 SHAPES = ("run", "embedded")
-
-
-@contextmanager
-def stocksync_run(
-    database_url: str, broker: str, market: str, log: Path, **settings: str
-) -> Iterator[subprocess.Popen[bytes]]:
-    """`stocksync run` as a seller starts it (its ingest worker, push worker and beat, each a
-    process of its own, `stocksync/commands/run.py`), its output in `log`."""
-    env = services.service_env(
-        database_url,
-        broker,
-        STOCKSYNC_MARKET_BASE_URL=market,
-        STOCKSYNC_MARKET_API_KEY="bench",
-        STOCKSYNC_DATA_DIR=str(log.with_suffix(".data")),
-        **{f"STOCKSYNC_{k.upper()}": v for k, v in settings.items()},
-    )
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stocksync", "run"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        yield proc
-    finally:
-        # SIGTERM to the supervisor alone: it passes the warm shutdown on to its children.
-        stop_process_group(proc, 60, whole_group=False)
 
 
 def _seconds(values: list[float]) -> float | None:
@@ -133,7 +96,16 @@ def backlog(items: int, shape: str, per_minute: int) -> dict[str, Any]:
         started = time.monotonic()
         service: AbstractContextManager[object]
         if shape == "run":
-            service = stocksync_run(database_url, broker, sandbox.url, log, **settings)
+            log.unlink(missing_ok=True)
+            service = stocksync_run(
+                database_url,
+                broker,
+                sandbox.url,
+                log,
+                data_dir=log.with_suffix(".data"),
+                wait_ready=False,  # the clock runs from before the start
+                settings=settings,
+            )
         else:
             service = worker(
                 database_url, broker, sandbox.url, log, drain_interval_seconds="0.5", **settings

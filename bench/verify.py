@@ -35,7 +35,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -51,10 +50,14 @@ import requests
 from celery import Celery
 from sqlalchemy import Engine, text
 
-from bench import RESULTS, ROOT
-from bench.drain_throughput import fresh_services, pending, sandbox_process, worker
-from stocksync.processes import stop_process_group
-from tests import services
+from bench import RESULTS
+from bench.drain_throughput import (
+    fresh_services,
+    pending,
+    sandbox_process,
+    stocksync_run,
+    worker,
+)
 
 CAMPAIGN = 5
 READ_LIMIT = 100_000  # the Market's offers returned a minute per campaign (v2)
@@ -268,37 +271,17 @@ def production(
 ) -> Iterator[Service]:
     """`stocksync run` itself: its own command lines (stocksync/commands/run.py), the pools at
     their default concurrency (STOCKSYNC_INGEST_CONCURRENCY, STOCKSYNC_PUSH_CONCURRENCY)."""
-    env = services.service_env(
+    log = log_dir / "run.log"
+    with stocksync_run(
         db,
         broker,
-        STOCKSYNC_MARKET_BASE_URL=market,
-        STOCKSYNC_MARKET_API_KEY="bench",
-        STOCKSYNC_DATA_DIR=str(log_dir / "data"),
-        **{f"STOCKSYNC_{k.upper()}": v for k, v in settings.items()},
-    )
-    log = log_dir / "run.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stocksync", "run", "--loglevel=INFO"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        services.wait_for(
-            "both workers ready",
-            lambda: proc.poll() is None and log.read_bytes().count(b" ready.") >= 2,
-            120,
-            0.2,
-        )
-        service = Service(psutil.Process(proc.pid), "run")
-        yield service
-    finally:
-        # SIGTERM to the supervisor alone: it stops its children in order (as a service manager).
-        stop_process_group(proc, 60, whole_group=False)
+        market,
+        log,
+        data_dir=log_dir / "data",
+        extra_args=("--loglevel=INFO",),
+        settings=settings,
+    ) as proc:
+        yield Service(psutil.Process(proc.pid), "run")
 
 
 @contextmanager
