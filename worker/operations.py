@@ -16,6 +16,7 @@ from sqlalchemy import Engine, text
 from domain.changes import Rejection
 from domain.snapshot import SnapshotLine, split_lines
 from worker.ingest import UNREADABLE_POSITION, store_message
+from worker.verify import KEEPS_DRIFTING
 
 RESYNC_CHUNK_KEYS = 10_000
 IMPORT_CHUNK_LINES = 1_000
@@ -104,12 +105,9 @@ _RESOLVE_DRIFT = text("""
       AND (CAST(:skus AS text[]) IS NULL OR sku = ANY(CAST(:skus AS text[])))
 """)
 
-_DRIFTING_SKUS = text("""
-    SELECT DISTINCT sku FROM drift
-    WHERE group_id = :g AND NOT repaired AND resolved_at IS NULL
-      AND found_at > now() - interval '24 hours'
-    ORDER BY sku
-""")
+_DRIFTING_SKUS = text(f"""
+    SELECT DISTINCT sku FROM drift WHERE group_id = :g AND {KEEPS_DRIFTING} ORDER BY sku
+""")  # noqa: S608 - built from a constant fragment; every value is a bound parameter
 
 
 @dataclass(frozen=True, slots=True)

@@ -193,13 +193,15 @@ _SET_WAREHOUSE = text("""
     WHERE campaign_id = :c
 """)
 
-# Keys that keep drifting: an unrepaired, unresolved drift in the last 24 hours.
-_KEEPS_DRIFTING = text("""
-    SELECT DISTINCT sku FROM drift
-    WHERE group_id = :c AND NOT repaired AND resolved_at IS NULL
-      AND found_at > clock_timestamp() - make_interval(secs => :hours * 3600)
-    ORDER BY sku
-""")
+# A key keeps drifting while it has an unrepaired, unresolved drift found in the last 24 hours:
+# the one rule, on `drift`'s columns, of `stocksync verify`, `resync --drifting`, status and the
+# scrape.
+KEEPS_DRIFTING = (
+    "NOT repaired AND resolved_at IS NULL AND found_at > clock_timestamp() - interval '24 hours'"
+)
+_KEEPS_DRIFTING = text(f"""
+    SELECT DISTINCT sku FROM drift WHERE group_id = :c AND {KEEPS_DRIFTING} ORDER BY sku
+""")  # noqa: S608 - built from the constant fragment above; every value is a bound parameter
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,6 +614,6 @@ class Verifier:
             )
 
 
-def keeps_drifting(conn: Connection, campaign_id: int, hours: float = 24.0) -> list[str]:
+def keeps_drifting(conn: Connection, campaign_id: int) -> list[str]:
     """The campaign's keys that keep drifting (left alone until a resync)."""
-    return [r[0] for r in conn.execute(_KEEPS_DRIFTING, {"c": campaign_id, "hours": hours})]
+    return [r[0] for r in conn.execute(_KEEPS_DRIFTING, {"c": campaign_id})]
